@@ -1,0 +1,1 @@
+"""Partner HTTP API (FastAPI). Arrives with the daemon issue."""

@@ -1,0 +1,1 @@
+"""The operator CLI (Typer + rich). One module per command group."""

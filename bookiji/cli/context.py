@@ -1,0 +1,66 @@
+"""Per-invocation state: global options, and the container built from them on first use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import typer
+
+from bookiji.bootstrap import Container, build
+from bookiji.config import Settings, load_settings
+from bookiji.domain.errors import BookijiError, ValidationFailed
+from bookiji.domain.timeutil import parse_instant
+from bookiji.store import migrate
+from bookiji.store.database import redact
+
+
+class SchemaNotReady(BookijiError):
+    code = "schema_not_ready"
+    http_status = 503
+
+
+@dataclass
+class CliState:
+    config_path: str | None = None
+    database_url: str | None = None
+    _settings: Settings | None = None
+    _container: Container | None = field(default=None, repr=False)
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            overrides = {"database_url": self.database_url} if self.database_url else {}
+            self._settings = load_settings(self.config_path, **overrides)
+        return self._settings
+
+    def container(self, *, require_schema: bool = True) -> Container:
+        if self._container is None:
+            self._container = build(self.settings())
+            if require_schema and not migrate.is_at_head(self._container.db):
+                current = migrate.current_revision(self._container.db)
+                where = redact(self._container.db.url)
+                hint = "run 'bookiji init'" if current is None else "run 'bookiji db upgrade'"
+                raise SchemaNotReady(
+                    f"database {where} is at revision {current or 'none'}, not at head: {hint}"
+                )
+        return self._container
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+
+
+def state(ctx: typer.Context) -> CliState:
+    obj = ctx.find_root().obj
+    if not isinstance(obj, CliState):
+        obj = CliState()
+        ctx.find_root().obj = obj
+    return obj
+
+
+def instant(value: str, *, option: str) -> datetime:
+    """Parse an RFC 3339 option value; a bad one is a usage error (exit 2)."""
+    try:
+        return parse_instant(value, field=option)
+    except ValidationFailed as exc:
+        raise typer.BadParameter(exc.message, param_hint=option) from None

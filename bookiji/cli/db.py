@@ -1,0 +1,55 @@
+"""`bookiji db`: schema migrations."""
+
+from __future__ import annotations
+
+import typer
+
+from bookiji.cli.context import state
+from bookiji.cli.output import console, emit_json
+from bookiji.store import migrate
+from bookiji.store.database import redact
+
+app = typer.Typer(
+    help="Database schema: upgrade to the newest migration, show the current one.",
+    no_args_is_help=True,
+)
+
+
+@app.command("upgrade")
+def upgrade(
+    ctx: typer.Context,
+    revision: str = typer.Argument("head", help="Target revision."),
+    json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    container = state(ctx).container(require_schema=False)
+    before = migrate.current_revision(container.db)
+    migrate.upgrade(container.db, revision)
+    after = migrate.current_revision(container.db)
+    if json_output:
+        emit_json({"database": redact(container.db.url), "from": before, "to": after})
+    else:
+        console.print(f"database {redact(container.db.url)}: {before or 'empty'} -> {after}")
+
+
+@app.command("current")
+def current(
+    ctx: typer.Context,
+    json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Show the applied revision and whether it is the newest."""
+    container = state(ctx).container(require_schema=False)
+    revision = migrate.current_revision(container.db)
+    head = migrate.head_revision(container.db)
+    if json_output:
+        emit_json(
+            {
+                "database": redact(container.db.url),
+                "current": revision,
+                "head": head,
+                "atHead": revision == head,
+            }
+        )
+        return
+    status = "at head" if revision == head else f"behind head ({head})"
+    console.print(f"database {redact(container.db.url)}: {revision or 'no schema'} ({status})")

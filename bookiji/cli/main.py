@@ -1,0 +1,107 @@
+"""`bookiji`: the entry point, global options and the error policy.
+
+Exit codes: 0 done; 1 refused (slot taken, not found, invalid transition, a dependency
+down); 2 bad usage or bad input (unknown option, malformed time, invalid file or config).
+Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from sqlalchemy.exc import SQLAlchemyError
+
+from bookiji.cli import db as db_commands
+from bookiji.cli import demo as demo_commands
+from bookiji.cli import reconcile as reconcile_commands
+from bookiji.cli import reservations as reservation_commands
+from bookiji.cli import setup as setup_commands
+from bookiji.cli import vendors as vendor_commands
+from bookiji.cli.context import CliState
+from bookiji.cli.output import error_line
+from bookiji.config import ConfigError
+from bookiji.domain.errors import BookijiError, ValidationFailed
+
+try:  # typer >= 0.2x ships its own copy of click and raises that copy's errors
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover - older typer raises click's own
+    from click import UsageError  # type: ignore[assignment]
+
+app = typer.Typer(
+    name="bookiji",
+    help="Bookiji core: availability, holds, vendor confirmation and atomic booking commit.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: str | None = typer.Option(
+        None,
+        "--config",
+        metavar="PATH",
+        help="Settings file (default: $BOOKIJI_CONFIG, ./bookiji.toml).",
+    ),
+    database: str | None = typer.Option(
+        None, "--database", metavar="URL", help="Database URL; overrides the settings file."
+    ),
+) -> None:
+    ctx.obj = CliState(config_path=config, database_url=database)
+    ctx.call_on_close(ctx.obj.close)
+
+
+app.add_typer(db_commands.app, name="db")
+app.add_typer(vendor_commands.app, name="vendors")
+app.add_typer(reservation_commands.app, name="reservations")
+setup_commands.register(app)
+reconcile_commands.register(app)
+demo_commands.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    command = typer.main.get_command(app)
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        result = command.main(args=args, prog_name="bookiji", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        error_line(f"{exc.format_message()}{hint}")
+        code = 2
+    except typer.Abort:
+        error_line("aborted")
+        code = 1
+    except ConfigError as exc:
+        error_line(str(exc))
+        code = 2
+    except ValidationFailed as exc:
+        error_line(f"{exc.message} [{exc.code}]")
+        code = 2
+    except BookijiError as exc:
+        error_line(f"{exc.message} [{exc.code}]")
+        code = 1
+    except SQLAlchemyError as exc:
+        # Driver messages can echo connection strings; say what failed, not the raw text.
+        error_line(
+            f"database error ({exc.__class__.__name__}); "
+            "check the database URL and that the server is reachable"
+        )
+        code = 1
+    except OSError as exc:
+        error_line(f"{exc.__class__.__name__}: {exc.strerror or exc}")
+        code = 1
+    except KeyboardInterrupt:
+        error_line("interrupted")
+        code = 130
+    return code
+
+
+def run() -> None:  # pragma: no cover - console script shim
+    sys.exit(main())

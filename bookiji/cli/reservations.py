@@ -1,0 +1,191 @@
+"""`bookiji reservations`: create holds and walk them through the workflow."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from bookiji.cli.context import instant, state
+from bookiji.cli.output import console, emit_json, state_style
+from bookiji.domain.states import ReservationState
+from bookiji.services.documents import load_reservation_document, reservation_summary
+from bookiji.services.reservations import HoldRequest
+from bookiji.store.uow import UnitOfWork
+
+app = typer.Typer(
+    help="Reservations: hold a slot, confirm, decline, cancel, inspect.", no_args_is_help=True
+)
+
+ACTOR = "operator:cli"
+JSON_OPTION = typer.Option(False, "--json", help="Machine-readable output.")
+
+
+def _metadata(raw: str | None) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not valid JSON: {exc.msg}", param_hint="--metadata") from None
+    if not isinstance(value, dict):
+        raise typer.BadParameter("must be a JSON object", param_hint="--metadata")
+    return value
+
+
+def _print_document(document: dict[str, Any]) -> None:
+    style = state_style(document["state"])
+    console.print(
+        f"[bold]{document['reservationId']}[/bold] [{style}]{document['state']}[/{style}]"
+    )
+    console.print(
+        f"vendor {document['vendorId']}  requester {document['requesterId']}  "
+        f"slot {document['slotStartTime']} -> {document['slotEndTime']}"
+    )
+    if document["stateDeadline"]:
+        console.print(f"deadline {document['stateDeadline']}")
+    payment = document["payment"]
+    for label, key in (
+        ("vendor deposit", "vendorDeposit"),
+        ("requester payment", "requesterPayment"),
+    ):
+        party = payment[key]
+        console.print(f"{label}: {party['amount']} {payment['currency']} ({party['state']})")
+    history = Table(title="state history")
+    for column in ("at", "from", "to", "actor", "reason"):
+        history.add_column(column)
+    for step in document["stateHistory"]:
+        history.add_row(step["at"], step["from"] or "-", step["to"], step["actor"], step["reason"])
+    console.print(history)
+
+
+def _show(ctx: typer.Context, reservation_id: str, json_output: bool) -> None:
+    document = load_reservation_document(state(ctx).container().db, reservation_id)
+    if json_output:
+        emit_json(document)
+    else:
+        _print_document(document)
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    vendor: str = typer.Option(..., "--vendor", metavar="V", help="Vendor id."),
+    start: str = typer.Option(..., "--start", metavar="ISO", help="Slot start, RFC 3339."),
+    end: str = typer.Option(..., "--end", metavar="ISO", help="Slot end, RFC 3339."),
+    requester: str = typer.Option(..., "--requester", metavar="R", help="Requester id."),
+    idempotency_key: str | None = typer.Option(None, "--idempotency-key", metavar="K"),
+    metadata: str | None = typer.Option(None, "--metadata", metavar="JSON", help="A JSON object."),
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """Hold a slot for a requester (INTENT_CREATED -> HELD)."""
+    request = HoldRequest(
+        vendor_id=vendor,
+        slot_start=instant(start, option="--start"),
+        slot_end=instant(end, option="--end"),
+        requester_id=requester,
+        idempotency_key=idempotency_key,
+        metadata=_metadata(metadata),
+    )
+    outcome = state(ctx).container().reservations.create_hold(request, actor=ACTOR)
+    if not json_output:
+        verb = "replayed (same idempotency key)" if outcome.replayed else "held"
+        console.print(f"{verb}: {outcome.reservation_id}")
+    _show(ctx, outcome.reservation_id, json_output)
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    reservation_id: str = typer.Argument(..., metavar="ID"),
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """One reservation: state, deadline, payments, full state history."""
+    _show(ctx, reservation_id, json_output)
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    state_filter: str | None = typer.Option(None, "--state", metavar="S", help="Only this state."),
+    vendor: str | None = typer.Option(None, "--vendor", metavar="V"),
+    limit: int = typer.Option(50, "--limit", metavar="N", min=1, max=10_000),
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """Newest first."""
+    if state_filter is not None:
+        try:
+            state_filter = ReservationState(state_filter.upper()).value
+        except ValueError:
+            raise typer.BadParameter(
+                f"unknown state {state_filter!r}; one of: "
+                + ", ".join(s.value for s in ReservationState),
+                param_hint="--state",
+            ) from None
+    container = state(ctx).container()
+    with UnitOfWork(container.db, readonly=True) as uow:
+        rows = uow.reservations.list(state=state_filter, vendor_id=vendor, limit=limit)
+        summaries = [reservation_summary(r) for r in rows]
+    if json_output:
+        emit_json(summaries)
+        return
+    table = Table(title=f"{len(summaries)} reservations")
+    for column in ("id", "state", "vendor", "requester", "slot start", "deadline"):
+        table.add_column(column)
+    for r in summaries:
+        style = state_style(r["state"])
+        table.add_row(
+            r["reservationId"],
+            f"[{style}]{r['state']}[/{style}]",
+            r["vendorId"],
+            r["requesterId"],
+            r["slotStartTime"],
+            r["stateDeadline"] or "-",
+        )
+    console.print(table)
+
+
+def _act(
+    ctx: typer.Context, reservation_id: str, changed: bool, verb: str, json_output: bool
+) -> None:
+    if not json_output:
+        console.print(
+            f"{verb}: {reservation_id}" if changed else f"already {verb}: {reservation_id}"
+        )
+    _show(ctx, reservation_id, json_output)
+
+
+@app.command("confirm")
+def confirm(
+    ctx: typer.Context,
+    reservation_id: str = typer.Argument(..., metavar="ID"),
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """Confirm on the vendor's behalf (-> CONFIRMED_BY_VENDOR)."""
+    changed = state(ctx).container().reservations.confirm(reservation_id, actor=ACTOR)
+    _act(ctx, reservation_id, changed, "confirmed", json_output)
+
+
+@app.command("decline")
+def decline(
+    ctx: typer.Context,
+    reservation_id: str = typer.Argument(..., metavar="ID"),
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """Decline on the vendor's behalf (-> CANCELLED)."""
+    changed = state(ctx).container().reservations.decline(reservation_id, actor=ACTOR)
+    _act(ctx, reservation_id, changed, "declined", json_output)
+
+
+@app.command("cancel")
+def cancel(
+    ctx: typer.Context,
+    reservation_id: str = typer.Argument(..., metavar="ID"),
+    reason: str | None = typer.Option(None, "--reason", help="Why; goes into the state history."),
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """Cancel a reservation that is not committing or final (-> CANCELLED)."""
+    changed = state(ctx).container().reservations.cancel(reservation_id, actor=ACTOR, reason=reason)
+    _act(ctx, reservation_id, changed, "cancelled", json_output)

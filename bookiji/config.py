@@ -1,0 +1,108 @@
+"""Settings: defaults, then a TOML file, then BOOKIJI_* environment variables (highest).
+
+The file is `--config PATH`, else $BOOKIJI_CONFIG, else ./bookiji.toml when it exists.
+Nested settings use a double underscore in the environment: BOOKIJI_TTL__HOLD_MINUTES=5.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_FILE = "bookiji.toml"
+DEFAULT_DATABASE_URL = "sqlite:///bookiji.db"
+
+
+class TTLSettings(BaseModel):
+    """Staged deadlines, in minutes (see DESIGN.md, state machine)."""
+
+    model_config = {"extra": "forbid"}
+
+    hold_minutes: int = Field(default=10, ge=1, le=24 * 60)
+    authorization_minutes: int = Field(default=30, ge=1, le=7 * 24 * 60)
+    commit_minutes: int = Field(default=15, ge=1, le=24 * 60)
+
+
+class ReconcileSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BOOKIJI_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    database_url: str = DEFAULT_DATABASE_URL
+    log_level: str = "WARNING"
+    ttl: TTLSettings = TTLSettings()
+    reconcile: ReconcileSettings = ReconcileSettings()
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "postgresql", "postgres:")):
+            raise ValueError("database_url must be a sqlite:/// or postgresql:// URL")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _CONFIG_PATH.get("path")
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+_CONFIG_PATH: dict[str, Path | None] = {"path": None}
+
+
+class ConfigError(Exception):
+    """The configuration file or environment is unusable; the message says where."""
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("BOOKIJI_CONFIG")
+    if env:
+        return Path(env)
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def load_settings(
+    explicit_path: str | os.PathLike[str] | None = None, **overrides: Any
+) -> Settings:
+    path = config_path(explicit_path)
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    _CONFIG_PATH["path"] = path
+    try:
+        return Settings(**overrides)
+    except Exception as exc:  # pydantic ValidationError or a TOML syntax error
+        where = f" in {path}" if path else ""
+        first = str(exc).splitlines()
+        summary = "; ".join(line.strip() for line in first[1:3]) if len(first) > 1 else str(exc)
+        raise ConfigError(f"invalid configuration{where}: {summary}") from None
+    finally:
+        _CONFIG_PATH["path"] = None

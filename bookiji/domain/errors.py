@@ -1,0 +1,81 @@
+"""Error taxonomy shared by every edge.
+
+Each error carries the machine-readable code partners see, the HTTP status the API maps it
+to, and whether retrying the same request can succeed. The CLI maps the same errors to exit
+code 1, so an operator and a partner read the same words for the same refusal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BookijiError(Exception):
+    """Base of every refusal we expect and explain."""
+
+    code: str = "internal_error"
+    http_status: int = 500
+    retryable: bool = False
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details or {}
+
+    def to_envelope(self) -> dict[str, Any]:
+        """The API error envelope: {"error": {code, message, retryable, details}}."""
+        return {
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "retryable": self.retryable,
+                "details": self.details,
+            }
+        }
+
+
+class ValidationFailed(BookijiError):
+    code = "validation_error"
+    http_status = 400
+
+
+class NotFound(BookijiError):
+    code = "not_found"
+    http_status = 404
+
+
+class SlotUnavailable(BookijiError):
+    code = "slot_unavailable"
+    http_status = 409
+
+
+class InvalidTransition(BookijiError):
+    code = "invalid_transition"
+    http_status = 409
+
+
+class ConcurrentModification(BookijiError):
+    """Someone else changed the row between our read and our write; reading again helps."""
+
+    code = "concurrent_modification"
+    http_status = 409
+    retryable = True
+
+
+class IdempotencyKeyReused(BookijiError):
+    code = "idempotency_key_reused"
+    http_status = 422
+
+
+class IdempotencyInProgress(BookijiError):
+    code = "idempotency_in_progress"
+    http_status = 409
+    retryable = True
+
+
+class Unavailable(BookijiError):
+    """A dependency (database, provider) is down; the same request may work later."""
+
+    code = "service_unavailable"
+    http_status = 503
+    retryable = True

@@ -1,0 +1,1 @@
+"""Adapters for the outside world (payments, calendars, notifications), behind service ports."""

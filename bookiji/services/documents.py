@@ -1,0 +1,114 @@
+"""The JSON documents partners and operators read: one shape for the API and `--json`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from bookiji.domain.errors import NotFound
+from bookiji.domain.timeutil import format_instant
+from bookiji.store.database import Database
+from bookiji.store.models import Reservation, ReservationTransition, Vendor
+from bookiji.store.uow import UnitOfWork
+
+
+def _party(amount: int, state: str, reference: str | None) -> dict[str, Any]:
+    return {"amount": amount, "state": state, "paymentIntentId": reference}
+
+
+def reservation_document(
+    reservation: Reservation, history: Sequence[ReservationTransition]
+) -> dict[str, Any]:
+    """`GET /v1/reservations/{id}`: camelCase, RFC 3339 UTC times, full state history."""
+    return {
+        "reservationId": reservation.id,
+        "vendorId": reservation.vendor_id,
+        "requesterId": reservation.requester_id,
+        "partnerId": reservation.partner_id,
+        "state": reservation.state,
+        "stateDeadline": format_instant(reservation.state_deadline),
+        "expiresAt": format_instant(reservation.state_deadline),
+        "slotStartTime": format_instant(reservation.slot_start),
+        "slotEndTime": format_instant(reservation.slot_end),
+        "blockStartTime": format_instant(reservation.block_start),
+        "blockEndTime": format_instant(reservation.block_end),
+        "payment": {
+            "currency": reservation.currency,
+            "vendorDeposit": _party(
+                reservation.deposit_amount,
+                reservation.vendor_payment_state,
+                reservation.vendor_payment_ref,
+            ),
+            "requesterPayment": _party(
+                reservation.price_amount,
+                reservation.requester_payment_state,
+                reservation.requester_payment_ref,
+            ),
+        },
+        "metadata": reservation.meta,
+        "idempotencyKey": reservation.idempotency_key,
+        "version": reservation.version,
+        "createdAt": format_instant(reservation.created_at),
+        "updatedAt": format_instant(reservation.updated_at),
+        "stateHistory": [
+            {
+                "from": step.from_state,
+                "to": step.to_state,
+                "at": format_instant(step.at),
+                "reason": step.reason,
+                "actor": step.actor,
+                "details": step.details,
+            }
+            for step in history
+        ],
+    }
+
+
+def load_reservation_document(
+    db: Database, reservation_id: str, *, partner_id: str | None = None
+) -> dict[str, Any]:
+    """Read one reservation as its document. Another partner's reservation is 'not found'."""
+    with UnitOfWork(db, readonly=True) as uow:
+        reservation = uow.reservations.get(reservation_id)
+        if reservation is None or (partner_id is not None and reservation.partner_id != partner_id):
+            raise NotFound(
+                f"no reservation {reservation_id!r}", details={"reservationId": reservation_id}
+            )
+        return reservation_document(reservation, uow.transitions.for_reservation(reservation_id))
+
+
+def reservation_summary(reservation: Reservation) -> dict[str, Any]:
+    """A row of `reservations list --json`."""
+    return {
+        "reservationId": reservation.id,
+        "vendorId": reservation.vendor_id,
+        "requesterId": reservation.requester_id,
+        "partnerId": reservation.partner_id,
+        "state": reservation.state,
+        "stateDeadline": format_instant(reservation.state_deadline),
+        "slotStartTime": format_instant(reservation.slot_start),
+        "slotEndTime": format_instant(reservation.slot_end),
+        "createdAt": format_instant(reservation.created_at),
+    }
+
+
+def vendor_document(vendor: Vendor, calendars: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    return {
+        "vendorId": vendor.id,
+        "name": vendor.name,
+        "timezone": vendor.timezone,
+        "slotMinutes": vendor.slot_minutes,
+        "slotIntervalMinutes": vendor.slot_interval_minutes,
+        "bufferBeforeMinutes": vendor.buffer_before_minutes,
+        "bufferAfterMinutes": vendor.buffer_after_minutes,
+        "minNoticeMinutes": vendor.min_notice_minutes,
+        "maxAdvanceDays": vendor.max_advance_days,
+        "currency": vendor.currency,
+        "price": vendor.price,
+        "deposit": vendor.deposit,
+        "hours": vendor.hours,
+        "overrides": vendor.overrides,
+        "calendars": list(calendars),
+        "createdAt": format_instant(vendor.created_at),
+        "updatedAt": format_instant(vendor.updated_at),
+    }

@@ -1,0 +1,421 @@
+"""Holds and the vendor-confirmation part of the workflow.
+
+Creating a hold rechecks overlaps inside the transaction that inserts it; the database
+constraint (exclusion on Postgres, trigger under BEGIN IMMEDIATE on SQLite) backs that check
+up, so two racing requests can never both hold overlapping blocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
+
+from bookiji.domain.errors import (
+    ConcurrentModification,
+    IdempotencyKeyReused,
+    InvalidTransition,
+    NotFound,
+    SlotUnavailable,
+    ValidationFailed,
+)
+from bookiji.domain.states import ReservationState, StageTTLs, expiry_target
+from bookiji.domain.timeutil import format_instant
+from bookiji.services import transitions
+from bookiji.services.clock import Clock
+from bookiji.services.ids import new_id
+from bookiji.store.database import Database
+from bookiji.store.errors import is_overlap_violation, is_transient, is_unique_violation
+from bookiji.store.models import IdempotencyKey, Reservation
+from bookiji.store.uow import UnitOfWork
+
+S = ReservationState
+T = TypeVar("T")
+
+OPERATOR_SCOPE = "operator"
+IDEMPOTENCY_RETENTION = timedelta(days=7)
+MAX_METADATA_BYTES = 16 * 1024
+MIN_SLOT = timedelta(minutes=5)
+MAX_SLOT = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class HoldRequest:
+    vendor_id: str
+    slot_start: datetime
+    slot_end: datetime
+    requester_id: str
+    partner_id: str | None = None
+    idempotency_key: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """What makes two requests 'the same' for idempotency: everything but the key."""
+        canonical = json.dumps(
+            {
+                "vendorId": self.vendor_id,
+                "slotStartTime": format_instant(self.slot_start),
+                "slotEndTime": format_instant(self.slot_end),
+                "requesterId": self.requester_id,
+                "metadata": dict(self.metadata),
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class HoldOutcome:
+    reservation_id: str
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class ExpiredReservation:
+    reservation_id: str
+    from_state: str
+    to_state: str
+    deadline: datetime
+
+
+def _validate_request(request: HoldRequest) -> None:
+    problems: list[str] = []
+    if not request.requester_id.strip() or len(request.requester_id) > 200:
+        problems.append("requesterId must be 1-200 characters")
+    if request.idempotency_key is not None and not (
+        0 < len(request.idempotency_key) <= 255 and request.idempotency_key.isprintable()
+    ):
+        problems.append("idempotencyKey must be 1-255 printable characters")
+    for name, value in (("slotStartTime", request.slot_start), ("slotEndTime", request.slot_end)):
+        if value.tzinfo is None or value.utcoffset() is None:
+            problems.append(f"{name} must carry a UTC offset")
+    if not problems:
+        duration = request.slot_end - request.slot_start
+        if duration <= timedelta(0):
+            problems.append("slotEndTime must be after slotStartTime")
+        elif not MIN_SLOT <= duration <= MAX_SLOT:
+            problems.append("a slot lasts between 5 minutes and 24 hours")
+    try:
+        encoded = json.dumps(dict(request.metadata))
+    except (TypeError, ValueError):
+        problems.append("metadata must be a JSON object")
+    else:
+        if len(encoded.encode()) > MAX_METADATA_BYTES:
+            problems.append(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
+    if problems:
+        raise ValidationFailed("; ".join(problems), details={"problems": problems})
+
+
+def retry_transient(operation: Callable[[], T], *, attempts: int = 5) -> T:
+    """Run a whole transaction again after a deadlock, serialisation failure or busy file.
+
+    The database rolled the attempt back, so rerunning it is safe; the rerun sees what the
+    other transaction committed and answers accordingly.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return operation()
+        except DBAPIError as exc:
+            if attempt == attempts or not is_transient(exc):
+                raise
+            time.sleep(random.uniform(0, 0.02 * 2**attempt))  # noqa: S311 - jitter only
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class ReservationService:
+    def __init__(self, db: Database, clock: Clock, ttls: StageTTLs) -> None:
+        self.db = db
+        self.clock = clock
+        self.ttls = ttls
+
+    # -- holds -------------------------------------------------------------------------
+
+    def create_hold(self, request: HoldRequest, *, actor: str) -> HoldOutcome:
+        """INTENT_CREATED -> HELD, or the original reservation for a replayed key."""
+        _validate_request(request)
+        scope = request.partner_id or OPERATOR_SCOPE
+        fingerprint = request.fingerprint()
+        try:
+            return retry_transient(
+                lambda: self._create_hold(
+                    request, scope=scope, fingerprint=fingerprint, actor=actor
+                )
+            )
+        except IntegrityError as exc:
+            if is_overlap_violation(exc):
+                raise SlotUnavailable(
+                    "the slot overlaps an active hold or booking of this vendor",
+                    details={"vendorId": request.vendor_id, "rule": "overlap"},
+                ) from None
+            if request.idempotency_key and is_unique_violation(exc, "idempotency_keys"):
+                # A concurrent request with the same key committed first: answer as it did.
+                return self._replay(scope, request.idempotency_key, fingerprint)
+            raise
+
+    def _replay(self, scope: str, key: str, fingerprint: str) -> HoldOutcome:
+        with UnitOfWork(self.db, readonly=True) as uow:
+            record = uow.idempotency.get(scope, key)
+            if record is None:  # pragma: no cover - the winner rolled back after all
+                raise ConcurrentModification("a request with this key is in flight; retry")
+            return self._answer_replay(record, key, fingerprint)
+
+    @staticmethod
+    def _answer_replay(record: IdempotencyKey, key: str, fingerprint: str) -> HoldOutcome:
+        if record.request_hash != fingerprint:
+            raise IdempotencyKeyReused(
+                "this idempotency key was used for a different request",
+                details={"idempotencyKey": key},
+            )
+        assert record.reservation_id is not None
+        return HoldOutcome(reservation_id=record.reservation_id, replayed=True)
+
+    def _create_hold(
+        self, request: HoldRequest, *, scope: str, fingerprint: str, actor: str
+    ) -> HoldOutcome:
+        now = self.clock.now()
+        with UnitOfWork(self.db) as uow:
+            if request.idempotency_key:
+                record = uow.idempotency.get(scope, request.idempotency_key)
+                if record is not None:
+                    return self._answer_replay(record, request.idempotency_key, fingerprint)
+            uow.reservations.lock_vendor_schedule(request.vendor_id)
+            vendor = uow.vendors.get(request.vendor_id)
+            if vendor is None:
+                raise NotFound(
+                    f"unknown vendor {request.vendor_id!r}",
+                    details={"vendorId": request.vendor_id},
+                )
+            start, end = request.slot_start, request.slot_end
+            earliest = now + timedelta(minutes=vendor.min_notice_minutes)
+            if start < earliest:
+                raise SlotUnavailable(
+                    f"the slot starts before the vendor's minimum notice "
+                    f"({vendor.min_notice_minutes} min): earliest is {format_instant(earliest)}",
+                    details={"rule": "min_notice", "earliest": format_instant(earliest)},
+                )
+            horizon = now + timedelta(days=vendor.max_advance_days)
+            if start >= horizon:
+                raise SlotUnavailable(
+                    f"the slot is beyond the vendor's booking horizon "
+                    f"({vendor.max_advance_days} days)",
+                    details={"rule": "max_advance", "horizon": format_instant(horizon)},
+                )
+            block_start = start - timedelta(minutes=vendor.buffer_before_minutes)
+            block_end = end + timedelta(minutes=vendor.buffer_after_minutes)
+            if uow.reservations.overlapping_active(vendor.id, block_start, block_end):
+                raise SlotUnavailable(
+                    "the slot overlaps an active hold or booking of this vendor",
+                    details={"vendorId": vendor.id, "rule": "overlap"},
+                )
+            reservation = Reservation(
+                id=new_id("res"),
+                vendor_id=vendor.id,
+                requester_id=request.requester_id,
+                partner_id=request.partner_id,
+                slot_start=start,
+                slot_end=end,
+                block_start=block_start,
+                block_end=block_end,
+                state=S.INTENT_CREATED.value,
+                currency=vendor.currency,
+                price_amount=vendor.price,
+                deposit_amount=vendor.deposit,
+                meta=dict(request.metadata),
+                idempotency_key=request.idempotency_key,
+                created_at=now,
+                updated_at=now,
+            )
+            transitions.start(
+                uow, reservation, now=now, ttls=self.ttls, reason="hold requested", actor=actor
+            )
+            uow.reservations.add(reservation)
+            uow.flush()  # the row must exist before rows that reference it
+            transitions.apply(
+                uow,
+                reservation,
+                S.HELD,
+                now=now,
+                ttls=self.ttls,
+                reason="slot free; hold placed",
+                actor=actor,
+            )
+            if request.idempotency_key:
+                uow.idempotency.add(
+                    IdempotencyKey(
+                        scope=scope,
+                        key=request.idempotency_key,
+                        request_hash=fingerprint,
+                        reservation_id=reservation.id,
+                        created_at=now,
+                        expires_at=now + IDEMPOTENCY_RETENTION,
+                    )
+                )
+            uow.commit()
+            return HoldOutcome(reservation_id=reservation.id, replayed=False)
+
+    # -- vendor confirmation and cancellation ----------------------------------------------
+
+    def confirm(self, reservation_id: str, *, actor: str, partner_id: str | None = None) -> bool:
+        """The vendor accepts. From HELD (not yet notified) it passes through
+        AWAITING_VENDOR_CONFIRMATION so the log still reads as the workflow does."""
+
+        def step(uow: UnitOfWork, reservation: Reservation, now: datetime) -> bool:
+            if reservation.state == S.HELD:
+                self._move(
+                    uow,
+                    reservation,
+                    S.AWAITING_VENDOR_CONFIRMATION,
+                    now,
+                    actor,
+                    "confirmation requested",
+                )
+            return self._move(
+                uow, reservation, S.CONFIRMED_BY_VENDOR, now, actor, "confirmed by vendor"
+            )
+
+        return self._with_reservation(reservation_id, partner_id, step)
+
+    def decline(self, reservation_id: str, *, actor: str, partner_id: str | None = None) -> bool:
+        def step(uow: UnitOfWork, reservation: Reservation, now: datetime) -> bool:
+            if reservation.state not in (S.HELD, S.AWAITING_VENDOR_CONFIRMATION, S.CANCELLED):
+                raise InvalidTransition(
+                    f"only a reservation awaiting the vendor's answer can be declined; "
+                    f"this one is {reservation.state}",
+                    details={"state": reservation.state},
+                )
+            return self._move(
+                uow,
+                reservation,
+                S.CANCELLED,
+                now,
+                actor,
+                "declined by vendor",
+                {"decision": "decline"},
+            )
+
+        return self._with_reservation(reservation_id, partner_id, step)
+
+    def cancel(
+        self,
+        reservation_id: str,
+        *,
+        actor: str,
+        reason: str | None = None,
+        partner_id: str | None = None,
+    ) -> bool:
+        def step(uow: UnitOfWork, reservation: Reservation, now: datetime) -> bool:
+            return self._move(uow, reservation, S.CANCELLED, now, actor, reason or "cancelled")
+
+        return self._with_reservation(reservation_id, partner_id, step)
+
+    def request_vendor_confirmation(self, reservation_id: str, *, actor: str) -> bool:
+        """HELD -> AWAITING_VENDOR_CONFIRMATION once the vendor has been told."""
+
+        def step(uow: UnitOfWork, reservation: Reservation, now: datetime) -> bool:
+            return self._move(
+                uow, reservation, S.AWAITING_VENDOR_CONFIRMATION, now, actor, "vendor notified"
+            )
+
+        return self._with_reservation(reservation_id, None, step)
+
+    # -- expiry ------------------------------------------------------------------------------
+
+    def expire_due(
+        self, *, batch_size: int = 500, max_batches: int | None = None
+    ) -> list[ExpiredReservation]:
+        """Move every reservation past its deadline to its expiry state, in batches.
+
+        Each batch is one transaction, so a crash loses at most the batch in flight, and
+        the next run picks up where this one stopped.
+        """
+        done: list[ExpiredReservation] = []
+        batches = 0
+        while max_batches is None or batches < max_batches:
+            now = self.clock.now()
+            with UnitOfWork(self.db) as uow:
+                due = uow.reservations.due_for_expiry(now, limit=batch_size)
+                if not due:
+                    break
+                for reservation in due:
+                    target = expiry_target(S(reservation.state), reservation.state_deadline, now)
+                    if target is None:
+                        continue
+                    deadline = reservation.state_deadline
+                    assert deadline is not None
+                    from_state = reservation.state
+                    transitions.apply(
+                        uow,
+                        reservation,
+                        target,
+                        now=now,
+                        ttls=self.ttls,
+                        reason=f"deadline {format_instant(deadline)} passed in {from_state}",
+                        actor="system:expiry",
+                    )
+                    done.append(
+                        ExpiredReservation(reservation.id, from_state, target.value, deadline)
+                    )
+                uow.commit()
+            batches += 1
+            if len(due) < batch_size:
+                break
+        return done
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _move(
+        self,
+        uow: UnitOfWork,
+        reservation: Reservation,
+        target: ReservationState,
+        now: datetime,
+        actor: str,
+        reason: str,
+        details: dict[str, Any] | None = None,
+    ) -> bool:
+        return transitions.apply(
+            uow,
+            reservation,
+            target,
+            now=now,
+            ttls=self.ttls,
+            reason=reason,
+            actor=actor,
+            details=details,
+        )
+
+    def _with_reservation(
+        self,
+        reservation_id: str,
+        partner_id: str | None,
+        step: Callable[[UnitOfWork, Reservation, datetime], T],
+    ) -> T:
+        """Run `step` on a locked, current copy of the reservation and commit."""
+        now = self.clock.now()
+        try:
+            with UnitOfWork(self.db) as uow:
+                reservation = uow.reservations.get(reservation_id, for_update=True)
+                if reservation is None or (
+                    partner_id is not None and reservation.partner_id != partner_id
+                ):
+                    raise NotFound(
+                        f"no reservation {reservation_id!r}",
+                        details={"reservationId": reservation_id},
+                    )
+                result = step(uow, reservation, now)
+                uow.commit()
+                return result
+        except StaleDataError:
+            raise ConcurrentModification(
+                "the reservation changed while this request ran; read it again and retry",
+                details={"reservationId": reservation_id},
+            ) from None

@@ -1,0 +1,115 @@
+"""The one place a reservation changes state.
+
+State, log row and outbox event are written in the caller's transaction, so either all
+three are committed or none is. Every other service goes through `apply`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from bookiji.domain.states import (
+    PlannedTransition,
+    ReservationState,
+    StageTTLs,
+    initial_transition,
+    plan_transition,
+)
+from bookiji.domain.timeutil import format_instant
+from bookiji.services.ids import new_id
+from bookiji.store.models import OutboxEvent, Reservation, ReservationTransition
+from bookiji.store.uow import UnitOfWork
+
+
+def event_type(state: ReservationState) -> str:
+    return f"reservation.{state.value.lower()}"
+
+
+def _record(
+    uow: UnitOfWork,
+    reservation: Reservation,
+    planned: PlannedTransition,
+    *,
+    now: datetime,
+    reason: str,
+    actor: str,
+    details: dict[str, Any] | None,
+) -> None:
+    uow.transitions.add(
+        ReservationTransition(
+            reservation_id=reservation.id,
+            from_state=planned.from_state.value if planned.from_state else None,
+            to_state=planned.to_state.value,
+            reason=reason,
+            actor=actor,
+            at=now,
+            details=details or {},
+        )
+    )
+    uow.outbox.add(
+        OutboxEvent(
+            event_id=new_id("evt"),
+            type=event_type(planned.to_state),
+            reservation_id=reservation.id,
+            partner_id=reservation.partner_id,
+            payload={
+                "reservationId": reservation.id,
+                "vendorId": reservation.vendor_id,
+                "from": planned.from_state.value if planned.from_state else None,
+                "to": planned.to_state.value,
+                "reason": reason,
+                "at": format_instant(now),
+                "stateDeadline": format_instant(planned.deadline),
+            },
+            created_at=now,
+        )
+    )
+
+
+def start(
+    uow: UnitOfWork,
+    reservation: Reservation,
+    *,
+    now: datetime,
+    ttls: StageTTLs,
+    reason: str,
+    actor: str,
+) -> None:
+    """Log the birth of a new reservation (nothing -> INTENT_CREATED)."""
+    planned = initial_transition(now=now, ttls=ttls)
+    reservation.state = planned.to_state.value
+    reservation.state_deadline = planned.deadline
+    _record(uow, reservation, planned, now=now, reason=reason, actor=actor, details=None)
+
+
+def apply(
+    uow: UnitOfWork,
+    reservation: Reservation,
+    target: ReservationState,
+    *,
+    now: datetime,
+    ttls: StageTTLs,
+    reason: str,
+    actor: str,
+    details: dict[str, Any] | None = None,
+) -> bool:
+    """Move `reservation` to `target`. False when it already is there (idempotent retry).
+
+    Raises InvalidTransition for a move the table does not allow. The version column makes
+    the UPDATE fail if another writer changed the row after we read it.
+    """
+    planned = plan_transition(
+        ReservationState(reservation.state),
+        target,
+        now=now,
+        deadline=reservation.state_deadline,
+        ttls=ttls,
+    )
+    if planned is None:
+        return False
+    reservation.state = planned.to_state.value
+    reservation.state_deadline = planned.deadline
+    reservation.updated_at = now
+    _record(uow, reservation, planned, now=now, reason=reason, actor=actor, details=details)
+    return True

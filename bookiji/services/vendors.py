@@ -1,0 +1,158 @@
+"""Vendors come from an operator's TOML file: validated whole, imported in one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import col, select
+
+from bookiji.domain.errors import NotFound
+from bookiji.domain.vendors import VendorFileInvalid, VendorSpec, parse_vendor_document
+from bookiji.services.clock import Clock
+from bookiji.services.ids import new_id
+from bookiji.store.database import Database
+from bookiji.store.models import CalendarConnection, Vendor
+from bookiji.store.uow import UnitOfWork
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    created: list[str]
+    updated: list[str]
+    unchanged: list[str]
+    calendars_added: int
+
+
+def read_vendor_file(path: Path) -> list[VendorSpec]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise VendorFileInvalid(
+            f"{path}: file not found", details={"file": str(path), "problems": []}
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VendorFileInvalid(
+            f"{path}: cannot read: {exc.__class__.__name__}",
+            details={"file": str(path), "problems": []},
+        ) from None
+    return parse_vendor_document(text, filename=str(path))
+
+
+def _fields(spec: VendorSpec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "timezone": spec.timezone,
+        "slot_minutes": spec.slot_minutes,
+        "slot_interval_minutes": spec.slot_interval_minutes,
+        "buffer_before_minutes": spec.buffer_before_minutes,
+        "buffer_after_minutes": spec.buffer_after_minutes,
+        "min_notice_minutes": spec.min_notice_minutes,
+        "max_advance_days": spec.max_advance_days,
+        "currency": spec.currency,
+        "price": spec.price,
+        "deposit": spec.deposit,
+        "hours": spec.hours_document(),
+        "overrides": spec.overrides_document(),
+    }
+
+
+def spec_of(vendor: Vendor) -> VendorSpec:
+    """Rebuild the validated spec from a stored row (availability works on specs)."""
+    return VendorSpec.from_documents(
+        id=vendor.id,
+        name=vendor.name,
+        timezone=vendor.timezone,
+        slot_minutes=vendor.slot_minutes,
+        slot_interval_minutes=vendor.slot_interval_minutes,
+        buffer_before_minutes=vendor.buffer_before_minutes,
+        buffer_after_minutes=vendor.buffer_after_minutes,
+        min_notice_minutes=vendor.min_notice_minutes,
+        max_advance_days=vendor.max_advance_days,
+        currency=vendor.currency,
+        price=vendor.price,
+        deposit=vendor.deposit,
+        hours=vendor.hours,
+        overrides=vendor.overrides,
+    )
+
+
+class VendorService:
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+
+    def import_file(self, path: Path) -> ImportReport:
+        """Create or update every vendor in the file, or nothing if any of it is invalid.
+
+        Calendars declared in the file are added when new; connections made another way
+        (OAuth) are left alone.
+        """
+        specs = read_vendor_file(path)
+        return self.import_specs(specs)
+
+    def import_specs(self, specs: Sequence[VendorSpec]) -> ImportReport:
+        now = self.clock.now()
+        created: list[str] = []
+        updated: list[str] = []
+        unchanged: list[str] = []
+        calendars_added = 0
+        with UnitOfWork(self.db) as uow:
+            for spec in specs:
+                fields = _fields(spec)
+                vendor = uow.vendors.get(spec.id)
+                if vendor is None:
+                    uow.vendors.add(Vendor(id=spec.id, created_at=now, updated_at=now, **fields))
+                    created.append(spec.id)
+                elif any(getattr(vendor, key) != value for key, value in fields.items()):
+                    for key, value in fields.items():
+                        setattr(vendor, key, value)
+                    vendor.updated_at = now
+                    updated.append(spec.id)
+                else:
+                    unchanged.append(spec.id)
+                uow.flush()
+                existing = {
+                    (c.provider, c.source)
+                    for c in uow.session.exec(
+                        select(CalendarConnection).where(
+                            col(CalendarConnection.vendor_id) == spec.id
+                        )
+                    ).all()
+                }
+                for calendar in spec.calendars:
+                    if (calendar.provider, calendar.source) in existing:
+                        continue
+                    uow.session.add(
+                        CalendarConnection(
+                            id=new_id("cal"),
+                            vendor_id=spec.id,
+                            provider=calendar.provider,
+                            source=calendar.source,
+                            name=calendar.name,
+                            credentials_ref=calendar.credentials,
+                            created_at=now,
+                        )
+                    )
+                    existing.add((calendar.provider, calendar.source))
+                    calendars_added += 1
+            uow.commit()
+        return ImportReport(created, updated, unchanged, calendars_added)
+
+    def all(self) -> list[Vendor]:
+        with UnitOfWork(self.db, readonly=True) as uow:
+            return list(uow.vendors.list())
+
+    def get(self, vendor_id: str) -> tuple[Vendor, list[CalendarConnection]]:
+        with UnitOfWork(self.db, readonly=True) as uow:
+            vendor = uow.vendors.get(vendor_id)
+            if vendor is None:
+                raise NotFound(f"unknown vendor {vendor_id!r}", details={"vendorId": vendor_id})
+            calendars = uow.session.exec(
+                select(CalendarConnection)
+                .where(col(CalendarConnection.vendor_id) == vendor_id)
+                .order_by(col(CalendarConnection.created_at))
+            ).all()
+            return vendor, list(calendars)

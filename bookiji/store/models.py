@@ -1,0 +1,293 @@
+"""SQLModel tables. The migrations in `migrations/` must produce exactly these (tested).
+
+Constraints the ORM cannot express (the Postgres exclusion constraint, SQLite overlap and
+append-only triggers) live in the migrations and are tested by behaviour.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlmodel import Field, SQLModel
+
+from bookiji.domain.states import ReservationState
+from bookiji.store.types import BigIntId, JSONDocument, UTCDateTime
+
+_STATE_LIST = ", ".join(f"'{s.value}'" for s in ReservationState)
+
+
+def _ts(*, nullable: bool = False, index: bool = False) -> Any:
+    return Field(sa_type=UTCDateTime, nullable=nullable, index=index)
+
+
+def _json(default_factory: Any = dict) -> Any:
+    return Field(default_factory=default_factory, sa_type=JSONDocument, nullable=False)
+
+
+class Vendor(SQLModel, table=True):
+    __tablename__: ClassVar[str] = "vendors"
+    __table_args__ = (
+        CheckConstraint("slot_minutes BETWEEN 5 AND 1440", name="ck_vendors_slot_minutes"),
+        CheckConstraint("price >= 0 AND deposit >= 0", name="ck_vendors_amounts"),
+    )
+
+    id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=200)
+    timezone: str = Field(max_length=64)
+    slot_minutes: int
+    slot_interval_minutes: int
+    buffer_before_minutes: int = 0
+    buffer_after_minutes: int = 0
+    min_notice_minutes: int = 0
+    max_advance_days: int = 60
+    currency: str = Field(max_length=3)
+    price: int = 0
+    deposit: int = 0
+    hours: dict[str, Any] = _json()
+    overrides: list[Any] = _json(list)
+    #: Stripe customer + saved payment method for the vendor's deposit, connected account
+    #: for the requester's destination charge. Filled in by operators, not by the file.
+    payment_customer_ref: str | None = Field(default=None, max_length=255)
+    payment_method_ref: str | None = Field(default=None, max_length=255)
+    payment_account_ref: str | None = Field(default=None, max_length=255)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class CalendarConnection(SQLModel, table=True):
+    __tablename__: ClassVar[str] = "calendar_connections"
+    __table_args__ = (
+        UniqueConstraint("vendor_id", "provider", "source", name="uq_calendar_connections_source"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    vendor_id: str = Field(
+        sa_column=Column(String(64), ForeignKey("vendors.id"), nullable=False, index=True)
+    )
+    provider: str = Field(max_length=16)
+    source: str = Field(sa_type=Text)
+    name: str | None = Field(default=None, max_length=200)
+    #: Encrypted credentials (refresh token) or a path to a credentials file; never printed.
+    credentials_ref: str | None = Field(default=None, sa_type=Text)
+    status: str = Field(default="never_synced", max_length=32)
+    last_synced_at: datetime | None = _ts(nullable=True)
+    last_attempt_at: datetime | None = _ts(nullable=True)
+    last_error: str | None = Field(default=None, sa_type=Text)
+    created_at: datetime = _ts()
+
+
+class BusyInterval(SQLModel, table=True):
+    """The calendar busy-time cache, refreshed by sync, read by availability."""
+
+    __tablename__: ClassVar[str] = "busy_intervals"
+    __table_args__ = (
+        Index("ix_busy_intervals_vendor_start", "vendor_id", "start_at"),
+        CheckConstraint("start_at < end_at", name="ck_busy_intervals_order"),
+    )
+
+    id: int | None = Field(default=None, sa_type=BigIntId, primary_key=True)
+    connection_id: str = Field(
+        sa_column=Column(
+            String(40), ForeignKey("calendar_connections.id"), nullable=False, index=True
+        )
+    )
+    vendor_id: str = Field(max_length=64)
+    start_at: datetime = _ts()
+    end_at: datetime = _ts()
+    tentative: bool = Field(default=False, sa_type=Boolean)
+    summary: str | None = Field(default=None, sa_type=Text)
+    fetched_at: datetime = _ts()
+
+
+class Partner(SQLModel, table=True):
+    __tablename__: ClassVar[str] = "partners"
+
+    id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=200)
+    webhook_url: str | None = Field(default=None, sa_type=Text)
+    webhook_secret: str | None = Field(default=None, sa_type=Text)
+    created_at: datetime = _ts()
+    disabled_at: datetime | None = _ts(nullable=True)
+
+
+class PartnerApiKey(SQLModel, table=True):
+    """Only a hash of the secret is stored; the prefix finds the row in O(1)."""
+
+    __tablename__: ClassVar[str] = "partner_api_keys"
+
+    id: str = Field(primary_key=True, max_length=40)
+    partner_id: str = Field(
+        sa_column=Column(String(64), ForeignKey("partners.id"), nullable=False, index=True)
+    )
+    prefix: str = Field(max_length=32, unique=True)
+    key_hash: str = Field(max_length=128)
+    scopes: list[Any] = _json(list)
+    created_at: datetime = _ts()
+    expires_at: datetime | None = _ts(nullable=True)
+    revoked_at: datetime | None = _ts(nullable=True)
+    last_used_at: datetime | None = _ts(nullable=True)
+    rotated_from: str | None = Field(default=None, max_length=40)
+
+
+_RESERVATION_VERSION = Column("version", Integer, nullable=False)
+
+
+class Reservation(SQLModel, table=True):
+    __tablename__: ClassVar[str] = "reservations"
+    __table_args__ = (
+        CheckConstraint(f"state IN ({_STATE_LIST})", name="ck_reservations_state"),
+        CheckConstraint("slot_start < slot_end", name="ck_reservations_slot_order"),
+        CheckConstraint(
+            "block_start <= slot_start AND block_end >= slot_end", name="ck_reservations_block"
+        ),
+        CheckConstraint("price_amount >= 0 AND deposit_amount >= 0", name="ck_reservations_money"),
+        Index("ix_reservations_vendor_block", "vendor_id", "block_start", "block_end"),
+        Index("ix_reservations_state_deadline", "state", "state_deadline"),
+        Index("ix_reservations_partner_created", "partner_id", "created_at"),
+        Index("ix_reservations_created", "created_at"),
+    )
+    # Optimistic concurrency: every UPDATE carries `WHERE version = :seen` and bumps it, so a
+    # writer working from a stale read fails instead of overwriting a newer state.
+    __mapper_args__: ClassVar[dict[str, Any]] = {"version_id_col": _RESERVATION_VERSION}
+
+    id: str = Field(primary_key=True, max_length=40)
+    vendor_id: str = Field(sa_column=Column(String(64), ForeignKey("vendors.id"), nullable=False))
+    requester_id: str = Field(max_length=200, index=True)
+    partner_id: str | None = Field(
+        default=None, sa_column=Column(String(64), ForeignKey("partners.id"), nullable=True)
+    )
+    slot_start: datetime = _ts()
+    slot_end: datetime = _ts()
+    block_start: datetime = _ts()
+    block_end: datetime = _ts()
+    state: str = Field(max_length=40)
+    state_deadline: datetime | None = _ts(nullable=True)
+    version: int | None = Field(default=None, sa_column=_RESERVATION_VERSION)
+    currency: str = Field(max_length=3)
+    price_amount: int = 0
+    deposit_amount: int = 0
+    vendor_payment_state: str = Field(default="not_started", max_length=32)
+    vendor_payment_ref: str | None = Field(default=None, max_length=255)
+    requester_payment_state: str = Field(default="not_started", max_length=32)
+    requester_payment_ref: str | None = Field(default=None, max_length=255)
+    meta: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column("metadata", JSONDocument, nullable=False)
+    )
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class ReservationTransition(SQLModel, table=True):
+    """Append-only: triggers refuse UPDATE and DELETE on both databases."""
+
+    __tablename__: ClassVar[str] = "reservation_transitions"
+    __table_args__ = (Index("ix_reservation_transitions_reservation", "reservation_id", "id"),)
+
+    id: int | None = Field(default=None, sa_type=BigIntId, primary_key=True)
+    reservation_id: str = Field(
+        sa_column=Column(String(40), ForeignKey("reservations.id"), nullable=False)
+    )
+    from_state: str | None = Field(default=None, max_length=40)
+    to_state: str = Field(max_length=40)
+    reason: str = Field(sa_type=Text)
+    actor: str = Field(max_length=200)
+    at: datetime = _ts()
+    details: dict[str, Any] = _json()
+
+
+class Booking(SQLModel, table=True):
+    __tablename__: ClassVar[str] = "bookings"
+
+    id: str = Field(primary_key=True, max_length=40)
+    reservation_id: str = Field(
+        sa_column=Column(String(40), ForeignKey("reservations.id"), nullable=False, unique=True)
+    )
+    vendor_id: str = Field(max_length=64, index=True)
+    requester_id: str = Field(max_length=200)
+    slot_start: datetime = _ts()
+    slot_end: datetime = _ts()
+    currency: str = Field(max_length=3)
+    price_amount: int
+    deposit_amount: int
+    created_at: datetime = _ts()
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """(scope, key) -> the request it first answered. Scope is the partner id or 'operator'."""
+
+    __tablename__: ClassVar[str] = "idempotency_keys"
+
+    scope: str = Field(primary_key=True, max_length=64)
+    key: str = Field(primary_key=True, max_length=255)
+    request_hash: str = Field(max_length=64)
+    reservation_id: str | None = Field(
+        default=None, sa_column=Column(String(40), ForeignKey("reservations.id"), nullable=True)
+    )
+    response_status: int | None = None
+    response_body: dict[str, Any] | None = Field(default=None, sa_type=JSONDocument)
+    created_at: datetime = _ts()
+    expires_at: datetime = _ts(index=True)
+
+
+class OutboxEvent(SQLModel, table=True):
+    """Written in the same transaction as the change it describes; delivered later."""
+
+    __tablename__: ClassVar[str] = "outbox_events"
+    __table_args__ = (
+        Index("ix_outbox_events_partner_id", "partner_id", "id"),
+        Index("ix_outbox_events_reservation", "reservation_id", "id"),
+    )
+
+    id: int | None = Field(default=None, sa_type=BigIntId, primary_key=True)
+    event_id: str = Field(max_length=40, unique=True)
+    type: str = Field(max_length=80)
+    reservation_id: str | None = Field(default=None, max_length=40)
+    partner_id: str | None = Field(default=None, max_length=64)
+    payload: dict[str, Any] = _json()
+    created_at: datetime = _ts()
+
+
+class CompensationAction(SQLModel, table=True):
+    __tablename__: ClassVar[str] = "compensation_actions"
+    __table_args__ = (Index("ix_compensation_actions_status_next", "status", "next_attempt_at"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    reservation_id: str = Field(
+        sa_column=Column(String(40), ForeignKey("reservations.id"), nullable=False, index=True)
+    )
+    kind: str = Field(max_length=40)
+    party: str = Field(max_length=16)
+    amount: int = 0
+    currency: str = Field(max_length=3)
+    status: str = Field(default="pending", max_length=16)
+    attempts: int = 0
+    last_error: str | None = Field(default=None, sa_type=Text)
+    next_attempt_at: datetime | None = _ts(nullable=True)
+    idempotency_key: str = Field(max_length=255, unique=True)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+    completed_at: datetime | None = _ts(nullable=True)
+
+
+class JobLease(SQLModel, table=True):
+    """One row per named job; whoever holds an unexpired lease runs it."""
+
+    __tablename__: ClassVar[str] = "job_leases"
+
+    name: str = Field(primary_key=True, max_length=80)
+    owner: str = Field(max_length=200)
+    acquired_at: datetime = _ts()
+    expires_at: datetime = _ts()

@@ -1,0 +1,58 @@
+"""Unit of work: one database transaction, with the repositories bound to it.
+
+Leaving the block without `commit()` rolls back, so a service that raises half-way
+writes nothing.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from sqlmodel import Session
+
+from bookiji.store.database import Database
+from bookiji.store.repositories import (
+    IdempotencyRepository,
+    OutboxRepository,
+    ReservationRepository,
+    TransitionRepository,
+    VendorRepository,
+)
+
+
+class UnitOfWork:
+    def __init__(self, db: Database, *, readonly: bool = False) -> None:
+        self.db = db
+        self.readonly = readonly
+
+    def __enter__(self) -> UnitOfWork:
+        engine = self.db.read_engine if self.readonly else self.db.engine
+        self.session = Session(engine, expire_on_commit=False, autoflush=True)
+        self.vendors = VendorRepository(self.session)
+        self.reservations = ReservationRepository(self.session)
+        self.transitions = TransitionRepository(self.session)
+        self.outbox = OutboxRepository(self.session)
+        self.idempotency = IdempotencyRepository(self.session)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.session.rollback()
+        finally:
+            self.session.close()
+
+    def flush(self) -> None:
+        self.session.flush()
+
+    def commit(self) -> None:
+        if self.readonly:
+            raise RuntimeError("a read-only unit of work cannot commit")
+        self.session.commit()
+
+    def rollback(self) -> None:
+        self.session.rollback()

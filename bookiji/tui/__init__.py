@@ -1,0 +1,1 @@
+"""Textual support dashboard. Arrives with the dashboard issue."""
