@@ -20,7 +20,7 @@ from bookiji.cli import reservations as reservation_commands
 from bookiji.cli import setup as setup_commands
 from bookiji.cli import vendors as vendor_commands
 from bookiji.cli.context import CliState
-from bookiji.cli.output import error_line
+from bookiji.cli.output import console, error_line
 from bookiji.config import ConfigError
 from bookiji.domain.errors import BookijiError, ValidationFailed
 
@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         result = command.main(args=args, prog_name="bookiji", standalone_mode=False)
         code = result if isinstance(result, int) else 0
     except UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError" and exc.ctx is not None:
+            # `bookiji` or `bookiji vendors` alone: show the help as help, not as an error.
+            console.print(exc.ctx.get_help(), markup=False)
+            return 2
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         error_line(f"{exc.format_message()}{hint}")
         code = 2

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -20,7 +21,8 @@ def emit_json(document: Any) -> None:
 
 def error_line(message: str) -> None:
     first = " ".join(message.split())  # never more than one line
-    err_console.print(f"[bold red]error:[/bold red] {first}", markup=True)
+    # Escaped: "[slot_unavailable]" and file contents would otherwise be read as markup tags.
+    err_console.print(f"[bold red]error:[/bold red] {escape(first)}", markup=True)
 
 
 STATE_STYLES = {

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from bookiji.cli.context import instant, state
@@ -57,7 +58,13 @@ def _print_document(document: dict[str, Any]) -> None:
     for column in ("at", "from", "to", "actor", "reason"):
         history.add_column(column)
     for step in document["stateHistory"]:
-        history.add_row(step["at"], step["from"] or "-", step["to"], step["actor"], step["reason"])
+        history.add_row(
+            step["at"],
+            step["from"] or "-",
+            step["to"],
+            escape(step["actor"]),
+            escape(step["reason"]),
+        )
     console.print(history)
 
 

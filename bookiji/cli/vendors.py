@@ -5,16 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
-from sqlmodel import col, select
 
 from bookiji.cli.context import state
 from bookiji.cli.output import console, emit_json
-from bookiji.domain.errors import NotFound
 from bookiji.domain.timeutil import format_instant
 from bookiji.services.documents import vendor_document
-from bookiji.store.models import CalendarConnection
-from bookiji.store.uow import UnitOfWork
 
 app = typer.Typer(
     help="Vendors: import them from a TOML file, list and show them.", no_args_is_help=True
@@ -51,11 +48,7 @@ def list_(
     json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Every vendor with its timezone, slot length and prices."""
-    # Read here rather than through VendorService.all(): its rows come back expired by the
-    # unit of work's rollback, and reading them raises DetachedInstanceError.
-    with UnitOfWork(state(ctx).container().db, readonly=True) as uow:
-        vendors = list(uow.vendors.list())
-        uow.session.expunge_all()  # detach them loaded, before the rollback expires them
+    vendors = state(ctx).container().vendors.all()
     if json_output:
         emit_json([vendor_document(v) for v in vendors])
         return
@@ -65,7 +58,7 @@ def list_(
     for v in vendors:
         table.add_row(
             v.id,
-            v.name,
+            escape(v.name),
             v.timezone,
             f"{v.slot_minutes} min / every {v.slot_interval_minutes}",
             f"{v.buffer_before_minutes}+{v.buffer_after_minutes} min",
@@ -82,17 +75,7 @@ def show(
     json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """One vendor: rules, hours, overrides and calendar connections."""
-    # Read here rather than through VendorService.get(), for the reason given in list_().
-    with UnitOfWork(state(ctx).container().db, readonly=True) as uow:
-        vendor = uow.vendors.get(vendor_id)
-        if vendor is None:
-            raise NotFound(f"unknown vendor {vendor_id!r}", details={"vendorId": vendor_id})
-        calendars = uow.session.exec(
-            select(CalendarConnection)
-            .where(col(CalendarConnection.vendor_id) == vendor_id)
-            .order_by(col(CalendarConnection.created_at))
-        ).all()
-        uow.session.expunge_all()
+    vendor, calendars = state(ctx).container().vendors.get(vendor_id)
     calendar_docs = [
         {
             "id": c.id,
@@ -107,7 +90,7 @@ def show(
     if json_output:
         emit_json(vendor_document(vendor, calendar_docs))
         return
-    console.print(f"[bold]{vendor.name}[/bold] ({vendor.id}) — {vendor.timezone}")
+    console.print(f"[bold]{escape(vendor.name)}[/bold] ({vendor.id}) — {vendor.timezone}")
     console.print(
         f"slots {vendor.slot_minutes} min every {vendor.slot_interval_minutes} min; "
         f"buffers {vendor.buffer_before_minutes} before / {vendor.buffer_after_minutes} after; "
@@ -126,4 +109,6 @@ def show(
         ranges = override.get("hours") or []
         console.print(f"override {override['date']}: {', '.join(ranges) or 'closed'}")
     for c in calendar_docs:
-        console.print(f"calendar {c['id']}: {c['provider']} {c['source']} ({c['status']})")
+        console.print(
+            f"calendar {c['id']}: {c['provider']} {escape(str(c['source']))} ({c['status']})"
+        )

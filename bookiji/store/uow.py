@@ -1,7 +1,7 @@
 """Unit of work: one database transaction, with the repositories bound to it.
 
 Leaving the block without `commit()` rolls back, so a service that raises half-way
-writes nothing.
+writes nothing. Rows read inside stay readable (detached) after the block.
 """
 
 from __future__ import annotations
@@ -41,10 +41,9 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        try:
-            self.session.rollback()
-        finally:
-            self.session.close()
+        # close() rolls back whatever was not committed but, unlike rollback(), leaves the
+        # loaded objects readable: services return rows read inside the unit of work.
+        self.session.close()
 
     def flush(self) -> None:
         self.session.flush()

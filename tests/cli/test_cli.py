@@ -1,0 +1,558 @@
+"""The `bookiji` CLI as an operator uses it, on SQLite and Postgres.
+
+Commands run in-process through `bookiji.cli.main.main` (exit code returned, output captured);
+a few run the installed console script to prove the real process exit codes. The CLI reads the
+system clock, so slots sit on the day after tomorrow (UTC) and the test vendors are open
+around the clock with no minimum notice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bookiji.cli.main import main
+from bookiji.domain.states import StageTTLs
+from bookiji.domain.timeutil import format_instant
+from bookiji.services.clock import ManualClock
+from bookiji.services.documents import load_reservation_document
+from bookiji.services.reservations import HoldRequest, ReservationService
+from bookiji.store.database import Database
+
+DAY = datetime.combine(datetime.now(UTC).date() + timedelta(days=2), time(0), tzinfo=UTC)
+WEEK = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def at(hhmm: str) -> str:
+    """'10:30' on the test day, as RFC 3339 UTC the way the CLI prints it."""
+    hours, minutes = (int(part) for part in hhmm.split(":"))
+    return format_instant(DAY + timedelta(hours=hours, minutes=minutes)) or ""
+
+
+def vendor_toml(vendor_id: str, hours: str = "00:00-24:00", **fields: Any) -> str:
+    """One [[vendors]] table: open all week, no notice, zero buffers unless given."""
+    values: dict[str, Any] = {
+        "id": vendor_id,
+        "name": vendor_id.replace("-", " ").title(),
+        "timezone": "UTC",
+        "slot_minutes": 60,
+        "min_notice_minutes": 0,
+        "max_advance_days": 365,
+        "currency": "eur",
+        "price": 5000,
+        "deposit": 1000,
+        **fields,
+    }
+    lines = ["[[vendors]]", *(f"{key} = {json.dumps(value)}" for key, value in values.items())]
+    lines += ["[vendors.hours]", *(f'{day} = ["{hours}"]' for day in WEEK)]
+    return "\n".join(lines) + "\n"
+
+
+def write_vendors(path: Path, *tables: str) -> Path:
+    path.write_text("\n".join(tables), encoding="utf-8")
+    return path
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+    @property
+    def error(self) -> str:
+        """The single error line on stderr; fails if there are more lines or a traceback."""
+        lines = self.err.splitlines()
+        assert len(lines) == 1, f"expected one stderr line, got {self.err!r}"
+        assert lines[0].startswith("error: ") and "Traceback" not in self.err
+        return lines[0]
+
+
+class Cli:
+    """`cli("vendors", "list", expect=0)` runs `bookiji [--database URL] vendors list`."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str], database_url: str | None) -> None:
+        self.capsys = capsys
+        self.database_url = database_url
+
+    def __call__(self, *args: str | Path, expect: int | None = None) -> Result:
+        argv = [str(a) for a in args]
+        if self.database_url is not None:
+            argv = ["--database", self.database_url, *argv]
+        self.capsys.readouterr()
+        code = main(argv)
+        captured = self.capsys.readouterr()
+        if expect is not None:
+            assert code == expect, f"bookiji {' '.join(argv)} -> {code}: {captured.err}"
+        return Result(code, captured.out, captured.err)
+
+    def create(self, start: str, end: str, *extra: str, vendor: str = "studio-a") -> Result:
+        return self(
+            "reservations", "create", "--vendor", vendor, "--start", at(start), "--end", at(end),
+            "--requester", "alice", *extra,
+        )  # fmt: skip
+
+    def hold(self, start: str, end: str, *extra: str, vendor: str = "studio-a") -> dict[str, Any]:
+        """Create a reservation and return its document."""
+        result = self.create(start, end, *extra, "--json", vendor=vendor)
+        assert result.code == 0, result.err
+        return result.json()
+
+    def show(self, reservation_id: str) -> dict[str, Any]:
+        return self("reservations", "show", reservation_id, "--json", expect=0).json()
+
+    def ids(self, *args: str) -> list[str]:
+        rows = self("reservations", "list", *args, "--json", expect=0).json()
+        return [row["reservationId"] for row in rows]
+
+
+def history(document: dict[str, Any]) -> list[str]:
+    return [step["to"] for step in document["stateHistory"]]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No stray ./bookiji.toml or BOOKIJI_* settings; tables wide enough for whole ids."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("BOOKIJI_CONFIG", "BOOKIJI_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COLUMNS", "250")
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]) -> Cli:
+    """The CLI without --database: settings come from --config or ./bookiji.toml."""
+    return Cli(capsys, None)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], database_url: str) -> Cli:
+    """The CLI against a fresh database at head."""
+    return Cli(capsys, database_url)
+
+
+@pytest.fixture
+def vendors_file(tmp_path: Path) -> Path:
+    """studio-a: zero buffers; studio-b: 15 minutes of buffer after each slot."""
+    return write_vendors(
+        tmp_path / "vendors.toml",
+        vendor_toml("studio-a"),
+        vendor_toml("studio-b", buffer_after_minutes=15, currency="gbp", price=7000),
+    )
+
+
+@pytest.fixture
+def ready(cli: Cli, vendors_file: Path) -> Cli:
+    """The CLI with both test vendors imported."""
+    cli("vendors", "import", vendors_file, expect=0)
+    return cli
+
+
+# -- init and the schema ---------------------------------------------------------------------
+
+
+def test_init_writes_config_and_brings_the_database_to_head(
+    run: Cli, empty_database_url: str, tmp_path: Path
+) -> None:
+    first = run("--database", empty_database_url, "init", "--json", expect=0).json()
+    assert first["configWritten"] is True and first["from"] is None and first["to"]
+    config = tomllib.loads((tmp_path / "bookiji.toml").read_text())
+    assert config["database_url"] == empty_database_url
+
+    # Later commands find the database through ./bookiji.toml alone.
+    current = run("db", "current", "--json", expect=0).json()
+    assert current == {**current, "current": first["to"], "head": first["to"], "atHead": True}
+    assert run("vendors", "list", "--json", expect=0).json() == []
+
+    again = run("init", "--json", expect=0).json()
+    assert again["configWritten"] is False and again["from"] == again["to"] == first["to"]
+    assert "kept as it was" in run("init", expect=0).out
+
+
+def test_an_unmigrated_database_is_refused_with_a_hint_to_init(
+    run: Cli, empty_database_url: str
+) -> None:
+    cli = Cli(run.capsys, empty_database_url)
+    for command in (
+        ["vendors", "list"],
+        ["reservations", "list"],
+        ["reservations", "show", "res_x"],
+        ["reconcile", "--once"],
+    ):
+        result = cli(*command, expect=1)
+        assert "run 'bookiji init'" in result.error and "schema_not_ready" in result.error
+    current = cli("db", "current", "--json", expect=0).json()
+    assert current["current"] is None and current["atHead"] is False
+    upgraded = cli("db", "upgrade", "--json", expect=0).json()
+    assert upgraded["from"] is None and upgraded["to"] == current["head"]
+    assert cli("db", "current", "--json", expect=0).json()["atHead"] is True
+    assert cli("vendors", "list", "--json", expect=0).json() == []
+
+
+def test_a_bad_settings_file_is_a_usage_error(run: Cli, tmp_path: Path) -> None:
+    assert "config file not found" in run("--config", "nowhere.toml", "db", "current").error
+    bad = tmp_path / "bad.toml"
+    bad.write_text('database_url = "mysql://db/bookiji"\n')
+    result = run("--config", bad, "vendors", "list", expect=2)
+    assert "bad.toml" in result.error and "database_url" in result.error
+
+
+# -- vendors ---------------------------------------------------------------------------------
+
+
+def test_vendors_import_then_list_and_show(cli: Cli, vendors_file: Path) -> None:
+    report = cli("vendors", "import", vendors_file, "--json", expect=0).json()
+    assert report == {
+        "created": ["studio-a", "studio-b"],
+        "updated": [],
+        "unchanged": [],
+        "calendarsAdded": 0,
+    }
+    listed = cli("vendors", "list", "--json", expect=0).json()
+    assert [v["vendorId"] for v in listed] == ["studio-a", "studio-b"]
+    b = listed[1]
+    assert (b["timezone"], b["currency"], b["price"], b["deposit"]) == ("UTC", "gbp", 7000, 1000)
+    assert (b["bufferBeforeMinutes"], b["bufferAfterMinutes"], b["maxAdvanceDays"]) == (0, 15, 365)
+
+    table = cli("vendors", "list", expect=0).out
+    assert "2 vendors" in table and "studio-a" in table and "7000 gbp" in table
+
+    shown = cli("vendors", "show", "studio-b", "--json", expect=0).json()
+    assert shown == {**b, "calendars": []}
+    assert shown["hours"] == {day: ["00:00-24:00"] for day in WEEK}
+    text = cli("vendors", "show", "studio-b", expect=0).out
+    assert "Studio B (studio-b)" in text and "buffers 0 before / 15 after" in text
+    assert "not_found" in cli("vendors", "show", "nobody", expect=1).error
+
+
+def test_reimport_reports_created_updated_and_unchanged(cli: Cli, tmp_path: Path) -> None:
+    path = write_vendors(tmp_path / "v.toml", vendor_toml("studio-a"), vendor_toml("studio-b"))
+    cli("vendors", "import", path, expect=0)
+    write_vendors(
+        path, vendor_toml("studio-a"), vendor_toml("studio-b", price=9900), vendor_toml("studio-c")
+    )
+    report = cli("vendors", "import", path, "--json", expect=0).json()
+    assert (report["created"], report["updated"], report["unchanged"]) == (
+        ["studio-c"],
+        ["studio-b"],
+        ["studio-a"],
+    )
+    assert cli("vendors", "show", "studio-b", "--json", expect=0).json()["price"] == 9900
+    text = cli("vendors", "import", path, expect=0).out
+    assert "0 created, 0 updated, 3 unchanged" in text
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "detail"),
+    [
+        ({"hours": "17:00-09:00"}, "hours", "17:00-09:00"),
+        ({"timezone": "Mars/Olympus"}, "timezone", "Mars/Olympus"),
+    ],
+)
+def test_an_invalid_vendor_file_imports_nothing(
+    cli: Cli, tmp_path: Path, fields: dict[str, str], field: str, detail: str
+) -> None:
+    path = write_vendors(
+        tmp_path / "broken.toml", vendor_toml("studio-ok"), vendor_toml("studio-bad", **fields)
+    )
+    error = cli("vendors", "import", path, expect=2).error
+    for part in ("broken.toml", "vendor 'studio-bad'", field, detail, "invalid_vendor_file"):
+        assert part in error
+    assert cli("vendors", "list", "--json", expect=0).json() == []  # not even studio-ok
+
+
+# -- reservations ----------------------------------------------------------------------------
+
+
+def test_create_prints_the_reservation(ready: Cli) -> None:
+    before = datetime.now(UTC)
+    text = ready.create("10:00", "11:00", "--metadata", '{"note": "window seat"}')
+    after = datetime.now(UTC)
+    assert text.code == 0 and text.out.startswith("held: res_")
+    reservation_id = text.out.split()[1]
+    assert f"{reservation_id} HELD" in text.out and "5000 eur" in text.out
+
+    doc = ready.show(reservation_id)
+    assert (doc["state"], doc["vendorId"], doc["requesterId"]) == ("HELD", "studio-a", "alice")
+    assert (doc["slotStartTime"], doc["slotEndTime"]) == (at("10:00"), at("11:00"))
+    assert doc["metadata"] == {"note": "window seat"} and doc["idempotencyKey"] is None
+    assert doc["payment"]["currency"] == "eur"
+    assert doc["payment"]["vendorDeposit"]["amount"] == 1000
+    assert doc["payment"]["requesterPayment"]["amount"] == 5000
+    # The hold lasts the default 10 minutes, and expiresAt says the same.
+    deadline = datetime.fromisoformat(doc["stateDeadline"])
+    assert before + timedelta(minutes=10) <= deadline <= after + timedelta(minutes=10)
+    assert doc["expiresAt"] == doc["stateDeadline"] and doc["stateDeadline"].endswith("Z")
+    assert [(s["from"], s["to"], s["actor"]) for s in doc["stateHistory"]] == [
+        (None, "INTENT_CREATED", "operator:cli"),
+        ("INTENT_CREATED", "HELD", "operator:cli"),
+    ]
+
+
+def test_show_json_is_the_service_document(ready: Cli, db: Database) -> None:
+    reservation_id = ready.hold("10:00", "11:00", "--metadata", '{"n": 1}')["reservationId"]
+    ready("reservations", "confirm", reservation_id, expect=0)
+    shown = ready("reservations", "show", reservation_id, "--json", expect=0).json()
+    assert shown == load_reservation_document(db, reservation_id)
+    assert shown["state"] == "CONFIRMED_BY_VENDOR"
+
+
+def test_an_overlapping_hold_is_refused(ready: Cli) -> None:
+    first = ready.hold("10:00", "11:00")
+    refused = ready.create("10:30", "11:30")
+    assert refused.code == 1 and "slot_unavailable" in refused.error
+    assert ready.ids() == [first["reservationId"]]
+
+
+def test_adjacent_slots_without_buffers_both_hold(ready: Cli) -> None:
+    first = ready.hold("10:00", "11:00")
+    second = ready.hold("11:00", "12:00")
+    assert first["blockEndTime"] == second["blockStartTime"] == at("11:00")
+    assert {first["state"], second["state"]} == {"HELD"}
+
+
+def test_a_buffer_keeps_the_next_slot_free(ready: Cli) -> None:
+    first = ready.hold("10:00", "11:00", vendor="studio-b")
+    assert first["blockEndTime"] == at("11:15")
+    assert "slot_unavailable" in ready.create("11:00", "12:00", vendor="studio-b").error
+    assert ready.hold("11:15", "12:15", vendor="studio-b")["state"] == "HELD"
+
+
+def test_idempotency_key_replays_and_refuses_a_different_body(ready: Cli) -> None:
+    first = ready.hold("10:00", "11:00", "--idempotency-key", "k-1")
+    replay = ready.create("10:00", "11:00", "--idempotency-key", "k-1")
+    assert replay.code == 0 and f"replayed (same idempotency key): {first['reservationId']}" in (
+        replay.out
+    )
+    again = ready.hold("10:00", "11:00", "--idempotency-key", "k-1")
+    assert again["reservationId"] == first["reservationId"]
+    assert again["idempotencyKey"] == "k-1"
+    refused = ready.create("13:00", "14:00", "--idempotency-key", "k-1")
+    assert refused.code == 1 and "idempotency_key_reused" in refused.error
+    assert ready.ids() == [first["reservationId"]]
+
+
+def test_list_filters_by_state_and_vendor_newest_first(ready: Cli) -> None:
+    r1 = ready.hold("10:00", "11:00")["reservationId"]
+    r2 = ready.hold("12:00", "13:00")["reservationId"]
+    r3 = ready.hold("10:00", "11:00", vendor="studio-b")["reservationId"]
+    ready("reservations", "confirm", r2, expect=0)
+
+    assert ready.ids() == [r3, r2, r1]
+    assert ready.ids("--state", "HELD") == [r3, r1]
+    assert ready.ids("--state", "confirmed_by_vendor") == [r2]
+    assert ready.ids("--vendor", "studio-b") == [r3]
+    assert ready.ids("--vendor", "studio-a", "--state", "HELD") == [r1]
+    assert ready.ids("--limit", "2") == [r3, r2]
+    assert ready.ids("--vendor", "nobody") == []
+    rows = ready("reservations", "list", "--json", expect=0).json()
+    assert rows[0]["slotStartTime"] == at("10:00") and rows[0]["vendorId"] == "studio-b"
+
+    table = ready("reservations", "list", "--state", "HELD", expect=0).out
+    assert "2 reservations" in table and r1 in table and r3 in table and r2 not in table
+    refused = ready("reservations", "list", "--state", "soon", expect=2)
+    assert "unknown state 'soon'" in refused.error
+
+
+def test_confirm_then_cancel_walks_the_history(ready: Cli) -> None:
+    rid = ready.hold("10:00", "11:00")["reservationId"]
+    assert f"confirmed: {rid}" in ready("reservations", "confirm", rid, expect=0).out
+    confirmed = ready.show(rid)
+    assert history(confirmed) == [
+        "INTENT_CREATED",
+        "HELD",
+        "AWAITING_VENDOR_CONFIRMATION",
+        "CONFIRMED_BY_VENDOR",
+    ]
+    assert f"already confirmed: {rid}" in ready("reservations", "confirm", rid, expect=0).out
+    assert ready.show(rid)["stateHistory"] == confirmed["stateHistory"]
+
+    cancelled = ready(
+        "reservations", "cancel", rid, "--reason", "requester changed plans", "--json", expect=0
+    ).json()
+    assert cancelled["state"] == "CANCELLED"
+    last = cancelled["stateHistory"][-1]
+    assert (last["from"], last["to"], last["reason"], last["actor"]) == (
+        "CONFIRMED_BY_VENDOR",
+        "CANCELLED",
+        "requester changed plans",
+        "operator:cli",
+    )
+    # Cancelling again changes nothing and is not an error.
+    again = ready("reservations", "cancel", rid, expect=0)
+    assert f"already cancelled: {rid}" in again.out
+    assert ready.show(rid)["stateHistory"] == cancelled["stateHistory"]
+    # The slot is free again.
+    assert ready.hold("10:00", "11:00")["state"] == "HELD"
+
+
+def test_decline_cancels_and_frees_the_slot(ready: Cli) -> None:
+    rid = ready.hold("10:00", "11:00")["reservationId"]
+    declined = ready("reservations", "decline", rid, "--json", expect=0).json()
+    assert declined["state"] == "CANCELLED"
+    last = declined["stateHistory"][-1]
+    assert (last["from"], last["reason"], last["details"]) == (
+        "HELD",
+        "declined by vendor",
+        {"decision": "decline"},
+    )
+    assert ready.hold("10:00", "11:00")["state"] == "HELD"
+
+
+def test_decline_after_confirm_is_an_invalid_transition(ready: Cli) -> None:
+    rid = ready.hold("10:00", "11:00")["reservationId"]
+    ready("reservations", "confirm", rid, expect=0)
+    refused = ready("reservations", "decline", rid, expect=1)
+    assert "invalid_transition" in refused.error and "CONFIRMED_BY_VENDOR" in refused.error
+    assert refused.out == ""
+    assert ready.show(rid)["state"] == "CONFIRMED_BY_VENDOR"
+
+
+@pytest.mark.parametrize("action", ["show", "confirm", "decline", "cancel"])
+def test_an_unknown_reservation_is_not_found(ready: Cli, action: str) -> None:
+    error = ready("reservations", action, "res_missing", expect=1).error
+    assert "res_missing" in error and "not_found" in error
+
+
+def test_an_unknown_vendor_is_not_found(ready: Cli) -> None:
+    refused = ready.create("10:00", "11:00", vendor="nobody")
+    assert refused.code == 1 and "unknown vendor 'nobody'" in refused.error
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--start", "tomorrow", "--end", at("11:00")], "--start"),
+        (["--start", at("10:00")[:-1], "--end", at("11:00")], "no UTC offset"),
+        (["--start", at("10:00"), "--end", "11:00"], "--end"),
+        (["--start", at("11:00"), "--end", at("10:00")], "slotEndTime must be after"),
+        (["--start", at("10:00"), "--end", at("11:00"), "--metadata", "{oops"], "--metadata"),
+        (["--start", at("10:00"), "--end", at("11:00"), "--metadata", "[1]"], "JSON object"),
+        (["--start", at("10:00"), "--end", at("11:00"), "--colour", "red"], "--colour"),
+        (["--start", at("10:00")], "--end"),
+    ],
+    ids=[
+        "word-time", "naive-time", "bare-end", "end-before-start",
+        "metadata-not-json", "metadata-not-object", "unknown-option", "missing-end",
+    ],
+)  # fmt: skip
+def test_bad_input_is_a_usage_error_and_holds_nothing(
+    ready: Cli, args: list[str], message: str
+) -> None:
+    result = ready(
+        "reservations", "create", "--vendor", "studio-a", "--requester", "alice", *args, expect=2
+    )
+    assert message in result.error and result.out == ""
+    assert ready.ids() == []
+
+
+# -- reconcile -------------------------------------------------------------------------------
+
+
+def test_reconcile_once_expires_holds_whose_deadline_passed(ready: Cli, db: Database) -> None:
+    # A hold placed an hour ago (through the service, on a clock set back) is 50 minutes late.
+    then = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    old = ReservationService(db, ManualClock(then), StageTTLs()).create_hold(
+        HoldRequest("studio-a", DAY + timedelta(hours=9), DAY + timedelta(hours=10), "bob"),
+        actor="test",
+    )
+    fresh = ready.hold("10:00", "11:00")["reservationId"]
+
+    report = ready("reconcile", "--once", "--json", expect=0).json()
+    assert report["jobs"]["expiry"] == {
+        "processed": 1,
+        "reservations": [
+            {
+                "reservationId": old.reservation_id,
+                "from": "HELD",
+                "to": "FAILED_VENDOR_TIMEOUT",
+                "deadline": format_instant(then + timedelta(minutes=10)),
+            }
+        ],
+    }
+    expired = ready.show(old.reservation_id)
+    assert expired["state"] == "FAILED_VENDOR_TIMEOUT"
+    assert expired["stateHistory"][-1]["actor"] == "system:expiry"
+    assert ready.show(fresh)["state"] == "HELD"
+    # Nothing is expired twice; the freed slot can be held again.
+    assert "expiry: 0 reservations" in ready("reconcile", "--once", expect=0).out
+    assert ready.hold("09:00", "10:00")["state"] == "HELD"
+
+
+def test_reconcile_without_once_is_a_usage_error(ready: Cli) -> None:
+    assert "--once" in ready("reconcile", expect=2).error
+
+
+# -- demo ------------------------------------------------------------------------------------
+
+
+def test_demo_walks_the_workflow(run: Cli) -> None:
+    out = run("demo", expect=0).out
+    assert "replayed" in out and "refused, slot_unavailable" in out
+    assert "overlapping active pairs: 0" in out
+    assert out.rstrip().splitlines()[-1].strip("─ ") == "done"
+
+
+# -- the real console script -----------------------------------------------------------------
+
+SCRIPT = shutil.which("bookiji", path=str(Path(sys.executable).parent)) or shutil.which("bookiji")
+
+
+def bookiji(database_url: str, *args: str | Path) -> Result:
+    assert SCRIPT is not None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOOKIJI_")}
+    proc = subprocess.run(
+        [SCRIPT, "--database", database_url, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**env, "COLUMNS": "250"},
+        timeout=120,
+        check=False,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.mark.skipif(SCRIPT is None, reason="the bookiji console script is not installed")
+def test_console_script_success_and_refusal(database_url: str, vendors_file: Path) -> None:
+    def create(start: str, end: str, *extra: str) -> Result:
+        return bookiji(
+            database_url, "reservations", "create", "--vendor", "studio-a",
+            "--start", at(start), "--end", at(end), "--requester", "al", *extra,
+        )  # fmt: skip
+
+    assert bookiji(database_url, "vendors", "import", vendors_file).code == 0
+    held = create("10:00", "11:00", "--json")
+    assert held.code == 0 and held.err == "" and held.json()["state"] == "HELD"
+    taken = create("10:30", "11:30")
+    assert taken.code == 1 and "slot_unavailable" in taken.error and taken.out == ""
+    missing = bookiji(database_url, "reservations", "cancel", "res_missing")
+    assert missing.code == 1 and "not_found" in missing.error
+
+
+@pytest.mark.skipif(SCRIPT is None, reason="the bookiji console script is not installed")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["no-such-command"],
+        ["reservations", "list", "--bogus"],
+        ["reservations", "create", "--vendor", "v", "--start", "tomorrow",
+         "--end", "2026-12-01T10:00:00Z", "--requester", "r"],
+    ],
+    ids=["unknown-command", "unknown-option", "malformed-time"],
+)  # fmt: skip
+def test_console_script_usage_errors_exit_2_on_one_line(database_url: str, args: list[str]) -> None:
+    result = bookiji(database_url, *args)
+    assert result.code == 2 and result.error and result.out == ""

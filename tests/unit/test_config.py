@@ -1,0 +1,70 @@
+"""Settings precedence: defaults < TOML file < BOOKIJI_* environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bookiji.config import ConfigError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("BOOKIJI_CONFIG", "BOOKIJI_DATABASE_URL", "BOOKIJI_TTL__HOLD_MINUTES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_defaults_use_an_embedded_sqlite_file() -> None:
+    settings = load_settings()
+    assert settings.database_url == "sqlite:///bookiji.db"
+    assert (settings.ttl.hold_minutes, settings.ttl.authorization_minutes) == (10, 30)
+    assert settings.ttl.commit_minutes == 15
+
+
+def test_file_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "custom.toml"
+    path.write_text('database_url = "sqlite:///x.db"\n[ttl]\nhold_minutes = 5\n')
+    settings = load_settings(path)
+    assert settings.database_url == "sqlite:///x.db"
+    assert settings.ttl.hold_minutes == 5
+    monkeypatch.setenv("BOOKIJI_TTL__HOLD_MINUTES", "7")
+    monkeypatch.setenv("BOOKIJI_DATABASE_URL", "postgresql://u@h/db")
+    settings = load_settings(path)
+    assert settings.ttl.hold_minutes == 7
+    assert settings.database_url == "postgresql://u@h/db"
+
+
+def test_bookiji_config_env_and_local_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "bookiji.toml").write_text("[ttl]\ncommit_minutes = 20\n")
+    assert load_settings().ttl.commit_minutes == 20
+    other = tmp_path / "other.toml"
+    other.write_text("[ttl]\ncommit_minutes = 25\n")
+    monkeypatch.setenv("BOOKIJI_CONFIG", str(other))
+    assert load_settings().ttl.commit_minutes == 25
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("[ttl]\nhold_minutes = 0\n", "hold_minutes"),
+        ("unknown_setting = 1\n", "unknown_setting"),
+        ('database_url = "mysql://x"\n', "database_url"),
+        ("[ttl\n", "invalid configuration"),
+    ],
+)
+def test_invalid_settings_name_the_file_and_field(
+    tmp_path: Path, content: str, fragment: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert str(path) in str(caught.value)
+    assert fragment in str(caught.value)
+
+
+def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.toml")
