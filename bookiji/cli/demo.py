@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import tempfile
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.console import Console
 from rich.rule import Rule
 
 from bookiji.bootstrap import build
-from bookiji.cli.output import console, state_style
+from bookiji.cli.output import console, emit_json, state_style
 from bookiji.config import Settings
 from bookiji.domain.errors import BookijiError
 from bookiji.domain.states import ReservationState, replay
 from bookiji.services.clock import ManualClock
-from bookiji.services.documents import load_reservation_document
+from bookiji.services.documents import load_reservation_document, reservation_summary
 from bookiji.services.reservations import HoldRequest
 from bookiji.store import migrate
 from bookiji.store.uow import UnitOfWork
@@ -26,14 +29,17 @@ ACTOR = "operator:demo"
 
 def register(app: typer.Typer) -> None:
     @app.command("demo")
-    def demo() -> None:
+    def demo(
+        json_output: bool = typer.Option(
+            False, "--json", help="Print only the final ledger, as JSON."
+        ),
+    ) -> None:
         """Walk sample reservations through every state that exists so far."""
+        out = Console(file=io.StringIO()) if json_output else console
         with tempfile.TemporaryDirectory(prefix="bookiji-demo-") as tmp:
-            run_demo(Path(tmp))
-
-
-def _say(text: str) -> None:
-    console.print(f"  {text}")
+            summary = run_demo(Path(tmp), out)
+        if json_output:
+            emit_json(summary)
 
 
 def _state(container_db: object, reservation_id: str) -> str:
@@ -43,7 +49,12 @@ def _state(container_db: object, reservation_id: str) -> str:
     return f"[{style}]{state}[/{style}]"
 
 
-def run_demo(workdir: Path) -> None:
+def run_demo(workdir: Path, out: Console = console) -> dict[str, Any]:
+    """Run the walk-through, narrating to `out`; return the final ledger."""
+
+    def _say(text: str) -> None:
+        out.print(f"  {text}")
+
     # Start the clock on the next Tuesday 08:00 UTC so the sample hours are open.
     today = datetime.now(UTC).replace(hour=8, minute=0, second=0, microsecond=0)
     start = today + timedelta(days=(1 - today.weekday()) % 7 or 7)
@@ -53,7 +64,7 @@ def run_demo(workdir: Path) -> None:
     try:
         db = container.db
         service = container.reservations
-        console.print(Rule("Bookiji demo (throw-away SQLite database)"))
+        out.print(Rule("Bookiji demo (throw-away SQLite database)"))
         migrate.upgrade(db)
         _say(f"database at migration {migrate.current_revision(db)}: {workdir / 'demo.db'}")
         sample = resources.files("bookiji.samples").joinpath("vendors.toml")
@@ -87,7 +98,7 @@ def run_demo(workdir: Path) -> None:
             _say(f"{ask}: {how} {rid} -> {_state(db, rid)}")
             return outcome.reservation_id
 
-        console.print(Rule("1. Holds, and the database refusing overlaps"))
+        out.print(Rule("1. Holds, and the database refusing overlaps"))
         first = hold("alice", 10, 0, key="alice-1")
         hold("alice", 10, 0, key="alice-1")
         hold("bob", 10, 15)
@@ -97,7 +108,7 @@ def run_demo(workdir: Path) -> None:
         fourth = hold("dave", 15, 0)
         assert first and second and third and fourth
 
-        console.print(Rule("2. Vendor confirmation"))
+        out.print(Rule("2. Vendor confirmation"))
         service.confirm(first, actor="vendor:salon-ana")
         _say(f"vendor confirms {first}: {_state(db, first)}")
         service.decline(second, actor="vendor:salon-ana")
@@ -107,7 +118,7 @@ def run_demo(workdir: Path) -> None:
         again = hold("erin", 11, 0)
         _say(f"the declined slot is free again: {again}")
 
-        console.print(Rule("3. Deadlines and reconciliation"))
+        out.print(Rule("3. Deadlines and reconciliation"))
         clock.advance(timedelta(minutes=11))
         _say("11 minutes pass; reconcile runs the expiry job")
         for item in service.expire_due():
@@ -117,7 +128,7 @@ def run_demo(workdir: Path) -> None:
         for item in service.expire_due():
             _say(f"{item.reservation_id}: {item.from_state} -> {item.to_state}")
 
-        console.print(Rule("4. The ledger"))
+        out.print(Rule("4. The ledger"))
         with UnitOfWork(db, readonly=True) as uow:
             rows = uow.reservations.list(limit=100)
             for row in sorted(rows, key=lambda r: r.slot_start):
@@ -135,12 +146,14 @@ def run_demo(workdir: Path) -> None:
                     f"[{style}]{row.state:<22}[/{style}] {len(log)} log rows, replays to {replayed}"
                 )
             pairs = uow.reservations.overlapping_active_pairs()
+            ledger = [reservation_summary(r) for r in rows]
         _say(f"overlapping active pairs: {len(pairs)}")
         document = load_reservation_document(db, first)
-        console.print(Rule(f"state history of {first}"))
+        out.print(Rule(f"state history of {first}"))
         for step in document["stateHistory"]:
             move = f"{step['from'] or '-':>28} -> {step['to']:<28}"
             _say(f"{step['at']}  {move} {step['actor']}: {step['reason']}")
-        console.print(Rule("done"))
+        out.print(Rule("done"))
+        return {"reservations": ledger, "overlappingActivePairs": len(pairs)}
     finally:
         container.close()

@@ -506,6 +506,19 @@ def test_demo_walks_the_workflow(run: Cli) -> None:
     assert out.rstrip().splitlines()[-1].strip("─ ") == "done"
 
 
+def test_demo_json_prints_only_the_final_ledger(run: Cli) -> None:
+    ledger = json.loads(run("demo", "--json", expect=0).out)
+    assert ledger["overlappingActivePairs"] == 0
+    states = sorted(r["state"] for r in ledger["reservations"])
+    assert states == [
+        "CANCELLED",
+        "CANCELLED",
+        "EXPIRED",
+        "FAILED_VENDOR_TIMEOUT",
+        "FAILED_VENDOR_TIMEOUT",
+    ]
+
+
 # -- the real console script -----------------------------------------------------------------
 
 SCRIPT = shutil.which("bookiji", path=str(Path(sys.executable).parent)) or shutil.which("bookiji")
