@@ -38,6 +38,42 @@ class ReconcileSettings(BaseModel):
     batch_size: int = Field(default=500, ge=1, le=10_000)
 
 
+class AvailabilitySettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    cache_ttl_seconds: int = Field(default=300, ge=0, le=24 * 3600)
+    freshness_ttl_seconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+    max_window_days: int = Field(default=93, ge=1, le=366)
+
+
+class GoogleSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    api_base_url: str | None = None
+    token_uri: str | None = None
+    auth_uri: str | None = None
+    client_secrets_file: str | None = None
+
+
+class OutlookSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    authority_base: str = "https://login.microsoftonline.com"
+    graph_base_url: str = "https://graph.microsoft.com/v1.0"
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = Field(default=None, repr=False)
+    ca_bundle: str | None = None
+
+
+class CalendarSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    google: GoogleSettings = GoogleSettings()
+    outlook: OutlookSettings = OutlookSettings()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BOOKIJI_",
@@ -49,6 +85,8 @@ class Settings(BaseSettings):
     log_level: str = "WARNING"
     ttl: TTLSettings = TTLSettings()
     reconcile: ReconcileSettings = ReconcileSettings()
+    availability: AvailabilitySettings = AvailabilitySettings()
+    calendars: CalendarSettings = CalendarSettings()
 
     @field_validator("database_url")
     @classmethod

@@ -18,7 +18,7 @@ def vendor_spec(vendor_id: str = "v1", **overrides: object) -> VendorSpec:
         "name": f"Vendor {vendor_id}",
         "timezone": "UTC",
         "slot_minutes": 60,
-        "slot_interval_minutes": 60,
+        "slot_interval_minutes": 5,  # a fine grid: tests pick any 5-minute start
         "buffer_before_minutes": 0,
         "buffer_after_minutes": 0,
         "min_notice_minutes": 0,

@@ -13,6 +13,8 @@ import sys
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
+from bookiji.cli import availability as availability_commands
+from bookiji.cli import calendars as calendar_commands
 from bookiji.cli import db as db_commands
 from bookiji.cli import demo as demo_commands
 from bookiji.cli import reconcile as reconcile_commands
@@ -59,7 +61,9 @@ def _root(
 app.add_typer(db_commands.app, name="db")
 app.add_typer(vendor_commands.app, name="vendors")
 app.add_typer(reservation_commands.app, name="reservations")
+app.add_typer(calendar_commands.app, name="calendars")
 setup_commands.register(app)
+availability_commands.register(app)
 reconcile_commands.register(app)
 demo_commands.register(app)
 

@@ -30,6 +30,7 @@ from bookiji.domain.errors import (
 from bookiji.domain.states import ReservationState, StageTTLs, expiry_target
 from bookiji.domain.timeutil import format_instant
 from bookiji.services import transitions
+from bookiji.services.availability import check_bookable, load_schedule, refuse_unless_bookable
 from bookiji.services.clock import Clock
 from bookiji.services.ids import new_id
 from bookiji.store.database import Database
@@ -104,6 +105,8 @@ def _validate_request(request: HoldRequest) -> None:
             problems.append("slotEndTime must be after slotStartTime")
         elif not MIN_SLOT <= duration <= MAX_SLOT:
             problems.append("a slot lasts between 5 minutes and 24 hours")
+        elif duration % timedelta(minutes=1) or request.slot_start.second:
+            problems.append("slots start and end on whole minutes")
     try:
         encoded = json.dumps(dict(request.metadata))
     except (TypeError, ValueError):
@@ -195,27 +198,13 @@ class ReservationService:
                     details={"vendorId": request.vendor_id},
                 )
             start, end = request.slot_start, request.slot_end
-            earliest = now + timedelta(minutes=vendor.min_notice_minutes)
-            if start < earliest:
-                raise SlotUnavailable(
-                    f"the slot starts before the vendor's minimum notice "
-                    f"({vendor.min_notice_minutes} min): earliest is {format_instant(earliest)}",
-                    details={"rule": "min_notice", "earliest": format_instant(earliest)},
-                )
-            horizon = now + timedelta(days=vendor.max_advance_days)
-            if start >= horizon:
-                raise SlotUnavailable(
-                    f"the slot is beyond the vendor's booking horizon "
-                    f"({vendor.max_advance_days} days)",
-                    details={"rule": "max_advance", "horizon": format_instant(horizon)},
-                )
-            block_start = start - timedelta(minutes=vendor.buffer_before_minutes)
-            block_end = end + timedelta(minutes=vendor.buffer_after_minutes)
-            if uow.reservations.overlapping_active(vendor.id, block_start, block_end):
-                raise SlotUnavailable(
-                    "the slot overlaps an active hold or booking of this vendor",
-                    details={"vendorId": vendor.id, "rule": "overlap"},
-                )
+            # The same rules availability lists slots by, on fresh data (never the cache).
+            schedule = load_schedule(
+                uow, vendor, start, end, slot_minutes=(end - start) // timedelta(minutes=1)
+            )
+            refuse_unless_bookable(check_bookable(schedule, start, now=now), vendor.id)
+            block_start = start - schedule.rules.buffer_before
+            block_end = end + schedule.rules.buffer_after
             reservation = Reservation(
                 id=new_id("res"),
                 vendor_id=vendor.id,

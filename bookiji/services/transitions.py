@@ -14,6 +14,7 @@ from bookiji.domain.states import (
     ReservationState,
     StageTTLs,
     initial_transition,
+    is_active,
     plan_transition,
 )
 from bookiji.domain.timeutil import format_instant
@@ -78,6 +79,7 @@ def start(
 ) -> None:
     """Log the birth of a new reservation (nothing -> INTENT_CREATED)."""
     planned = initial_transition(now=now, ttls=ttls)
+    uow.touch_schedule(reservation.vendor_id)
     reservation.state = planned.to_state.value
     reservation.state_deadline = planned.deadline
     _record(uow, reservation, planned, now=now, reason=reason, actor=actor, details=None)
@@ -108,6 +110,8 @@ def apply(
     )
     if planned is None:
         return False
+    if is_active(planned.to_state) != is_active(ReservationState(reservation.state)):
+        uow.touch_schedule(reservation.vendor_id)
     reservation.state = planned.to_state.value
     reservation.state_deadline = planned.deadline
     reservation.updated_at = now

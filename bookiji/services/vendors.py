@@ -110,6 +110,7 @@ class VendorService:
                     for key, value in fields.items():
                         setattr(vendor, key, value)
                     vendor.updated_at = now
+                    uow.touch_schedule(spec.id)
                     updated.append(spec.id)
                 else:
                     unchanged.append(spec.id)
@@ -138,6 +139,7 @@ class VendorService:
                     )
                     existing.add((calendar.provider, calendar.source))
                     calendars_added += 1
+                    uow.touch_schedule(spec.id)
             uow.commit()
         return ImportReport(created, updated, unchanged, calendars_added)
 

@@ -7,7 +7,6 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -47,9 +46,10 @@ class Database:
                 "check_same_thread": False,
                 "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
             }
-            # A pooled SQLite connection buys little and holds file handles open across
-            # forks; a fresh connection per checkout is cheap and always sees the newest WAL.
-            kwargs["poolclass"] = NullPool
+            # Pooled: opening a connection (and its PRAGMAs) costs more than most queries.
+            # Processes never share a Database object; each builds its own after fork.
+            kwargs["pool_size"] = 5
+            kwargs["max_overflow"] = 10
         else:
             kwargs["pool_pre_ping"] = True
             kwargs["pool_size"] = 10

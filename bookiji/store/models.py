@@ -62,6 +62,9 @@ class Vendor(SQLModel, table=True):
     payment_customer_ref: str | None = Field(default=None, max_length=255)
     payment_method_ref: str | None = Field(default=None, max_length=255)
     payment_account_ref: str | None = Field(default=None, max_length=255)
+    #: Bumped whenever anything that changes this vendor's availability commits (holds,
+    #: bookings, synced busy times, rules), so cached answers know they are stale.
+    schedule_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import and_, delete, func, text
+from sqlalchemy import and_, delete, func, text, update
 from sqlmodel import Session, col, select
 
 from bookiji.domain.states import ACTIVE_STATES, EXPIRY_TARGET
@@ -33,6 +33,19 @@ class VendorRepository:
 
     def list(self) -> Sequence[Vendor]:
         return self.session.exec(select(Vendor).order_by(col(Vendor.id))).all()
+
+    def bump_schedule_version(self, vendor_id: str) -> None:
+        self.session.execute(
+            update(Vendor)
+            .where(col(Vendor.id) == vendor_id)
+            .values(schedule_version=col(Vendor.schedule_version) + 1)
+            .execution_options(synchronize_session=False)
+        )
+
+    def schedule_version(self, vendor_id: str) -> int | None:
+        return self.session.exec(
+            select(Vendor.schedule_version).where(col(Vendor.id) == vendor_id)
+        ).first()
 
 
 class ReservationRepository:

@@ -33,6 +33,7 @@ class UnitOfWork:
         self.transitions = TransitionRepository(self.session)
         self.outbox = OutboxRepository(self.session)
         self.idempotency = IdempotencyRepository(self.session)
+        self._touched_schedules: set[str] = set()
         return self
 
     def __exit__(
@@ -48,9 +49,17 @@ class UnitOfWork:
     def flush(self) -> None:
         self.session.flush()
 
+    def touch_schedule(self, vendor_id: str) -> None:
+        """Note that this transaction changes what the vendor can offer; committing bumps the
+        vendor's schedule version once, which invalidates cached availability answers."""
+        self._touched_schedules.add(vendor_id)
+
     def commit(self) -> None:
         if self.readonly:
             raise RuntimeError("a read-only unit of work cannot commit")
+        for vendor_id in sorted(self._touched_schedules):  # sorted: a stable lock order
+            self.vendors.bump_schedule_version(vendor_id)
+        self._touched_schedules.clear()
         self.session.commit()
 
     def rollback(self) -> None:

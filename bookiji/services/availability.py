@@ -1,0 +1,327 @@
+"""Availability answers for partners and operators, and the same rules for hold creation.
+
+Answers are cached in memory per (vendor, window, slot parameters) for a TTL and keyed by
+the vendor's schedule version, which every hold, booking, sync and rule change bumps in the
+transaction that makes the change; so a cached answer is never older than the last commit
+that could change it. Hold creation never reads this cache.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select as sa_select
+from sqlmodel import col, select
+
+from bookiji.domain.availability import (
+    Blocker,
+    CalendarHealth,
+    Explanation,
+    Rules,
+    compute_slots,
+    explain,
+)
+from bookiji.domain.errors import NotFound, SlotUnavailable, ValidationFailed
+from bookiji.domain.states import ACTIVE_STATES
+from bookiji.domain.timeutil import format_instant
+from bookiji.services.clock import Clock
+from bookiji.services.vendors import spec_of
+from bookiji.store.database import Database
+from bookiji.store.models import BusyInterval, CalendarConnection, Reservation, Vendor
+from bookiji.store.uow import UnitOfWork
+
+_ACTIVE = sorted(s.value for s in ACTIVE_STATES)
+MIN_SLOT_MINUTES, MAX_SLOT_MINUTES = 5, 1440
+
+
+def calendar_label(connection: CalendarConnection) -> str:
+    if connection.name:
+        return f"{connection.provider}:{connection.name}"
+    return f"{connection.provider}:{connection.id}"
+
+
+@dataclass(frozen=True)
+class VendorSchedule:
+    """Everything availability needs about one vendor, read in one transaction."""
+
+    vendor: Vendor
+    rules: Rules
+    blockers: list[Blocker]
+    calendars: list[CalendarConnection]
+    version: int
+
+
+def load_schedule(
+    uow: UnitOfWork,
+    vendor: Vendor,
+    start: datetime,
+    end: datetime,
+    *,
+    slot_minutes: int | None = None,
+    interval_minutes: int | None = None,
+) -> VendorSchedule:
+    """Vendor rules plus every busy period and active hold that can touch [start, end)."""
+    rules = Rules.from_spec(
+        spec_of(vendor), slot_minutes=slot_minutes, interval_minutes=interval_minutes
+    )
+    reach_lo = start - rules.buffer_after - rules.slot - timedelta(days=1)
+    reach_hi = end + rules.buffer_before + timedelta(days=1)
+    calendars = list(
+        uow.session.exec(
+            select(CalendarConnection)
+            .where(col(CalendarConnection.vendor_id) == vendor.id)
+            .order_by(col(CalendarConnection.created_at), col(CalendarConnection.id))
+        ).all()
+    )
+    labels = {c.id: calendar_label(c) for c in calendars}
+    blockers: list[Blocker] = []
+    busy_rows = uow.session.execute(
+        sa_select(
+            col(BusyInterval.start_at),
+            col(BusyInterval.end_at),
+            col(BusyInterval.connection_id),
+            col(BusyInterval.summary),
+            col(BusyInterval.tentative),
+        ).where(
+            col(BusyInterval.vendor_id) == vendor.id,
+            col(BusyInterval.start_at) < reach_hi,
+            col(BusyInterval.end_at) > reach_lo,
+        )
+    ).all()
+    for start_at, end_at, connection_id, summary, tentative in busy_rows:
+        what = f" '{summary}'" if summary else ""
+        label = f"{labels.get(connection_id, connection_id)}{what}"
+        blockers.append(Blocker(start_at, end_at, "calendar", label, tentative))
+    hold_rows = uow.session.execute(
+        sa_select(
+            col(Reservation.block_start),
+            col(Reservation.block_end),
+            col(Reservation.id),
+            col(Reservation.state),
+        ).where(
+            col(Reservation.vendor_id) == vendor.id,
+            col(Reservation.block_start) < reach_hi,
+            col(Reservation.block_end) > reach_lo,
+            col(Reservation.state).in_(_ACTIVE),
+        )
+    ).all()
+    for block_start, block_end, reservation_id, state in hold_rows:
+        blockers.append(Blocker(block_start, block_end, "hold", f"{reservation_id} ({state})"))
+    return VendorSchedule(vendor, rules, blockers, calendars, vendor.schedule_version)
+
+
+def health(connections: Sequence[CalendarConnection]) -> list[CalendarHealth]:
+    return [CalendarHealth(calendar_label(c), c.status, c.last_synced_at) for c in connections]
+
+
+def check_bookable(schedule: VendorSchedule, start: datetime, *, now: datetime) -> Explanation:
+    """The hold-time check: the very rules availability lists slots by, on fresh data."""
+    return explain(schedule.rules, start, now=now, blockers=schedule.blockers)
+
+
+def refuse_unless_bookable(verdict: Explanation, vendor_id: str) -> None:
+    if verdict.bookable:
+        return
+    first = verdict.findings[0]
+    more = len(verdict.findings) - 1
+    suffix = f" (and {more} more reason{'s' if more > 1 else ''})" if more else ""
+    raise SlotUnavailable(
+        f"slot not available: {first.message}{suffix}",
+        details={
+            "vendorId": vendor_id,
+            "rule": first.rule,
+            "reasons": [{"rule": f.rule, "message": f.message} for f in verdict.findings],
+        },
+    )
+
+
+@dataclass
+class _Entry:
+    version: int
+    expires: datetime
+    document: dict[str, Any]
+
+
+class AnswerCache:
+    """A small LRU of availability documents, safe to share between threads."""
+
+    def __init__(self, ttl: timedelta, max_entries: int = 2048) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...], version: int, now: datetime) -> dict[str, Any] | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry.version != version or entry.expires <= now:
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return entry.document
+
+    def put(self, key: tuple[Any, ...], version: int, now: datetime, doc: dict[str, Any]) -> None:
+        if self.ttl <= timedelta(0):
+            return
+        with self._lock:
+            self._entries[key] = _Entry(version, now + self.ttl, doc)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+class AvailabilityService:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        *,
+        cache_ttl: timedelta = timedelta(minutes=5),
+        freshness_ttl: timedelta = timedelta(minutes=5),
+        max_window: timedelta = timedelta(days=93),
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.freshness_ttl = freshness_ttl
+        self.max_window = max_window
+        self.cache = AnswerCache(cache_ttl)
+
+    def _validate(
+        self,
+        start: datetime,
+        end: datetime,
+        slot_minutes: int | None,
+        interval_minutes: int | None,
+    ) -> None:
+        problems = []
+        if end <= start:
+            problems.append("endTime must be after startTime")
+        elif end - start > self.max_window:
+            problems.append(f"the window may span at most {self.max_window.days} days")
+        if slot_minutes is not None and not MIN_SLOT_MINUTES <= slot_minutes <= MAX_SLOT_MINUTES:
+            problems.append(f"slotDuration must be {MIN_SLOT_MINUTES}-{MAX_SLOT_MINUTES} minutes")
+        if interval_minutes is not None and not 1 <= interval_minutes <= MAX_SLOT_MINUTES:
+            problems.append(f"the slot interval must be 1-{MAX_SLOT_MINUTES} minutes")
+        if problems:
+            raise ValidationFailed("; ".join(problems), details={"problems": problems})
+
+    @staticmethod
+    def _vendor(uow: UnitOfWork, vendor_id: str) -> Vendor:
+        vendor = uow.vendors.get(vendor_id)
+        if vendor is None:
+            raise NotFound(f"unknown vendor {vendor_id!r}", details={"vendorId": vendor_id})
+        return vendor
+
+    def availability(
+        self,
+        vendor_id: str,
+        start: datetime,
+        end: datetime,
+        *,
+        slot_minutes: int | None = None,
+        interval_minutes: int | None = None,
+        include_confidence: bool = True,
+    ) -> dict[str, Any]:
+        """The availability document (`GET /v1/vendors/{id}/availability`)."""
+        self._validate(start, end, slot_minutes, interval_minutes)
+        now = self.clock.now()
+        key = (vendor_id, start, end, slot_minutes, interval_minutes, include_confidence)
+        with UnitOfWork(self.db, readonly=True) as uow:
+            version = uow.vendors.schedule_version(vendor_id)
+            if version is None:
+                raise NotFound(f"unknown vendor {vendor_id!r}", details={"vendorId": vendor_id})
+            cached = self.cache.get(key, version, now)
+            if cached is not None:
+                return self._from_cache(cached, vendor_id, now, uow)
+            vendor = self._vendor(uow, vendor_id)
+            schedule = load_schedule(
+                uow,
+                vendor,
+                start,
+                end,
+                slot_minutes=slot_minutes,
+                interval_minutes=interval_minutes,
+            )
+        slots = compute_slots(
+            schedule.rules,
+            window_start=start,
+            window_end=end,
+            now=now,
+            blockers=schedule.blockers,
+            calendars=health(schedule.calendars),
+            freshness_ttl=self.freshness_ttl,
+        )
+        document = {
+            "vendorId": vendor.id,
+            "timezone": vendor.timezone,
+            "startTime": format_instant(start),
+            "endTime": format_instant(end),
+            "slotDuration": int(schedule.rules.slot.total_seconds() // 60),
+            "slots": [
+                {
+                    "startTime": format_instant(s.start),
+                    "endTime": format_instant(s.end),
+                    **(
+                        {"confidence": s.confidence, "reasons": list(s.reasons)}
+                        if include_confidence
+                        else {}
+                    ),
+                }
+                for s in slots
+            ],
+            "sources": [
+                {
+                    "calendar": calendar_label(c),
+                    "provider": c.provider,
+                    "fetchedAt": format_instant(c.last_synced_at),
+                    "status": c.status,
+                }
+                for c in schedule.calendars
+            ],
+            "cached": False,
+            "computedAt": format_instant(now),
+        }
+        self.cache.put(key, schedule.version, now, document)
+        return document
+
+    def _from_cache(
+        self, cached: dict[str, Any], vendor_id: str, now: datetime, uow: UnitOfWork
+    ) -> dict[str, Any]:
+        """A cached answer, minus slots the passing of time has ruled out since."""
+        vendor = self._vendor(uow, vendor_id)
+        earliest = now + timedelta(minutes=vendor.min_notice_minutes)
+        slots = [s for s in cached["slots"] if datetime.fromisoformat(s["startTime"]) >= earliest]
+        return {**cached, "slots": slots, "cached": True}
+
+    def explain(
+        self, vendor_id: str, at: datetime, *, slot_minutes: int | None = None
+    ) -> dict[str, Any]:
+        """Why a slot starting at `at` is or is not bookable, rule by rule."""
+        self._validate(at, at + timedelta(minutes=1), slot_minutes, None)
+        now = self.clock.now()
+        with UnitOfWork(self.db, readonly=True) as uow:
+            vendor = self._vendor(uow, vendor_id)
+            schedule = load_schedule(
+                uow, vendor, at, at + timedelta(days=1), slot_minutes=slot_minutes
+            )
+        verdict = check_bookable(schedule, at, now=now)
+        return {
+            "vendorId": vendor.id,
+            "timezone": vendor.timezone,
+            "startTime": format_instant(verdict.start),
+            "endTime": format_instant(verdict.end),
+            "bookable": verdict.bookable,
+            "reasons": [{"rule": f.rule, "message": f.message} for f in verdict.findings],
+            "computedAt": format_instant(now),
+        }

@@ -1,0 +1,277 @@
+"""`bookiji availability` and `bookiji calendars`, as an operator runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bookiji.domain.timeutil import format_instant
+from tests.calendars.conformance import EventSpec
+from tests.calendars.ics_support import ics_text
+from tests.calendars.outlook_support import (
+    APP_CLIENT_ID,
+    APP_CLIENT_SECRET,
+    act_as_browser,
+    start_microsoft_server,
+)
+from tests.cli.support import DAY, Cli, at, vendor_toml, write_vendors
+from tests.fakes.google_server import GoogleServer
+
+SCRIPT = str(Path(sys.executable).parent / "bookiji")
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("BOOKIJI_CONFIG", "BOOKIJI_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], database_url: str, tmp_path: Path) -> Cli:
+    """The CLI with one vendor open 09:00-17:00 UTC, 60-min slots every 30 min."""
+    run = Cli(capsys, database_url)
+    path = write_vendors(
+        tmp_path / "vendors.toml",
+        vendor_toml("shop", hours="09:00-17:00", slot_interval_minutes=30),
+    )
+    run("vendors", "import", path, expect=0)
+    return run
+
+
+def window(*extra: str) -> tuple[str, ...]:
+    return ("availability", "shop", "--start", at("00:00"), "--end", at("23:59"), *extra)
+
+
+def test_json_is_the_partner_document_and_holds_agree(cli: Cli) -> None:
+    document = cli(*window("--json"), expect=0).json()
+    assert document["vendorId"] == "shop" and document["timezone"] == "UTC"
+    assert document["slotDuration"] == 60 and document["cached"] is False
+    starts = [s["startTime"] for s in document["slots"]]
+    assert starts[0] == at("09:00") and starts[-1] == at("16:00") and len(starts) == 15
+    assert starts == sorted(starts) and all(s.endswith("Z") for s in starts)
+    assert all(0 <= s["confidence"] <= 1 and s["reasons"] for s in document["slots"])
+
+    cli.hold("10:00", "11:00", vendor="shop")
+    after = [s["startTime"] for s in cli(*window("--json"), expect=0).json()["slots"]]
+    assert at("10:00") not in after and at("09:30") not in after and at("11:00") in after
+    refused = cli.create("09:30", "10:30", vendor="shop")
+    assert refused.code == 1 and "slot_unavailable" in refused.error
+    off_grid = cli.create("11:10", "12:10", vendor="shop")
+    assert off_grid.code == 1 and "not a slot start" in off_grid.error
+
+
+def test_the_table_groups_slots_by_local_day(cli: Cli) -> None:
+    out = cli(
+        "availability", "shop", "--start", at("00:00"),
+        "--end", format_instant(DAY + timedelta(days=2)) or "",
+        "--slot-minutes", "120", "--interval-minutes", "60",
+    ).out  # fmt: skip
+    assert "day (UTC)" in out and "slots of 120 min" in out
+    assert DAY.strftime("%a %Y-%m-%d") in out
+    assert (DAY + timedelta(days=1)).strftime("%a %Y-%m-%d") in out
+    assert "09:00 10:00 11:00 12:00 13:00 14:00 15:00" in out
+
+
+def test_explain_says_which_rule_blocks(cli: Cli) -> None:
+    cli.hold("12:00", "13:00", vendor="shop")
+    closed = cli("availability", "shop", "--explain", at("18:00"), expect=0).out
+    assert "not bookable" in closed and "opening hours 09:00-17:00" in closed
+    held = cli("availability", "shop", "--explain", at("12:30"), "--json", expect=0).json()
+    assert held["bookable"] is False
+    assert [r["rule"] for r in held["reasons"]] == ["hold"]
+    fine = cli("availability", "shop", "--explain", at("14:00"), "--json", expect=0).json()
+    assert fine == {**fine, "bookable": True, "reasons": []}
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    [
+        (("--start", "2026-12-02T10:00:00Z", "--end", "2026-12-02T09:00:00Z"), 2, "after"),
+        (("--start", "2026-12-01T00:00:00Z", "--end", "2027-04-01T00:00:00Z"), 2, "93 days"),
+        (
+            (
+                "--start",
+                "2026-12-01T00:00:00Z",
+                "--end",
+                "2026-12-02T00:00:00Z",
+                "--slot-minutes",
+                "4",
+            ),
+            2,
+            "slotDuration",
+        ),
+        (
+            (
+                "--start",
+                "2026-12-01T00:00:00Z",
+                "--end",
+                "2026-12-02T00:00:00Z",
+                "--slot-minutes",
+                "1441",
+            ),
+            2,
+            "slotDuration",
+        ),
+        (("--start", "yesterday", "--end", "2026-12-02T00:00:00Z"), 2, "RFC 3339"),
+        (("--end", "2026-12-02T00:00:00Z"), 2, "--start and --end"),
+    ],
+)
+def test_bad_queries_fail_with_one_line(
+    cli: Cli, args: tuple[str, ...], code: int, fragment: str
+) -> None:
+    result = cli("availability", "shop", *args, expect=code)
+    assert fragment in result.error
+
+
+def test_unknown_vendor_is_not_found(cli: Cli) -> None:
+    result = cli("availability", "ghost", "--start", at("00:00"), "--end", at("12:00"), expect=1)
+    assert "not_found" in result.error
+
+
+def test_calendars_from_the_vendors_file_list_sync_and_disconnect(cli: Cli, tmp_path: Path) -> None:
+    feed = tmp_path / "shop.ics"
+    feed.write_text(ics_text([EventSpec(DAY.replace(hour=9), DAY.replace(hour=11), "Delivery")]))
+    path = tmp_path / "with-calendar.toml"
+    path.write_text(
+        vendor_toml("shop", hours="09:00-17:00", slot_interval_minutes=30)
+        + f'[[vendors.calendars]]\nprovider = "ics"\nsource = "{feed}"\nname = "deliveries"\n'
+    )
+    cli("vendors", "import", path, expect=0)
+    [listed] = cli("calendars", "list", "--json", expect=0).json()
+    assert (listed["provider"], listed["status"], listed["name"]) == (
+        "ics",
+        "never_synced",
+        "deliveries",
+    )
+
+    [synced] = cli("calendars", "sync", "--json", expect=0).json()
+    assert (synced["status"], synced["busyPeriods"]) == ("ok", 1)
+    document = cli(*window("--json"), expect=0).json()
+    assert document["slots"][0]["startTime"] == at("11:00")
+    assert document["sources"][0]["status"] == "ok"
+    explained = cli("availability", "shop", "--explain", at("10:00"), expect=0).out
+    assert "ics:deliveries 'Delivery'" in explained
+
+    feed.unlink()
+    failed = cli("calendars", "sync", expect=1)
+    assert "degraded" in failed.out and "shop.ics" in failed.out
+    assert cli(*window("--json"), expect=0).json()["slots"][0]["startTime"] == at("11:00")
+
+    cli("calendars", "disconnect", listed["id"], expect=0)
+    assert cli("calendars", "list", "--json", expect=0).json() == []
+    assert cli(*window("--json"), expect=0).json()["slots"][0]["startTime"] == at("09:00")
+    assert "not_found" in cli("calendars", "disconnect", listed["id"], expect=1).error
+
+
+# -- OAuth connect, end to end with the real console script ------------------------------
+
+
+def _run_connect(config: Path, provider: str, browse: Any) -> tuple[int, str, str]:
+    """Run `bookiji calendars connect` as a process; act as the browser on its URL."""
+    proc = subprocess.Popen(
+        [SCRIPT, "--config", str(config), "calendars", "connect", provider,
+         "--vendor", "shop", "--no-browser", "--timeout", "30", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    killer = threading.Timer(60, proc.kill)  # never hang the suite
+    killer.start()
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("https://") or url.startswith("http://"), url
+        browse(url)
+        out, err = proc.communicate(timeout=45)
+    finally:
+        killer.cancel()
+    return proc.returncode, url + "\n" + out, err
+
+
+@pytest.fixture
+def google() -> Iterator[GoogleServer]:
+    with GoogleServer() as server:
+        yield server
+
+
+def test_connect_google_stores_a_refresh_token_that_sync_uses(
+    cli: Cli, database_url: str, tmp_path: Path, google: GoogleServer
+) -> None:
+    client_id, client_secret = google.register_client()
+    secrets = tmp_path / "client.json"
+    secrets.write_text(
+        json.dumps(
+            {
+                "installed": {
+                    "client_id": client_id,
+                    "client_secret": client_secret,
+                    "auth_uri": google.auth_uri,
+                    "token_uri": google.token_uri,
+                    "redirect_uris": ["http://localhost"],
+                }
+            }
+        )
+    )
+    config = tmp_path / "bookiji.toml"
+    config.write_text(
+        f'database_url = "{database_url}"\n[calendars.google]\n'
+        f'api_base_url = "{google.api_base_url}"\ntoken_uri = "{google.token_uri}"\n'
+        f'client_secrets_file = "{secrets}"\n'
+    )
+
+    def browse(url: str) -> None:
+        with httpx.Client(follow_redirects=True, timeout=10, trust_env=False) as browser:
+            assert browser.get(url).status_code == 200
+
+    code, out, err = _run_connect(config, "google", browse)
+    assert code == 0, err
+    connection = json.loads(out.split("\n", 1)[1])
+    assert connection["provider"] == "google" and connection["hasCredentials"] is True
+    [issued] = [r.form for r in google.token_requests("authorization_code")]
+    assert issued  # the code was exchanged
+    google.add_calendar("primary", [EventSpec(DAY.replace(hour=13), DAY.replace(hour=14), "Call")])
+    [synced] = cli("calendars", "sync", "--json", expect=0).json()
+    assert (synced["status"], synced["busyPeriods"]) == ("ok", 1)
+    for text in (out, err, json.dumps(cli("calendars", "list", "--json", expect=0).json())):
+        assert "1//" not in text  # Google refresh tokens start with 1//; never printed
+
+
+def test_connect_outlook_stores_a_refresh_token_that_sync_uses(
+    cli: Cli, database_url: str, tmp_path: Path
+) -> None:
+    server = start_microsoft_server()
+    try:
+        server.consent_user = "owner@shop.example"
+        server.set_events(
+            "owner@shop.example", [EventSpec(DAY.replace(hour=15), DAY.replace(hour=16), "Audit")]
+        )
+        config = tmp_path / "bookiji.toml"
+        config.write_text(
+            f'database_url = "{database_url}"\n[calendars.outlook]\n'
+            f'authority_base = "{server.authority_base}"\n'
+            f'graph_base_url = "{server.graph_base_url}"\n'
+            f'tenant_id = "{server.tenant_id}"\nclient_id = "{APP_CLIENT_ID}"\n'
+            f'client_secret = "{APP_CLIENT_SECRET}"\nca_bundle = "{server.ca_path}"\n'
+        )
+        code, out, err = _run_connect(config, "outlook", lambda url: act_as_browser(server, url))
+        assert code == 0, err
+        connection = json.loads(out.split("\n", 1)[1])
+        assert (connection["provider"], connection["source"]) == ("outlook", "owner@shop.example")
+        tokens = server.issued_refresh_tokens()
+        assert tokens and not any(t in out + err for t in tokens)
+        cli.database_url = None
+        result = cli("--config", config, "calendars", "sync", "--json")
+        assert result.code == 0, result.out
+        synced = result.json()
+        assert (synced[0]["status"], synced[0]["busyPeriods"]) == ("ok", 1)
+    finally:
+        server.close()

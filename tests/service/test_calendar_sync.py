@@ -1,0 +1,208 @@
+"""Calendar sync on real databases: the busy cache, degraded connections, confidence,
+and the production wiring from a stored connection to a real client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bookiji.config import Settings
+from bookiji.integrations.calendar_sources import source_builder, stored_json
+from bookiji.services.availability import AvailabilityService
+from bookiji.services.calendars import CalendarService
+from bookiji.services.clock import ManualClock
+from bookiji.services.vendors import VendorService
+from bookiji.store.database import Database
+from tests.calendars.conformance import EventSpec
+from tests.calendars.google_support import authorized_user_info
+from tests.calendars.ics_support import ics_text
+from tests.factories import add_vendor
+from tests.fakes.google_server import GoogleServer
+
+NOW = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+DAY = datetime(2026, 12, 2, tzinfo=UTC)
+
+
+def at(hour: float) -> datetime:
+    return DAY + timedelta(hours=hour)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(NOW)
+
+
+def services(
+    db: Database, clock: ManualClock, settings: Settings | None = None
+) -> tuple[CalendarService, AvailabilityService]:
+    settings = settings or Settings(database_url="sqlite://")
+    return (
+        CalendarService(db, clock, source_builder(settings)),
+        AvailabilityService(db, clock, cache_ttl=timedelta(minutes=5)),
+    )
+
+
+def starts(document: dict[str, object]) -> list[str]:
+    return [s["startTime"][11:16] for s in document["slots"]]  # type: ignore[index,union-attr]
+
+
+def test_an_ics_calendar_blocks_slots_and_a_failed_sync_keeps_its_data(
+    db: Database, clock: ManualClock, tmp_path: Path
+) -> None:
+    add_vendor(db, "v1", slot_interval_minutes=60)
+    feed = tmp_path / "work.ics"
+    feed.write_text(
+        ics_text(
+            [
+                EventSpec(at(10), at(11), "Dentist"),
+                EventSpec(at(14), at(15), "Maybe lunch", status="tentative"),
+            ]
+        )
+    )
+    calendars, availability = services(db, clock)
+    connection = calendars.connect("v1", "ics", str(feed), name="work")
+    never = availability.availability("v1", at(9), at(17))
+    assert never["sources"][0]["status"] == "never_synced"
+    assert never["slots"][0]["confidence"] == 0.5
+
+    [result] = calendars.sync("v1")
+    assert (result.status, result.busy_periods) == ("ok", 2)
+    synced = availability.availability("v1", at(9), at(17))
+    assert synced["cached"] is False  # the sync bumped the vendor's schedule version
+    assert starts(synced) == ["09:00", "11:00", "12:00", "13:00", "15:00", "16:00"]
+    assert synced["sources"][0]["status"] == "ok"
+    assert synced["sources"][0]["fetchedAt"] == "2026-12-01T08:00:00Z"
+    by_start = {s["startTime"][11:16]: s for s in synced["slots"]}
+    assert by_start["09:00"]["confidence"] == 1.0
+    assert by_start["15:00"]["confidence"] == 0.9  # a tentative event right before it
+    assert "tentative event nearby" in by_start["15:00"]["reasons"][0]
+
+    feed.unlink()  # the feed disappears: keep the old busy times, lower confidence
+    clock.advance(timedelta(minutes=1))
+    [failed] = calendars.sync("v1")
+    assert failed.status == "degraded" and "work.ics" in (failed.error or "")
+    degraded = availability.availability("v1", at(9), at(17))
+    assert starts(degraded) == starts(synced)
+    assert degraded["slots"][0]["confidence"] == 0.8
+    assert "last sync failed" in degraded["slots"][0]["reasons"][0]
+    [listed] = calendars.connections("v1")
+    assert listed.status == "degraded" and listed.last_synced_at == NOW
+
+    calendars.disconnect(connection.id)
+    reopened = availability.availability("v1", at(9), at(17))
+    assert starts(reopened) == [f"{h:02d}:00" for h in range(9, 17)]
+    assert reopened["sources"] == []
+
+
+def test_calendars_declared_in_the_vendors_file_are_synced(
+    db: Database, clock: ManualClock, tmp_path: Path
+) -> None:
+    feed = tmp_path / "salon.ics"
+    feed.write_text(ics_text([EventSpec(at(9), at(12), "Training")]))
+    vendors_file = tmp_path / "vendors.toml"
+    vendors_file.write_text(
+        f"""
+[[vendors]]
+id = "salon"
+name = "Salon"
+timezone = "UTC"
+slot_minutes = 60
+max_advance_days = 30
+[vendors.hours]
+wed = ["09:00-17:00"]
+[[vendors.calendars]]
+provider = "ics"
+source = "{feed}"
+name = "salon"
+"""
+    )
+    VendorService(db, clock).import_file(vendors_file)
+    VendorService(db, clock).import_file(vendors_file)  # re-import adds no duplicate
+    calendars, availability = services(db, clock)
+    assert [c.source for c in calendars.connections("salon")] == [str(feed)]
+    calendars.sync()
+    assert starts(availability.availability("salon", at(0), at(24)))[0] == "12:00"
+    explained = availability.explain("salon", at(10))
+    assert any("ics:salon 'Training'" in r["message"] for r in explained["reasons"])
+
+
+@pytest.fixture
+def google() -> Iterator[GoogleServer]:
+    with GoogleServer() as server:
+        yield server
+
+
+def test_a_google_connection_made_by_consent_syncs_through_the_real_client(
+    db: Database, clock: ManualClock, google: GoogleServer
+) -> None:
+    add_vendor(db, "v1", slot_interval_minutes=60)
+    google.add_calendar(
+        "primary", [EventSpec(at(13), at(14), "Client call")], time_zone="Europe/London"
+    )
+    settings = Settings(
+        database_url="sqlite://",
+        calendars={"google": {"api_base_url": google.api_base_url, "token_uri": google.token_uri}},
+    )
+    calendars, availability = services(db, clock, settings)
+    info = authorized_user_info(google)
+    calendars.connect("v1", "google", "primary", credentials_ref=stored_json(info))
+    [result] = calendars.sync("v1")
+    assert (result.status, result.busy_periods) == ("ok", 1), result.error
+    assert "13:00" not in starts(availability.availability("v1", at(9), at(17)))
+
+    google.revoke_refresh_token(info["refresh_token"])
+    google.expire_access_tokens()
+    [failed] = calendars.sync("v1")
+    assert failed.status == "degraded" and failed.retryable is False
+    assert info["refresh_token"] not in json.dumps(failed.__dict__)
+
+
+def test_a_connection_without_credentials_is_degraded_with_a_hint(
+    db: Database, clock: ManualClock
+) -> None:
+    add_vendor(db, "v1")
+    calendars, _ = services(db, clock)
+    calendars.connect("v1", "google", "primary")
+    [result] = calendars.sync()
+    assert result.status == "degraded"
+    assert "bookiji calendars connect google --vendor v1" in (result.error or "")
+
+
+def test_an_outlook_mailbox_syncs_through_msal_and_graph(db: Database, clock: ManualClock) -> None:
+    from tests.calendars.outlook_support import (
+        APP_CLIENT_ID,
+        APP_CLIENT_SECRET,
+        new_mailbox,
+        start_microsoft_server,
+    )
+
+    server = start_microsoft_server()
+    try:
+        mailbox = new_mailbox()
+        server.set_events(mailbox, [EventSpec(at(10), at(12), "Site visit")])
+        add_vendor(db, "v1", slot_interval_minutes=60)
+        settings = Settings(
+            database_url="sqlite://",
+            calendars={
+                "outlook": {
+                    "authority_base": server.authority_base,
+                    "graph_base_url": server.graph_base_url,
+                    "tenant_id": server.tenant_id,
+                    "client_id": APP_CLIENT_ID,
+                    "client_secret": APP_CLIENT_SECRET,
+                    "ca_bundle": server.ca_path,
+                }
+            },
+        )
+        calendars, availability = services(db, clock, settings)
+        calendars.connect("v1", "outlook", mailbox)
+        [result] = calendars.sync("v1")
+        assert (result.status, result.busy_periods) == ("ok", 1), result.error
+        document = availability.availability("v1", at(9), at(13))
+        assert starts(document) == ["09:00", "12:00"]
+    finally:
+        server.close()
