@@ -422,6 +422,8 @@ def explain(
             else f"hold/booking {blocker.label}"
         )
         span = f"{_utc(blocker.start)} to {_utc(blocker.end)}"
+        if blocker.kind == "hold":
+            span += " with its buffers"
         if blocker.start < end and start < blocker.end:
             findings.append(Finding(blocker.kind, f"{what}, {span}, overlaps the slot"))
         elif blocker.end <= start:

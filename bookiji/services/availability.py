@@ -103,6 +103,8 @@ def load_schedule(
             col(Reservation.block_end),
             col(Reservation.id),
             col(Reservation.state),
+            col(Reservation.slot_start),
+            col(Reservation.slot_end),
         ).where(
             col(Reservation.vendor_id) == vendor.id,
             col(Reservation.block_start) < reach_hi,
@@ -110,8 +112,9 @@ def load_schedule(
             col(Reservation.state).in_(_ACTIVE),
         )
     ).all()
-    for block_start, block_end, reservation_id, state in hold_rows:
-        blockers.append(Blocker(block_start, block_end, "hold", f"{reservation_id} ({state})"))
+    for block_start, block_end, reservation_id, state, slot_start, slot_end in hold_rows:
+        label = f"{reservation_id} ({state}, slot {slot_start:%H:%M}-{slot_end:%H:%M}Z)"
+        blockers.append(Blocker(block_start, block_end, "hold", label))
     return VendorSchedule(vendor, rules, blockers, calendars, vendor.schedule_version)
 
 

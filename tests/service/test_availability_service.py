@@ -121,7 +121,7 @@ def test_holds_are_accepted_exactly_for_listed_slots(
         assert verdict["bookable"] == (start.strftime("%H:%M") in listed), start
     with pytest.raises(SlotUnavailable, match="not a slot start"):
         hold(reservations, "salon", z(9.25))
-    with pytest.raises(SlotUnavailable, match=r"hold/booking res_\w+ \(HELD\)"):
+    with pytest.raises(SlotUnavailable, match=r"hold/booking res_\w+ \(HELD, slot 12:00-13:00Z\)"):
         hold(reservations, "salon", z(11))  # [11:00,12:00) meets the 12:00 hold's buffer
     with pytest.raises(SlotUnavailable, match="closed on Saturday"):
         hold(reservations, "salon", z(10, DAY + timedelta(days=3)))
