@@ -74,6 +74,18 @@ class CalendarSettings(BaseModel):
     outlook: OutlookSettings = OutlookSettings()
 
 
+class PaymentSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    gateway: str = Field(default="local", pattern="^(local|stripe)$")
+    stripe_api_key: str | None = Field(default=None, repr=False)
+    stripe_base_url: str | None = None
+    stripe_webhook_secret: str | None = Field(default=None, repr=False)
+    application_fee_bps: int = Field(default=0, ge=0, le=10_000)
+    commit_lease_seconds: int = Field(default=120, ge=5, le=3600)
+    auto_vendor_authorization: bool = True
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BOOKIJI_",
@@ -87,6 +99,7 @@ class Settings(BaseSettings):
     reconcile: ReconcileSettings = ReconcileSettings()
     availability: AvailabilitySettings = AvailabilitySettings()
     calendars: CalendarSettings = CalendarSettings()
+    payments: PaymentSettings = PaymentSettings()
 
     @field_validator("database_url")
     @classmethod

@@ -15,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bookiji.cli import availability as availability_commands
 from bookiji.cli import calendars as calendar_commands
+from bookiji.cli import compensate as compensate_commands
 from bookiji.cli import db as db_commands
 from bookiji.cli import demo as demo_commands
 from bookiji.cli import reconcile as reconcile_commands
@@ -65,6 +66,7 @@ app.add_typer(calendar_commands.app, name="calendars")
 setup_commands.register(app)
 availability_commands.register(app)
 reconcile_commands.register(app)
+compensate_commands.register(app)
 demo_commands.register(app)
 
 

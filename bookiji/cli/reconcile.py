@@ -1,13 +1,15 @@
-"""`bookiji reconcile --once`: the daemon's jobs, once, for cron."""
+"""`bookiji reconcile --once` and `bookiji audit`: the daemon's jobs once, for cron, and the
+invariants check."""
 
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 
 from bookiji.cli.context import state
 from bookiji.cli.output import console, emit_json
 from bookiji.domain.errors import ValidationFailed
-from bookiji.domain.timeutil import format_instant
+from bookiji.services.audit import audit as run_audit
 
 
 def register(app: typer.Typer) -> None:
@@ -17,35 +19,56 @@ def register(app: typer.Typer) -> None:
         once: bool = typer.Option(False, "--once", help="Run every job once and exit."),
         json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
-        """Expire holds and stages whose deadline passed."""
+        """Expire passed deadlines, finish or unwind stuck commits, release stale
+        authorizations, retry compensations, and flag unexplained money.
+
+        Exits 1 when a job hit errors (they are listed)."""
         if not once:
             raise ValidationFailed(
                 "reconcile runs only with --once; 'bookiji daemon' runs it continuously"
             )
+        reports = state(ctx).container().reconciler.run_once()
+        failed = any(r.errors for r in reports)
+        if json_output:
+            emit_json({"jobs": {r.name: r.document() for r in reports}, "ok": not failed})
+        else:
+            for report in reports:
+                console.print(f"{report.name}: {report.processed} processed")
+                for item in report.items:
+                    console.print("  " + escape(", ".join(f"{k}={v}" for k, v in item.items())))
+                for error in report.errors:
+                    console.print(f"  [red]error[/red] {escape(error)}")
+        if failed:
+            raise typer.Exit(1)
+
+    @app.command("audit")
+    def audit(
+        ctx: typer.Context,
+        provider: bool = typer.Option(
+            True, "--provider/--no-provider", help="Also check each payment at the provider."
+        ),
+        json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    ) -> None:
+        """Check the invariants (no overlaps, logs replay, money only where allowed).
+
+        Exits 1 on any breach."""
         container = state(ctx).container()
-        expired = container.reservations.expire_due(
-            batch_size=container.settings.reconcile.batch_size
-        )
+        breaches = run_audit(container.db, container.gateway if provider else None)
         if json_output:
             emit_json(
                 {
-                    "jobs": {
-                        "expiry": {
-                            "processed": len(expired),
-                            "reservations": [
-                                {
-                                    "reservationId": e.reservation_id,
-                                    "from": e.from_state,
-                                    "to": e.to_state,
-                                    "deadline": format_instant(e.deadline),
-                                }
-                                for e in expired
-                            ],
-                        }
-                    }
+                    "clean": not breaches,
+                    "breaches": [
+                        {"invariant": b.invariant, "reservationId": b.reservation_id,
+                         "message": b.message}
+                        for b in breaches
+                    ],
                 }
-            )
-            return
-        console.print(f"expiry: {len(expired)} reservations moved past their deadline")
-        for e in expired:
-            console.print(f"  {e.reservation_id}: {e.from_state} -> {e.to_state}")
+            )  # fmt: skip
+        elif breaches:
+            for b in breaches:
+                console.print(f"[red]{b.invariant}[/red] {b.reservation_id}: {escape(b.message)}")
+        else:
+            console.print("[green]audit clean[/green]: every invariant holds")
+        if breaches:
+            raise typer.Exit(1)

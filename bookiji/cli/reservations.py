@@ -53,7 +53,14 @@ def _print_document(document: dict[str, Any]) -> None:
         ("requester payment", "requesterPayment"),
     ):
         party = payment[key]
-        console.print(f"{label}: {party['amount']} {payment['currency']} ({party['state']})")
+        ref = f", {party['paymentIntentId']}" if party["paymentIntentId"] else ""
+        console.print(f"{label}: {party['amount']} {payment['currency']} ({party['state']}{ref})")
+    for action in document["compensationActions"]:
+        error = f", last error: {escape(action['lastError'])}" if action["lastError"] else ""
+        console.print(
+            f"compensation {action['id']}: {action['party']} {action['action']} "
+            f"{action['status']} after {action['attempts']} attempts{error}"
+        )
     history = Table(title="state history")
     for column in ("at", "from", "to", "actor", "reason"):
         history.add_column(column)
@@ -170,8 +177,11 @@ def confirm(
     reservation_id: str = typer.Argument(..., metavar="ID"),
     json_output: bool = JSON_OPTION,
 ) -> None:
-    """Confirm on the vendor's behalf (-> CONFIRMED_BY_VENDOR)."""
-    changed = state(ctx).container().reservations.confirm(reservation_id, actor=ACTOR)
+    """Confirm on the vendor's behalf (-> CONFIRMED_BY_VENDOR), then authorize the vendor's
+    deposit with its saved payment method when one is on file."""
+    container = state(ctx).container()
+    changed = container.reservations.confirm(reservation_id, actor=ACTOR)
+    container.payments.after_confirmation(reservation_id, actor=ACTOR)
     _act(ctx, reservation_id, changed, "confirmed", json_output)
 
 
@@ -196,3 +206,43 @@ def cancel(
     """Cancel a reservation that is not committing or final (-> CANCELLED)."""
     changed = state(ctx).container().reservations.cancel(reservation_id, actor=ACTOR, reason=reason)
     _act(ctx, reservation_id, changed, "cancelled", json_output)
+
+
+@app.command("authorize")
+def authorize(
+    ctx: typer.Context,
+    reservation_id: str = typer.Argument(..., metavar="ID"),
+    party: str = typer.Option(..., "--party", metavar="vendor|requester"),
+    payment_method: str | None = typer.Option(
+        None, "--payment-method", metavar="PM", help="Card/payment method id (e.g. pm_card_visa)."
+    ),
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """Authorize one party's money (manual capture). Once both are in, the commit runs."""
+    if party not in ("vendor", "requester"):
+        raise typer.BadParameter("must be vendor or requester", param_hint="--party")
+    outcome = (
+        state(ctx)
+        .container()
+        .payments.authorize(reservation_id, party, payment_method=payment_method, actor=ACTOR)
+    )
+    if not json_output:
+        console.print(f"{party} money: {outcome.money} ({outcome.intent_id or 'no payment'})")
+        if outcome.client_secret:
+            console.print(
+                "the card needs authentication: hand the client secret to the card holder"
+            )
+    _show(ctx, reservation_id, json_output)
+
+
+@app.command("commit")
+def commit(
+    ctx: typer.Context,
+    reservation_id: str = typer.Argument(..., metavar="ID"),
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """Revalidate, capture both authorizations and book (or fail with compensation)."""
+    final = state(ctx).container().payments.commit(reservation_id, actor=ACTOR)
+    if not json_output:
+        console.print(f"commit: {reservation_id} is {final}")
+    _show(ctx, reservation_id, json_output)

@@ -79,3 +79,24 @@ class Unavailable(BookijiError):
     code = "service_unavailable"
     http_status = 503
     retryable = True
+
+
+class PaymentDeclined(BookijiError):
+    """The card or bank said no. Never retried: the same card will say no again."""
+
+    code = "payment_declined"
+    http_status = 422
+
+
+class PaymentProviderError(BookijiError):
+    """The payment provider failed or could not be reached; `retryable` says whether the
+    same idempotent request may be sent again."""
+
+    code = "payment_provider_error"
+    http_status = 503
+
+    def __init__(
+        self, message: str, *, retryable: bool, details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message, details=details)
+        self.retryable = retryable

@@ -64,8 +64,10 @@ def load_schedule(
     *,
     slot_minutes: int | None = None,
     interval_minutes: int | None = None,
+    exclude_reservation: str | None = None,
 ) -> VendorSchedule:
-    """Vendor rules plus every busy period and active hold that can touch [start, end)."""
+    """Vendor rules plus every busy period and active hold that can touch [start, end)
+    (except `exclude_reservation`: a commit revalidates its own slot)."""
     rules = Rules.from_spec(
         spec_of(vendor), slot_minutes=slot_minutes, interval_minutes=interval_minutes
     )
@@ -113,6 +115,8 @@ def load_schedule(
         )
     ).all()
     for block_start, block_end, reservation_id, state, slot_start, slot_end in hold_rows:
+        if reservation_id == exclude_reservation:
+            continue
         label = f"{reservation_id} ({state}, slot {slot_start:%H:%M}-{slot_end:%H:%M}Z)"
         blockers.append(Blocker(block_start, block_end, "hold", label))
     return VendorSchedule(vendor, rules, blockers, calendars, vendor.schedule_version)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sqlmodel import col, select
+
 from bookiji.domain.errors import NotFound
 from bookiji.domain.timeutil import format_instant
 from bookiji.store.database import Database
-from bookiji.store.models import Reservation, ReservationTransition, Vendor
+from bookiji.store.models import CompensationAction, Reservation, ReservationTransition, Vendor
 from bookiji.store.uow import UnitOfWork
 
 
@@ -17,7 +19,9 @@ def _party(amount: int, state: str, reference: str | None) -> dict[str, Any]:
 
 
 def reservation_document(
-    reservation: Reservation, history: Sequence[ReservationTransition]
+    reservation: Reservation,
+    history: Sequence[ReservationTransition],
+    compensations: Sequence[CompensationAction] = (),
 ) -> dict[str, Any]:
     """`GET /v1/reservations/{id}`: camelCase, RFC 3339 UTC times, full state history."""
     return {
@@ -45,6 +49,22 @@ def reservation_document(
                 reservation.requester_payment_ref,
             ),
         },
+        "compensationActions": [
+            {
+                "id": action.id,
+                "party": action.party,
+                "action": action.kind,
+                "amount": action.amount,
+                "status": action.status,
+                "attempts": action.attempts,
+                "lastError": action.last_error,
+                "nextAttemptAt": format_instant(action.next_attempt_at)
+                if action.status == "pending"
+                else None,
+                "completedAt": format_instant(action.completed_at),
+            }
+            for action in compensations
+        ],
         "metadata": reservation.meta,
         "idempotencyKey": reservation.idempotency_key,
         "version": reservation.version,
@@ -74,7 +94,14 @@ def load_reservation_document(
             raise NotFound(
                 f"no reservation {reservation_id!r}", details={"reservationId": reservation_id}
             )
-        return reservation_document(reservation, uow.transitions.for_reservation(reservation_id))
+        compensations = uow.session.exec(
+            select(CompensationAction)
+            .where(col(CompensationAction.reservation_id) == reservation_id)
+            .order_by(col(CompensationAction.created_at), col(CompensationAction.id))
+        ).all()
+        return reservation_document(
+            reservation, uow.transitions.for_reservation(reservation_id), compensations
+        )
 
 
 def reservation_summary(reservation: Reservation) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -35,3 +36,111 @@ class CalendarSource(Protocol):
         Cancelled and transparent (free) events are not busy. Raises CalendarUnavailable.
         """
         ...
+
+
+# -- vendor notifications ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VendorNotification:
+    """What a vendor is told about a new hold, and how to answer it.
+
+    `token` is a single-use, expiring, signed confirmation token; it is a secret for the
+    vendor only (never logged). `answer_url` is where a vendor may post the decision, when
+    the partner API is reachable; None in the embedded default.
+    """
+
+    reservation_id: str
+    vendor_id: str
+    vendor_name: str
+    slot_start: datetime
+    slot_end: datetime
+    timezone: str
+    requester_id: str
+    token: str
+    expires_at: datetime
+    answer_url: str | None = None
+
+
+class NotificationFailed(BookijiError):
+    code = "notification_failed"
+    http_status = 503
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class Notifier(Protocol):
+    """One delivery channel (webhook, email, sms, console)."""
+
+    channel: str
+
+    def send(self, destination: str, notification: VendorNotification) -> None:
+        """Deliver or raise NotificationFailed; never log the token."""
+        ...
+
+
+# -- payments --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IntentView:
+    """A payment provider's PaymentIntent, reduced to what the workflow decides on.
+
+    `status` uses Stripe's vocabulary: requires_payment_method (declined), requires_action
+    (the card holder must authenticate), requires_capture (authorized), succeeded
+    (captured), canceled.
+    """
+
+    id: str
+    status: str
+    amount: int
+    currency: str
+    amount_capturable: int = 0
+    amount_received: int = 0
+    amount_refunded: int = 0
+    client_secret: str | None = None
+    reservation_id: str | None = None
+    party: str | None = None
+    error_code: str | None = None
+
+
+@dataclass(frozen=True)
+class AuthorizationRequest:
+    reservation_id: str
+    party: str
+    amount: int
+    currency: str
+    payment_method: str
+    customer: str | None = None
+    off_session: bool = False
+    destination: str | None = None
+    application_fee: int | None = None
+
+
+class PaymentGateway(Protocol):
+    """Manual-capture card payments. Every mutating call takes the idempotency key the caller
+    persisted before the first attempt; sending it again never moves money twice.
+
+    Raises PaymentDeclined for a decline (details carry `intentId` and `declineCode`) and
+    PaymentProviderError otherwise (`retryable` says whether to try again).
+    """
+
+    name: str
+
+    def authorize(self, request: AuthorizationRequest, *, idempotency_key: str) -> IntentView: ...
+
+    def capture(
+        self, intent_id: str, *, idempotency_key: str, amount: int | None = None
+    ) -> IntentView: ...
+
+    def cancel(self, intent_id: str, *, idempotency_key: str) -> IntentView: ...
+
+    def refund(
+        self, intent_id: str, *, idempotency_key: str, amount: int | None = None
+    ) -> IntentView: ...
+
+    def retrieve(self, intent_id: str) -> IntentView: ...
+
+    def find_by_reservation(self, reservation_id: str) -> list[IntentView]: ...

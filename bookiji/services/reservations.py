@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
+from bookiji.domain.compensation import Failure
 from bookiji.domain.errors import (
     ConcurrentModification,
     IdempotencyKeyReused,
@@ -32,6 +33,7 @@ from bookiji.domain.timeutil import format_instant
 from bookiji.services import transitions
 from bookiji.services.availability import check_bookable, load_schedule, refuse_unless_bookable
 from bookiji.services.clock import Clock
+from bookiji.services.compensation import plan_into
 from bookiji.services.ids import new_id
 from bookiji.store.database import Database
 from bookiji.store.errors import is_overlap_violation, is_transient, is_unique_violation
@@ -135,10 +137,24 @@ def retry_transient(operation: Callable[[], T], *, attempts: int = 5) -> T:
 
 
 class ReservationService:
-    def __init__(self, db: Database, clock: Clock, ttls: StageTTLs) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        ttls: StageTTLs,
+        *,
+        run_compensations: Callable[[list[str]], object] | None = None,
+    ) -> None:
         self.db = db
         self.clock = clock
         self.ttls = ttls
+        # Executes compensation rows right after the transaction that planned them commits;
+        # without it they wait for `reconcile`.
+        self.run_compensations = run_compensations
+
+    def _compensate(self, action_ids: list[str]) -> None:
+        if action_ids and self.run_compensations is not None:
+            self.run_compensations(action_ids)
 
     # -- holds -------------------------------------------------------------------------
 
@@ -301,10 +317,17 @@ class ReservationService:
         reason: str | None = None,
         partner_id: str | None = None,
     ) -> bool:
-        def step(uow: UnitOfWork, reservation: Reservation, now: datetime) -> bool:
-            return self._move(uow, reservation, S.CANCELLED, now, actor, reason or "cancelled")
+        planned: list[str] = []
 
-        return self._with_reservation(reservation_id, partner_id, step)
+        def step(uow: UnitOfWork, reservation: Reservation, now: datetime) -> bool:
+            moved = self._move(uow, reservation, S.CANCELLED, now, actor, reason or "cancelled")
+            if moved:
+                planned.extend(a.id for a in plan_into(uow, reservation, Failure.CANCELLED, now))
+            return moved
+
+        moved = self._with_reservation(reservation_id, partner_id, step)
+        self._compensate(planned)
+        return moved
 
     def request_vendor_confirmation(self, reservation_id: str, *, actor: str) -> bool:
         """HELD -> AWAITING_VENDOR_CONFIRMATION once the vendor has been told."""
@@ -327,6 +350,7 @@ class ReservationService:
         the next run picks up where this one stopped.
         """
         done: list[ExpiredReservation] = []
+        planned: list[str] = []
         batches = 0
         while max_batches is None or batches < max_batches:
             now = self.clock.now()
@@ -350,6 +374,12 @@ class ReservationService:
                         reason=f"deadline {format_instant(deadline)} passed in {from_state}",
                         actor="system:expiry",
                     )
+                    failure = (
+                        Failure.VENDOR_TIMEOUT
+                        if target is S.FAILED_VENDOR_TIMEOUT
+                        else Failure.EXPIRED
+                    )
+                    planned.extend(a.id for a in plan_into(uow, reservation, failure, now))
                     done.append(
                         ExpiredReservation(reservation.id, from_state, target.value, deadline)
                     )
@@ -357,6 +387,7 @@ class ReservationService:
             batches += 1
             if len(due) < batch_size:
                 break
+        self._compensate(planned)
         return done
 
     # -- helpers -----------------------------------------------------------------------------

@@ -65,6 +65,10 @@ class Vendor(SQLModel, table=True):
     #: Bumped whenever anything that changes this vendor's availability commits (holds,
     #: bookings, synced busy times, rules), so cached answers know they are stale.
     schedule_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    #: Where the vendor hears about new holds; none set = the console (embedded default).
+    notify_email: str | None = Field(default=None, max_length=320)
+    notify_webhook_url: str | None = Field(default=None, sa_type=Text)
+    notify_sms: str | None = Field(default=None, max_length=32)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
 
@@ -294,3 +298,97 @@ class JobLease(SQLModel, table=True):
     owner: str = Field(max_length=200)
     acquired_at: datetime = _ts()
     expires_at: datetime = _ts()
+
+
+class PaymentOperation(SQLModel, table=True):
+    """One call to the payment provider, recorded before it is made and after it returns, so
+    a process killed in between is resumed with the same idempotency key."""
+
+    __tablename__: ClassVar[str] = "payment_operations"
+
+    id: str = Field(primary_key=True, max_length=40)
+    reservation_id: str = Field(
+        sa_column=Column(String(40), ForeignKey("reservations.id"), nullable=False, index=True)
+    )
+    party: str = Field(max_length=16)
+    kind: str = Field(max_length=32)
+    idempotency_key: str = Field(max_length=255, unique=True)
+    status: str = Field(default="started", max_length=16)
+    intent_id: str | None = Field(default=None, max_length=255)
+    amount: int = 0
+    error_code: str | None = Field(default=None, max_length=80)
+    error_message: str | None = Field(default=None, sa_type=Text)
+    attempts: int = 0
+    started_at: datetime = _ts()
+    finished_at: datetime | None = _ts(nullable=True)
+
+
+class LocalPaymentIntent(SQLModel, table=True):
+    """The embedded payment ledger of LocalGateway: Stripe's semantics, no network."""
+
+    __tablename__: ClassVar[str] = "local_payment_intents"
+
+    id: str = Field(primary_key=True, max_length=40)
+    reservation_id: str | None = Field(default=None, max_length=40, index=True)
+    party: str | None = Field(default=None, max_length=16)
+    amount: int
+    currency: str = Field(max_length=3)
+    status: str = Field(max_length=32)
+    amount_capturable: int = 0
+    amount_received: int = 0
+    amount_refunded: int = 0
+    captures: int = 0
+    payment_method: str = Field(max_length=255)
+    customer: str | None = Field(default=None, max_length=255)
+    destination: str | None = Field(default=None, max_length=255)
+    application_fee: int | None = None
+    client_secret: str = Field(max_length=255)
+    error_code: str | None = Field(default=None, max_length=80)
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class LocalIdempotencyKey(SQLModel, table=True):
+    __tablename__: ClassVar[str] = "local_payment_idempotency"
+
+    key: str = Field(primary_key=True, max_length=255)
+    request_hash: str = Field(max_length=64)
+    response: dict[str, Any] = _json()
+    created_at: datetime = _ts()
+
+
+class ConfirmationToken(SQLModel, table=True):
+    """A vendor's single-use answer token: only its id is stored; the signature proves the
+    rest. `used_at` set = spent."""
+
+    __tablename__: ClassVar[str] = "confirmation_tokens"
+
+    id: str = Field(primary_key=True, max_length=40)
+    reservation_id: str = Field(
+        sa_column=Column(String(40), ForeignKey("reservations.id"), nullable=False, index=True)
+    )
+    expires_at: datetime = _ts()
+    used_at: datetime | None = _ts(nullable=True)
+    created_at: datetime = _ts()
+
+
+class VendorNotificationRow(SQLModel, table=True):
+    """One delivery of a confirmation request over one channel, retried until sent."""
+
+    __tablename__: ClassVar[str] = "vendor_notifications"
+    __table_args__ = (Index("ix_vendor_notifications_status_next", "status", "next_attempt_at"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    reservation_id: str = Field(
+        sa_column=Column(String(40), ForeignKey("reservations.id"), nullable=False, index=True)
+    )
+    vendor_id: str = Field(max_length=64)
+    channel: str = Field(max_length=16)
+    destination: str = Field(sa_type=Text)
+    token_id: str = Field(max_length=40)
+    status: str = Field(default="pending", max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime | None = _ts(nullable=True)
+    last_error: str | None = Field(default=None, sa_type=Text)
+    created_at: datetime = _ts()
+    sent_at: datetime | None = _ts(nullable=True)

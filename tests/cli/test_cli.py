@@ -384,7 +384,8 @@ def test_reconcile_once_expires_holds_whose_deadline_passed(ready: Cli, db: Data
     report = ready("reconcile", "--once", "--json", expect=0).json()
     assert report["jobs"]["expiry"] == {
         "processed": 1,
-        "reservations": [
+        "errors": [],
+        "items": [
             {
                 "reservationId": old.reservation_id,
                 "from": "HELD",
@@ -398,7 +399,7 @@ def test_reconcile_once_expires_holds_whose_deadline_passed(ready: Cli, db: Data
     assert expired["stateHistory"][-1]["actor"] == "system:expiry"
     assert ready.show(fresh)["state"] == "HELD"
     # Nothing is expired twice; the freed slot can be held again.
-    assert "expiry: 0 reservations" in ready("reconcile", "--once", expect=0).out
+    assert "expiry: 0 processed" in ready("reconcile", "--once", expect=0).out
     assert ready.hold("09:00", "10:00")["state"] == "HELD"
 
 

@@ -1,0 +1,209 @@
+"""StripeGateway: manual-capture PaymentIntents through the official `stripe` SDK.
+
+Vendor deposit: a PaymentIntent on the vendor's saved payment method (customer,
+off_session, confirm). Requester payment: a destination charge to the vendor's connected
+account (transfer_data.destination, application_fee_amount), payment method from the
+partner; `requires_action` hands back the client secret. Every mutating call carries the
+caller's deterministic idempotency key; retries (tenacity, exponential backoff) happen only
+for connection errors, 429, 5xx and lock timeouts, never for declines.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import stripe
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from bookiji.domain.errors import PaymentDeclined, PaymentProviderError
+from bookiji.services.ports import AuthorizationRequest, IntentView
+
+T = TypeVar("T")
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError):
+        return True
+    if isinstance(exc, stripe.CardError | stripe.IdempotencyError):
+        return False
+    if isinstance(exc, stripe.StripeError):
+        status = exc.http_status or 0
+        return status >= 500 or status == 429 or exc.code == "lock_timeout"
+    return False
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    """A Stripe object as plain dicts all the way down."""
+    if obj is None:
+        return {}
+    to_dict = getattr(obj, "to_dict", None)
+    return dict(to_dict()) if callable(to_dict) else dict(obj)
+
+
+def _view(obj: Any) -> IntentView:
+    intent = _plain(obj)
+    metadata = intent.get("metadata") or {}
+    charge = intent.get("latest_charge")
+    refunded = charge.get("amount_refunded", 0) if isinstance(charge, dict) else 0
+    error = intent.get("last_payment_error") or {}
+    return IntentView(
+        id=intent["id"],
+        status=intent["status"],
+        amount=intent["amount"],
+        currency=intent["currency"],
+        amount_capturable=intent.get("amount_capturable") or 0,
+        amount_received=intent.get("amount_received") or 0,
+        amount_refunded=refunded or 0,
+        client_secret=intent.get("client_secret")
+        if intent["status"] == "requires_action"
+        else None,
+        reservation_id=metadata.get("reservation_id"),
+        party=metadata.get("party"),
+        error_code=error.get("decline_code") or error.get("code"),
+    )
+
+
+class StripeGateway:
+    name = "stripe"
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str | None = None,
+        timeout: float = 30.0,
+        max_attempts: int = 4,
+        max_wait: float = 8.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": base_url} if base_url else None,
+            max_network_retries=0,  # we retry ourselves, with the same idempotency key
+            http_client=stripe.RequestsClient(timeout=timeout),
+        )
+        self.max_attempts = max_attempts
+        self.max_wait = max_wait
+        self.sleep = sleep
+
+    def _call(self, what: str, call: Callable[[], T]) -> T:
+        retrying = Retrying(
+            retry=retry_if_exception(_retryable),
+            stop=stop_after_attempt(self.max_attempts),
+            wait=wait_exponential_jitter(initial=0.2, max=self.max_wait),
+            sleep=self.sleep,
+            reraise=False,
+        )
+        try:
+            return retrying(call)
+        except RetryError as exhausted:
+            last = exhausted.last_attempt.exception()
+            raise PaymentProviderError(
+                f"Stripe {what} failed after {self.max_attempts} attempts ({type(last).__name__})",
+                retryable=True,
+            ) from None
+        except stripe.CardError as exc:
+            intent = _plain(exc.error.payment_intent if exc.error else None)
+            decline = (exc.error.decline_code if exc.error else None) or exc.code
+            raise PaymentDeclined(
+                f"the card was declined ({decline})",
+                details={"intentId": intent.get("id"), "declineCode": decline},
+            ) from None
+        except stripe.StripeError as exc:
+            # The SDK's message is Stripe's own text, which never carries our secrets.
+            raise PaymentProviderError(
+                f"Stripe {what} failed: {exc.code or type(exc).__name__}: "
+                f"{exc.user_message or (exc.error.message if exc.error else '')}",
+                retryable=_retryable(exc),
+                details={"code": exc.code, "status": exc.http_status},
+            ) from None
+
+    def authorize(self, request: AuthorizationRequest, *, idempotency_key: str) -> IntentView:
+        params: dict[str, Any] = {
+            "amount": request.amount,
+            "currency": request.currency,
+            "capture_method": "manual",
+            "confirm": True,
+            "payment_method": request.payment_method,
+            "payment_method_types": ["card"],
+            "metadata": {"reservation_id": request.reservation_id, "party": request.party},
+        }
+        if request.customer:
+            params["customer"] = request.customer
+        if request.off_session:
+            params["off_session"] = True
+        if request.destination:
+            params["transfer_data"] = {"destination": request.destination}
+        if request.application_fee:
+            params["application_fee_amount"] = request.application_fee
+        intent = self._call(
+            "authorization",
+            lambda: self.client.v1.payment_intents.create(
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key},
+            ),
+        )
+        return _view(intent)
+
+    def capture(
+        self, intent_id: str, *, idempotency_key: str, amount: int | None = None
+    ) -> IntentView:
+        params: dict[str, Any] = {} if amount is None else {"amount_to_capture": amount}
+        intent = self._call(
+            "capture",
+            lambda: self.client.v1.payment_intents.capture(
+                intent_id,
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key},
+            ),
+        )
+        return _view(intent)
+
+    def cancel(self, intent_id: str, *, idempotency_key: str) -> IntentView:
+        intent = self._call(
+            "cancel",
+            lambda: self.client.v1.payment_intents.cancel(
+                intent_id, options={"idempotency_key": idempotency_key}
+            ),
+        )
+        return _view(intent)
+
+    def refund(
+        self, intent_id: str, *, idempotency_key: str, amount: int | None = None
+    ) -> IntentView:
+        params: dict[str, Any] = {"payment_intent": intent_id}
+        if amount is not None:
+            params["amount"] = amount
+        self._call(
+            "refund",
+            lambda: self.client.v1.refunds.create(
+                params=params,  # type: ignore[arg-type]
+                options={"idempotency_key": idempotency_key},
+            ),
+        )
+        return self.retrieve(intent_id)
+
+    def retrieve(self, intent_id: str) -> IntentView:
+        intent = self._call(
+            "retrieve",
+            lambda: self.client.v1.payment_intents.retrieve(
+                intent_id, params={"expand": ["latest_charge"]}
+            ),
+        )
+        return _view(intent)
+
+    def find_by_reservation(self, reservation_id: str) -> list[IntentView]:
+        query = f"metadata['reservation_id']:'{reservation_id}'"
+        result = self._call(
+            "search",
+            lambda: self.client.v1.payment_intents.search(params={"query": query, "limit": 100}),
+        )
+        return [_view(intent) for intent in result.data]

@@ -1,0 +1,676 @@
+"""Dual authorization and the atomic commit.
+
+Order (the seed's): the vendor's deposit is authorized first, then the requester's payment;
+once both hold, the commit revalidates availability on fresh calendar data, captures the
+vendor, captures the requester, and writes the booking with COMMITTED in one transaction.
+Every provider call is recorded in `payment_operations` before it is made (with its
+deterministic idempotency key) and after it returns, so a process killed anywhere is resumed
+by reconciliation without a second capture. Any failure is recorded together with its
+compensation rows, which are executed right after and retried until done.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlmodel import col, select
+
+from bookiji.domain.compensation import Failure, Money, Party, plan
+from bookiji.domain.errors import (
+    BookijiError,
+    InvalidTransition,
+    NotFound,
+    PaymentDeclined,
+    PaymentProviderError,
+    Unavailable,
+    ValidationFailed,
+)
+from bookiji.domain.states import TRANSITIONS, ReservationState, StageTTLs
+from bookiji.services import transitions
+from bookiji.services.availability import check_bookable, load_schedule
+from bookiji.services.calendars import CalendarService
+from bookiji.services.clock import Clock
+from bookiji.services.compensation import (
+    CompensationRunner,
+    party_money,
+    party_ref,
+    plan_into,
+    set_money,
+)
+from bookiji.services.ids import new_id
+from bookiji.services.ports import AuthorizationRequest, IntentView, PaymentGateway
+from bookiji.store.database import Database
+from bookiji.store.models import (
+    Booking,
+    CompensationAction,
+    JobLease,
+    PaymentOperation,
+    Reservation,
+)
+from bookiji.store.uow import UnitOfWork
+
+S = ReservationState
+CRASH_ENV = "BOOKIJI_CRASH_AT"
+
+
+def crashpoint(name: str) -> None:
+    """Fault injection for the crash tests: die here, as a power cut would.
+
+    Inert unless BOOKIJI_CRASH_AT names this point; never set it in production.
+    """
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def operation_key(reservation_id: str, party: Party, kind: str) -> str:
+    return f"bkj:{reservation_id}:{party.value}:{kind}"
+
+
+@dataclass(frozen=True)
+class AuthorizationOutcome:
+    reservation_id: str
+    party: str
+    state: str
+    money: str
+    intent_id: str | None
+    client_secret: str | None = None
+
+
+@dataclass(frozen=True)
+class PaymentSettings:
+    application_fee_bps: int = 0  # of the requester payment, in basis points
+    commit_lease: timedelta = timedelta(minutes=2)
+    auto_vendor_authorization: bool = True
+
+
+AWAITING = {Party.VENDOR: S.AWAITING_VENDOR_AUTH, Party.REQUESTER: S.AWAITING_REQUESTER_AUTH}
+AUTH_FAILURE = {
+    Party.VENDOR: Failure.VENDOR_AUTH_FAILED,
+    Party.REQUESTER: Failure.REQUESTER_AUTH_FAILED,
+}
+
+
+class PaymentService:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        ttls: StageTTLs,
+        gateway: PaymentGateway,
+        calendars: CalendarService | None = None,
+        settings: PaymentSettings | None = None,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.ttls = ttls
+        self.gateway = gateway
+        self.calendars = calendars
+        self.settings = settings or PaymentSettings()
+        self.compensations = CompensationRunner(db, clock, gateway)
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    # -- shared helpers ------------------------------------------------------------------------
+
+    def _move(
+        self,
+        uow: UnitOfWork,
+        reservation: Reservation,
+        target: ReservationState,
+        actor: str,
+        reason: str,
+        details: dict[str, Any] | None = None,
+    ) -> bool:
+        return transitions.apply(
+            uow, reservation, target, now=self.clock.now(), ttls=self.ttls, reason=reason,
+            actor=actor, details=details,
+        )  # fmt: skip
+
+    def _locked(self, uow: UnitOfWork, reservation_id: str) -> Reservation:
+        reservation = uow.reservations.get(reservation_id, for_update=True)
+        if reservation is None:
+            raise NotFound(
+                f"no reservation {reservation_id!r}", details={"reservationId": reservation_id}
+            )
+        return reservation
+
+    def fail(
+        self,
+        reservation_id: str,
+        failure: Failure,
+        *,
+        target: ReservationState,
+        actor: str,
+        reason: str,
+        details: dict[str, Any] | None = None,
+    ) -> list[str]:
+        """Record a failure and its compensation rows in one transaction, then run them."""
+        with UnitOfWork(self.db) as uow:
+            reservation = self._locked(uow, reservation_id)
+            self._move(uow, reservation, target, actor, reason, details)
+            actions = plan_into(uow, reservation, failure, self.clock.now())
+            ids = [a.id for a in actions]
+            uow.commit()
+        if ids:
+            self.compensations.run(ids=ids)
+        return ids
+
+    def _begin_operation(
+        self, reservation_id: str, party: Party, kind: str, amount: int
+    ) -> PaymentOperation:
+        """Record (or find) the operation before calling the provider."""
+        key = operation_key(reservation_id, party, kind)
+        now = self.clock.now()
+        with UnitOfWork(self.db) as uow:
+            op = uow.session.exec(
+                select(PaymentOperation).where(col(PaymentOperation.idempotency_key) == key)
+            ).first()
+            if op is None:
+                op = PaymentOperation(
+                    id=new_id("op"),
+                    reservation_id=reservation_id,
+                    party=party.value,
+                    kind=kind,
+                    idempotency_key=key,
+                    amount=amount,
+                    started_at=now,
+                )
+                uow.session.add(op)
+            op.attempts += 1
+            uow.commit()
+            return op
+
+    def _finish_operation(
+        self,
+        op_id: str,
+        status: str,
+        *,
+        intent_id: str | None = None,
+        error: BookijiError | None = None,
+    ) -> None:
+        with UnitOfWork(self.db) as uow:
+            op = uow.session.get(PaymentOperation, op_id)
+            assert op is not None
+            op.status = status
+            op.intent_id = intent_id or op.intent_id
+            op.finished_at = self.clock.now()
+            if error is not None:
+                op.error_code = str(error.details.get("declineCode") or error.code)[:80]
+                op.error_message = error.message
+            uow.commit()
+
+    # -- authorization ---------------------------------------------------------------------------
+
+    def authorize(
+        self,
+        reservation_id: str,
+        party_name: str,
+        *,
+        payment_method: str | None = None,
+        actor: str,
+        partner_id: str | None = None,
+        auto_commit: bool = True,
+    ) -> AuthorizationOutcome:
+        """Authorize one party's money (manual capture). Vendor first, then requester.
+
+        Repeating a finished authorization is a no-op that answers as the first did."""
+        try:
+            party = Party(party_name)
+        except ValueError:
+            raise ValidationFailed("party must be 'vendor' or 'requester'") from None
+        with UnitOfWork(self.db) as uow:
+            reservation = self._locked(uow, reservation_id)
+            if partner_id is not None and reservation.partner_id != partner_id:
+                raise NotFound(f"no reservation {reservation_id!r}")
+            money = party_money(reservation, party)
+            if money in (Money.AUTHORIZED, Money.CAPTURED, Money.FAILED):
+                return self._outcome(reservation, party)
+            request = self._prepare(uow, reservation, party, payment_method, actor)
+            uow.commit()
+        if request is None:  # nothing to authorize (a zero amount)
+            return self._record_authorized(reservation_id, party, None, actor, auto_commit)
+        op = self._begin_operation(reservation_id, party, "authorize", request.amount)
+        try:
+            intent = self.gateway.authorize(request, idempotency_key=op.idempotency_key)
+        except PaymentDeclined as exc:
+            self._finish_operation(
+                op.id, "failed", intent_id=exc.details.get("intentId"), error=exc
+            )
+            return self._record_declined(reservation_id, party, exc, actor)
+        except PaymentProviderError as exc:
+            if exc.retryable:  # unknown outcome: the same key is sent again next time
+                raise Unavailable(
+                    f"the payment provider is not answering; retry ({exc.message})",
+                    details={"reservationId": reservation_id, "party": party.value},
+                ) from None
+            self._finish_operation(op.id, "failed", error=exc)
+            return self._record_declined(reservation_id, party, exc, actor)
+        self._finish_operation(op.id, "succeeded", intent_id=intent.id)
+        return self.apply_intent(intent, actor=actor, auto_commit=auto_commit)
+
+    def _prepare(
+        self,
+        uow: UnitOfWork,
+        reservation: Reservation,
+        party: Party,
+        payment_method: str | None,
+        actor: str,
+    ) -> AuthorizationRequest | None:
+        state = S(reservation.state)
+        vendor = uow.vendors.get(reservation.vendor_id)
+        assert vendor is not None
+        if party is Party.VENDOR:
+            if state is S.CONFIRMED_BY_VENDOR:
+                self._move(
+                    uow, reservation, S.AWAITING_VENDOR_AUTH, actor, "vendor deposit requested"
+                )
+            elif state is not S.AWAITING_VENDOR_AUTH:
+                raise InvalidTransition(
+                    f"the vendor deposit is authorized after the vendor confirms; the "
+                    f"reservation is {state}",
+                    details={"state": state.value},
+                )
+            amount = reservation.deposit_amount
+            method = payment_method or vendor.payment_method_ref
+            if amount and not method:
+                raise ValidationFailed(
+                    f"vendor {vendor.id} has no saved payment method for its deposit; "
+                    "pass --payment-method",
+                    details={"vendorId": vendor.id},
+                )
+            if not amount:
+                return None
+            assert method is not None
+            return AuthorizationRequest(
+                reservation.id, party.value, amount, reservation.currency, method,
+                customer=vendor.payment_customer_ref, off_session=True,
+            )  # fmt: skip
+        if state is S.VENDOR_AUTHORIZED:
+            self._move(uow, reservation, S.AWAITING_REQUESTER_AUTH, actor, "payment requested")
+        elif state is not S.AWAITING_REQUESTER_AUTH:
+            raise InvalidTransition(
+                f"the requester pays after the vendor deposit is authorized; the reservation "
+                f"is {state}",
+                details={"state": state.value},
+            )
+        amount = reservation.price_amount
+        if not amount:
+            return None
+        if not payment_method:
+            raise ValidationFailed("the requester's payment method is required")
+        fee = amount * self.settings.application_fee_bps // 10_000
+        return AuthorizationRequest(
+            reservation.id, party.value, amount, reservation.currency, payment_method,
+            destination=vendor.payment_account_ref, application_fee=fee or None,
+        )  # fmt: skip
+
+    def _outcome(
+        self, reservation: Reservation, party: Party, client_secret: str | None = None
+    ) -> AuthorizationOutcome:
+        return AuthorizationOutcome(
+            reservation.id,
+            party.value,
+            reservation.state,
+            party_money(reservation, party).value,
+            party_ref(reservation, party),
+            client_secret,
+        )
+
+    def apply_intent(
+        self, intent: IntentView, *, actor: str, auto_commit: bool = True
+    ) -> AuthorizationOutcome:
+        """Move the reservation on from what the provider says about an authorization.
+
+        Used right after `authorize`, by the provider's webhooks (3-D Secure finished or
+        failed later) and by reconciliation polling; applying the same news twice is a no-op.
+        """
+        if intent.reservation_id is None or intent.party is None:
+            raise ValidationFailed("payment has no reservation metadata", details={"id": intent.id})
+        party = Party(intent.party)
+        if intent.status == "requires_capture":
+            return self._record_authorized(
+                intent.reservation_id, party, intent.id, actor, auto_commit
+            )
+        if intent.status == "requires_action":
+            with UnitOfWork(self.db) as uow:
+                reservation = self._locked(uow, intent.reservation_id)
+                if party_money(reservation, party) is Money.NOT_STARTED:
+                    set_money(reservation, party, Money.PENDING, intent.id)
+                    reservation.updated_at = self.clock.now()
+                uow.commit()
+                return self._outcome(reservation, party, intent.client_secret)
+        if intent.status in ("requires_payment_method", "canceled"):
+            error = PaymentDeclined(
+                f"authorization failed ({intent.error_code or intent.status})",
+                details={"intentId": intent.id, "declineCode": intent.error_code},
+            )
+            return self._record_declined(intent.reservation_id, party, error, actor)
+        with UnitOfWork(self.db, readonly=True) as uow:
+            return self._outcome(self._locked(uow, intent.reservation_id), party)
+
+    def _record_authorized(
+        self,
+        reservation_id: str,
+        party: Party,
+        intent_id: str | None,
+        actor: str,
+        auto_commit: bool,
+    ) -> AuthorizationOutcome:
+        with UnitOfWork(self.db) as uow:
+            reservation = self._locked(uow, reservation_id)
+            if party_money(reservation, party) in (Money.NOT_STARTED, Money.PENDING):
+                set_money(reservation, party, Money.AUTHORIZED, intent_id)
+                details = {"paymentIntentId": intent_id}
+                if party is Party.VENDOR:
+                    self._move(
+                        uow,
+                        reservation,
+                        S.VENDOR_AUTHORIZED,
+                        actor,
+                        "vendor deposit authorized",
+                        details,
+                    )
+                    self._move(
+                        uow,
+                        reservation,
+                        S.AWAITING_REQUESTER_AUTH,
+                        actor,
+                        "awaiting the requester's payment",
+                    )
+                else:
+                    self._move(
+                        uow,
+                        reservation,
+                        S.AUTHORIZED_BOTH,
+                        actor,
+                        "requester payment authorized",
+                        details,
+                    )
+            uow.commit()
+            outcome = self._outcome(reservation, party)
+        if auto_commit and outcome.state == S.AUTHORIZED_BOTH:
+            self.commit(reservation_id, actor=actor)
+            with UnitOfWork(self.db, readonly=True) as uow:
+                outcome = self._outcome(self._locked(uow, reservation_id), party)
+        return outcome
+
+    def _record_declined(
+        self, reservation_id: str, party: Party, error: BookijiError, actor: str
+    ) -> AuthorizationOutcome:
+        target = S.FAILED_VENDOR_AUTH if party is Party.VENDOR else S.FAILED_REQUESTER_AUTH
+        intent_id = error.details.get("intentId")
+        with UnitOfWork(self.db) as uow:
+            reservation = self._locked(uow, reservation_id)
+            if S(reservation.state) is not target:
+                set_money(reservation, party, Money.FAILED, intent_id)
+                uow.commit()
+        if S(reservation.state) is not target:
+            self.fail(
+                reservation_id,
+                AUTH_FAILURE[party],
+                target=target,
+                actor=actor,
+                reason=f"{party.value} authorization failed: {error.message}",
+                details={"code": error.code, "declineCode": error.details.get("declineCode")},
+            )
+        with UnitOfWork(self.db, readonly=True) as uow:
+            return self._outcome(self._locked(uow, reservation_id), party)
+
+    def after_confirmation(self, reservation_id: str, *, actor: str) -> AuthorizationOutcome | None:
+        """Once the vendor confirmed: authorize its deposit with its saved payment method.
+
+        A provider outage is not the vendor's answer: the reservation stays in
+        CONFIRMED_BY_VENDOR/AWAITING_VENDOR_AUTH and reconciliation tries again."""
+        if not self.settings.auto_vendor_authorization:
+            return None
+        with UnitOfWork(self.db, readonly=True) as uow:
+            reservation = self._locked(uow, reservation_id)
+            vendor = uow.vendors.get(reservation.vendor_id)
+            assert vendor is not None
+            ready = S(reservation.state) in (S.CONFIRMED_BY_VENDOR, S.AWAITING_VENDOR_AUTH)
+            can_pay = bool(vendor.payment_method_ref) or not reservation.deposit_amount
+        if not (ready and can_pay):
+            return None
+        try:
+            return self.authorize(reservation_id, Party.VENDOR.value, actor=actor)
+        except Unavailable:
+            return None
+
+    # -- the atomic commit -----------------------------------------------------------------------
+
+    def commit(self, reservation_id: str, *, actor: str) -> str:
+        """Capture both authorizations and book, or fail with compensation. Returns the state.
+
+        Safe to call again at any point (a crashed commit is resumed, never redone)."""
+        if not self._claim(reservation_id, actor):
+            with UnitOfWork(self.db, readonly=True) as uow:
+                return self._locked(uow, reservation_id).state
+        try:
+            return self._run_commit(reservation_id, actor)
+        finally:
+            self._release(reservation_id)
+
+    def _lease_name(self, reservation_id: str) -> str:
+        return f"commit:{reservation_id}"
+
+    def _claim(self, reservation_id: str, actor: str) -> bool:
+        """AUTHORIZED_BOTH -> COMMIT_IN_PROGRESS, and this worker's lease on the commit."""
+        now = self.clock.now()
+        with UnitOfWork(self.db) as uow:
+            reservation = self._locked(uow, reservation_id)
+            state = S(reservation.state)
+            if state is S.COMMITTED or state not in (S.AUTHORIZED_BOTH, S.COMMIT_IN_PROGRESS):
+                if (
+                    state is S.COMMITTED
+                    or state.value.startswith("FAILED")
+                    or state in (S.EXPIRED, S.CANCELLED)
+                ):
+                    return False
+                raise InvalidTransition(
+                    f"a reservation commits once both parties authorized; it is {state}",
+                    details={"state": state.value},
+                )
+            lease = uow.session.get(JobLease, self._lease_name(reservation_id))
+            if lease is not None and lease.expires_at > now and lease.owner != self.worker:
+                return False  # another worker is committing it right now
+            if lease is None:
+                lease = JobLease(name=self._lease_name(reservation_id), owner=self.worker,
+                                 acquired_at=now, expires_at=now)  # fmt: skip
+                uow.session.add(lease)
+            lease.owner, lease.acquired_at = self.worker, now
+            lease.expires_at = now + self.settings.commit_lease
+            self._move(uow, reservation, S.COMMIT_IN_PROGRESS, actor, "committing")
+            uow.commit()
+            return True
+
+    def _release(self, reservation_id: str) -> None:
+        with UnitOfWork(self.db) as uow:
+            lease = uow.session.get(JobLease, self._lease_name(reservation_id))
+            if lease is not None and lease.owner == self.worker:
+                uow.session.delete(lease)
+                uow.commit()
+
+    def _operation(self, reservation_id: str, party: Party, kind: str) -> PaymentOperation | None:
+        with UnitOfWork(self.db, readonly=True) as uow:
+            return uow.session.exec(
+                select(PaymentOperation).where(
+                    col(PaymentOperation.idempotency_key)
+                    == operation_key(reservation_id, party, kind)
+                )
+            ).first()
+
+    def _run_commit(self, reservation_id: str, actor: str) -> str:
+        with UnitOfWork(self.db, readonly=True) as uow:
+            reservation = self._locked(uow, reservation_id)
+        if S(reservation.state) is not S.COMMIT_IN_PROGRESS:
+            return reservation.state
+        if self._operation(reservation_id, Party.VENDOR, "capture") is None:
+            verdict = self._revalidate(reservation)
+            if verdict is not None:
+                self.fail(
+                    reservation_id,
+                    Failure.AVAILABILITY_CHANGED,
+                    target=S.FAILED_AVAILABILITY_CHANGED,
+                    actor=actor,
+                    reason=f"availability changed before commit: {verdict}",
+                )
+                return S.FAILED_AVAILABILITY_CHANGED.value
+        for party, failure in (
+            (Party.VENDOR, Failure.VENDOR_CAPTURE_FAILED),
+            (Party.REQUESTER, Failure.REQUESTER_CAPTURE_FAILED),
+        ):
+            error = self._capture(reservation_id, party)
+            if error is not None:
+                if isinstance(error, PaymentProviderError) and error.retryable:
+                    raise Unavailable(
+                        f"the payment provider is not answering; the commit resumes later "
+                        f"({error.message})",
+                        details={"reservationId": reservation_id},
+                    )
+                self.fail(
+                    reservation_id,
+                    failure,
+                    target=S.FAILED_COMMIT,
+                    actor=actor,
+                    reason=f"{party.value} capture failed: {error.message}",
+                    details={"code": error.code},
+                )
+                return S.FAILED_COMMIT.value
+        crashpoint("before_finalize")
+        return self._finalize(reservation_id, actor)
+
+    def _revalidate(self, reservation: Reservation) -> str | None:
+        """None if the slot is still bookable on fresh data, else why not."""
+        if self.calendars is not None:
+            for connection in self.calendars.connections(reservation.vendor_id):
+                self.calendars.sync_one(connection.id)  # a failure keeps the last good data
+        with UnitOfWork(self.db, readonly=True) as uow:
+            vendor = uow.vendors.get(reservation.vendor_id)
+            assert vendor is not None
+            minutes = (reservation.slot_end - reservation.slot_start) // timedelta(minutes=1)
+            schedule = load_schedule(
+                uow, vendor, reservation.slot_start, reservation.slot_end,
+                slot_minutes=minutes, exclude_reservation=reservation.id,
+            )  # fmt: skip
+        # Notice and horizon were met when the slot was held; judge them as of then.
+        verdict = check_bookable(schedule, reservation.slot_start, now=reservation.created_at)
+        if verdict.bookable:
+            return None
+        return "; ".join(f.message for f in verdict.findings)
+
+    def _capture(self, reservation_id: str, party: Party) -> BookijiError | None:
+        with UnitOfWork(self.db, readonly=True) as uow:
+            reservation = self._locked(uow, reservation_id)
+        money = party_money(reservation, party)
+        ref = party_ref(reservation, party)
+        if money is Money.CAPTURED or (money is Money.AUTHORIZED and ref is None):
+            if ref is None:
+                self._record_captured(reservation_id, party)
+            return None
+        if money is not Money.AUTHORIZED or ref is None:
+            return PaymentProviderError(f"{party.value} money is {money}", retryable=False)
+        previous = self._operation(reservation_id, party, "capture")
+        op = self._begin_operation(reservation_id, party, "capture", reservation.price_amount)
+        crashpoint(f"before_{party.value}_capture")
+        try:
+            if previous is not None and previous.status == "started":
+                # A crash left the outcome unknown: ask before acting (and if the capture did
+                # happen, sending the same key again would only replay it anyway).
+                current = self.gateway.retrieve(ref)
+                if current.status == "succeeded":
+                    self._finish_operation(op.id, "succeeded", intent_id=ref)
+                    self._record_captured(reservation_id, party)
+                    return None
+            intent = self.gateway.capture(ref, idempotency_key=op.idempotency_key)
+        except (PaymentDeclined, PaymentProviderError) as exc:
+            if not getattr(exc, "retryable", False):
+                self._finish_operation(op.id, "failed", intent_id=ref, error=exc)
+            return exc
+        crashpoint(f"after_{party.value}_capture")
+        self._finish_operation(op.id, "succeeded", intent_id=intent.id)
+        self._record_captured(reservation_id, party)
+        return None
+
+    def _record_captured(self, reservation_id: str, party: Party) -> None:
+        with UnitOfWork(self.db) as uow:
+            reservation = self._locked(uow, reservation_id)
+            set_money(reservation, party, Money.CAPTURED)
+            reservation.updated_at = self.clock.now()
+            uow.commit()
+
+    def _finalize(self, reservation_id: str, actor: str) -> str:
+        now = self.clock.now()
+        with UnitOfWork(self.db) as uow:
+            reservation = self._locked(uow, reservation_id)
+            if S(reservation.state) is S.COMMITTED:
+                return reservation.state
+            uow.session.add(
+                Booking(
+                    id=new_id("bkg"),
+                    reservation_id=reservation.id,
+                    vendor_id=reservation.vendor_id,
+                    requester_id=reservation.requester_id,
+                    slot_start=reservation.slot_start,
+                    slot_end=reservation.slot_end,
+                    currency=reservation.currency,
+                    price_amount=reservation.price_amount,
+                    deposit_amount=reservation.deposit_amount,
+                    created_at=now,
+                )
+            )
+            self._move(uow, reservation, S.COMMITTED, actor, "both captured; booked")
+            uow.commit()
+            return reservation.state
+
+    # -- operators ---------------------------------------------------------------------------------
+
+    def compensation_preview(self, reservation_id: str, *, refund: bool) -> list[dict[str, Any]]:
+        """What `force_compensate` would do, without doing it."""
+        with UnitOfWork(self.db, readonly=True) as uow:
+            reservation = self._locked(uow, reservation_id)
+        if S(reservation.state) is S.COMMITTED and not refund:
+            raise InvalidTransition(
+                "the reservation is COMMITTED: compensating it refunds both parties; "
+                "pass --refund to do that",
+                details={"state": reservation.state},
+            )
+        steps = plan(
+            Failure.OPERATOR_FORCED,
+            party_money(reservation, Party.VENDOR),
+            party_money(reservation, Party.REQUESTER),
+        )
+        return [
+            {"party": s.party.value, "action": s.action.value,
+             "paymentIntentId": party_ref(reservation, s.party)}
+            for s in steps
+        ]  # fmt: skip
+
+    def force_compensate(self, reservation_id: str, *, refund: bool, actor: str) -> list[str]:
+        """Unwind a reservation an operator judges stuck: fail it (if not final) and release
+        or refund every live authorization or capture. Safe to run twice."""
+        self.compensation_preview(reservation_id, refund=refund)  # refuses COMMITTED unless refund
+        now = self.clock.now()
+        with UnitOfWork(self.db) as uow:
+            reservation = self._locked(uow, reservation_id)
+            state = S(reservation.state)
+            if state is S.COMMIT_IN_PROGRESS:
+                self._move(
+                    uow, reservation, S.FAILED_COMMIT, actor, "compensation forced by operator"
+                )
+            elif S.CANCELLED in TRANSITIONS[state]:
+                self._move(uow, reservation, S.CANCELLED, actor, "compensation forced by operator")
+            actions = plan_into(uow, reservation, Failure.OPERATOR_FORCED, now)
+            uow.commit()
+        with UnitOfWork(self.db, readonly=True) as uow:
+            pending = uow.session.exec(
+                select(CompensationAction.id).where(
+                    col(CompensationAction.reservation_id) == reservation_id,
+                    col(CompensationAction.status) == "pending",
+                )
+            ).all()
+        self.compensations.run(ids=list(pending))
+        return [a.id for a in actions]

@@ -1,0 +1,255 @@
+"""Reconciliation: the jobs that finish or unwind whatever a crash, an outage or a silent
+party left half-done. `bookiji reconcile --once` runs them all once; the daemon on a timer.
+
+Each job is idempotent and reports what it did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlmodel import col, or_, select
+
+from bookiji.domain.compensation import LIVE, Failure, Money, Party
+from bookiji.domain.errors import BookijiError, PaymentProviderError, Unavailable
+from bookiji.domain.states import FINAL_STATES, ReservationState
+from bookiji.domain.timeutil import format_instant
+from bookiji.services.clock import Clock
+from bookiji.services.compensation import party_money, party_ref, plan_into
+from bookiji.services.payments import PaymentService
+from bookiji.services.reservations import ReservationService
+from bookiji.store.database import Database
+from bookiji.store.models import CompensationAction, JobLease, Reservation
+from bookiji.store.uow import UnitOfWork
+
+S = ReservationState
+_FAILED_FINAL = sorted(s.value for s in FINAL_STATES if s is not S.COMMITTED)
+ACTOR = "system:reconcile"
+
+
+@dataclass
+class JobReport:
+    name: str
+    processed: int = 0
+    items: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, **item: Any) -> None:
+        self.processed += 1
+        self.items.append(item)
+
+    def document(self) -> dict[str, Any]:
+        return {"processed": self.processed, "items": self.items, "errors": self.errors}
+
+
+class Reconciler:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        reservations: ReservationService,
+        payments: PaymentService,
+        *,
+        batch_size: int = 500,
+        sweep_window: timedelta = timedelta(days=7),
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.reservations = reservations
+        self.payments = payments
+        self.batch_size = batch_size
+        self.sweep_window = sweep_window
+
+    def run_once(self) -> list[JobReport]:
+        return [
+            self.expire(),
+            self.vendor_authorizations(),
+            self.pending_authentications(),
+            self.stuck_commits(),
+            self.stale_authorizations(),
+            self.compensations(),
+            self.money_sweep(),
+        ]
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    def expire(self) -> JobReport:
+        """Passed deadlines (vendor timeouts included), releasing any authorization."""
+        report = JobReport("expiry")
+        for item in self.reservations.expire_due(batch_size=self.batch_size):
+            report.add(
+                reservationId=item.reservation_id,
+                **{"from": item.from_state, "to": item.to_state},
+                deadline=format_instant(item.deadline),
+            )
+        return report
+
+    def _ids(self, *conditions: Any, limit: int | None = None) -> list[str]:
+        with UnitOfWork(self.db, readonly=True) as uow:
+            stmt = select(Reservation.id).where(*conditions).order_by(col(Reservation.updated_at))
+            return list(uow.session.exec(stmt.limit(limit or self.batch_size)).all())
+
+    def vendor_authorizations(self) -> JobReport:
+        """Confirmed reservations whose automatic deposit authorization has not happened."""
+        report = JobReport("vendor_authorizations")
+        ids = self._ids(
+            col(Reservation.state).in_([S.CONFIRMED_BY_VENDOR.value, S.AWAITING_VENDOR_AUTH.value]),
+            col(Reservation.vendor_payment_state) == Money.NOT_STARTED.value,
+        )
+        for reservation_id in ids:
+            try:
+                outcome = self.payments.after_confirmation(reservation_id, actor=ACTOR)
+            except BookijiError as exc:
+                report.errors.append(f"{reservation_id}: {exc.message}")
+                continue
+            if outcome is not None:
+                report.add(reservationId=reservation_id, state=outcome.state)
+        return report
+
+    def pending_authentications(self) -> JobReport:
+        """Authorizations waiting on 3-D Secure: poll the provider (the webhook's fallback)."""
+        report = JobReport("pending_authentications")
+        ids = self._ids(
+            col(Reservation.state) == S.AWAITING_REQUESTER_AUTH.value,
+            col(Reservation.requester_payment_state) == Money.PENDING.value,
+        )
+        for reservation_id in ids:
+            with UnitOfWork(self.db, readonly=True) as uow:
+                reservation = uow.reservations.get(reservation_id)
+            assert reservation is not None
+            ref = reservation.requester_payment_ref
+            if ref is None:
+                continue
+            try:
+                intent = self.payments.gateway.retrieve(ref)
+                if intent.status != "requires_action":
+                    outcome = self.payments.apply_intent(intent, actor=ACTOR)
+                    report.add(reservationId=reservation_id, state=outcome.state)
+            except BookijiError as exc:
+                report.errors.append(f"{reservation_id}: {exc.message}")
+        return report
+
+    def stuck_commits(self) -> JobReport:
+        """COMMIT_IN_PROGRESS with no live worker: resume from the operation log, or unwind
+        once its deadline has passed and the provider still cannot finish it."""
+        report = JobReport("stuck_commits")
+        now = self.clock.now()
+        for reservation_id in self._ids(col(Reservation.state) == S.COMMIT_IN_PROGRESS.value):
+            with UnitOfWork(self.db, readonly=True) as uow:
+                lease = uow.session.get(JobLease, f"commit:{reservation_id}")
+                reservation = uow.reservations.get(reservation_id)
+            assert reservation is not None
+            if lease is not None and lease.expires_at > now:
+                continue  # a live worker holds it
+            try:
+                state = self.payments.commit(reservation_id, actor=ACTOR)
+                report.add(reservationId=reservation_id, state=state)
+            except Unavailable as exc:
+                deadline = reservation.state_deadline
+                if deadline is None or now < deadline:
+                    report.errors.append(f"{reservation_id}: {exc.message}")
+                    continue
+                vendor_captured = party_money(reservation, Party.VENDOR) is Money.CAPTURED
+                failure = (
+                    Failure.REQUESTER_CAPTURE_FAILED
+                    if vendor_captured
+                    else Failure.BOTH_CAPTURES_FAILED
+                )
+                self.payments.fail(
+                    reservation_id,
+                    failure,
+                    target=S.FAILED_COMMIT,
+                    actor=ACTOR,
+                    reason=f"commit could not finish before its deadline: {exc.message}",
+                )
+                report.add(reservationId=reservation_id, state=S.FAILED_COMMIT.value)
+        return report
+
+    def stale_authorizations(self) -> JobReport:
+        """Terminal, uncommitted reservations that still hold money: read the provider and
+        plan the release or refund (an authorization must not outlive its reservation)."""
+        report = JobReport("stale_authorizations")
+        live = sorted(m.value for m in LIVE)
+        ids = self._ids(
+            col(Reservation.state).in_(_FAILED_FINAL),
+            or_(
+                col(Reservation.vendor_payment_state).in_(live),
+                col(Reservation.requester_payment_state).in_(live),
+            ),
+        )
+        now = self.clock.now()
+        for reservation_id in ids:
+            with UnitOfWork(self.db) as uow:
+                reservation = uow.reservations.get(reservation_id, for_update=True)
+                assert reservation is not None
+                pending = uow.session.exec(
+                    select(CompensationAction.id).where(
+                        col(CompensationAction.reservation_id) == reservation_id,
+                        col(CompensationAction.status) == "pending",
+                    )
+                ).first()
+                if pending is not None:
+                    continue  # already being unwound; the compensation job runs it
+                created = plan_into(uow, reservation, Failure.OPERATOR_FORCED, now)
+                uow.commit()
+            if created:
+                report.add(
+                    reservationId=reservation_id,
+                    actions=[f"{a.party}:{a.kind}" for a in created],
+                )
+        return report
+
+    def compensations(self) -> JobReport:
+        """Pending compensation actions whose next attempt is due."""
+        report = JobReport("compensations")
+        for result in self.payments.compensations.run(limit=self.batch_size):
+            report.add(
+                actionId=result.action_id,
+                reservationId=result.reservation_id,
+                action=f"{result.party}:{result.kind}",
+                status=result.status,
+                error=result.error,
+            )
+        return report
+
+    def money_sweep(self) -> JobReport:
+        """Ask the provider about every recently touched reservation and flag any money
+        state the database does not explain. Flags only; the other jobs fix."""
+        report = JobReport("money_sweep")
+        since = self.clock.now() - self.sweep_window
+        with UnitOfWork(self.db, readonly=True) as uow:
+            rows = uow.session.exec(
+                select(Reservation).where(
+                    col(Reservation.updated_at) >= since,
+                    or_(
+                        col(Reservation.vendor_payment_ref).is_not(None),
+                        col(Reservation.requester_payment_ref).is_not(None),
+                    ),
+                )
+            ).all()
+        for reservation in rows:
+            try:
+                for problem in unexplained_money(self.payments, reservation):
+                    report.add(reservationId=reservation.id, problem=problem)
+            except PaymentProviderError as exc:
+                report.errors.append(f"{reservation.id}: {exc.message}")
+        return report
+
+
+def unexplained_money(payments: PaymentService, reservation: Reservation) -> list[str]:
+    """What the provider holds for this reservation that its state does not allow."""
+    problems = []
+    state = S(reservation.state)
+    known = {party_ref(reservation, p) for p in Party} - {None}
+    terminal_uncommitted = state in FINAL_STATES and state is not S.COMMITTED
+    for intent in payments.gateway.find_by_reservation(reservation.id):
+        if intent.id not in known:
+            problems.append(f"unknown payment {intent.id} ({intent.status})")
+        captured = intent.status == "succeeded" and intent.amount_refunded < intent.amount_received
+        if captured and state is not S.COMMITTED:
+            problems.append(f"payment {intent.id} captured but the reservation is {state}")
+        if intent.status in ("requires_capture", "requires_action") and terminal_uncommitted:
+            problems.append(f"payment {intent.id} still authorized but the reservation is {state}")
+    return problems

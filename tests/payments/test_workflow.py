@@ -1,0 +1,245 @@
+"""Authorization, commit and every row of the failure & compensation matrix, on every
+gateway and both databases. Each test ends with a clean audit."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from bookiji.domain.errors import InvalidTransition, Unavailable, ValidationFailed
+from bookiji.services.audit import audit
+from bookiji.services.documents import load_reservation_document
+from tests.payments.harness import Workflow
+
+
+def doc(w: Workflow, rid: str) -> dict:  # type: ignore[type-arg]
+    return load_reservation_document(w.db, rid)
+
+
+def money(w: Workflow, rid: str) -> tuple[str, str]:
+    payment = doc(w, rid)["payment"]
+    return payment["vendorDeposit"]["state"], payment["requesterPayment"]["state"]
+
+
+def intent(w: Workflow, rid: str, party: str) -> str:
+    key = "vendorDeposit" if party == "vendor" else "requesterPayment"
+    ref = doc(w, rid)["payment"][key]["paymentIntentId"]
+    assert ref
+    return str(ref)
+
+
+def assert_clean(w: Workflow) -> None:
+    breaches = audit(w.db, w.gateway)
+    assert breaches == [], breaches
+
+
+def test_happy_path_captures_both_and_books(workflow: Workflow) -> None:
+    w = workflow
+    rid = w.confirmed(10)
+    vendor = w.payments.authorize(rid, "vendor", payment_method="pm_card_visa", actor="t")
+    assert (vendor.state, vendor.money) == ("AWAITING_REQUESTER_AUTH", "authorized")
+    outcome = w.payments.authorize(rid, "requester", payment_method="pm_card_visa", actor="t")
+    assert outcome.state == "COMMITTED" and outcome.money == "captured"
+    document = doc(w, rid)
+    assert [h["to"] for h in document["stateHistory"]][-7:] == [
+        "CONFIRMED_BY_VENDOR",
+        "AWAITING_VENDOR_AUTH",
+        "VENDOR_AUTHORIZED",
+        "AWAITING_REQUESTER_AUTH",
+        "AUTHORIZED_BOTH",
+        "COMMIT_IN_PROGRESS",
+        "COMMITTED",
+    ]
+    assert money(w, rid) == ("captured", "captured")
+    for party in ("vendor", "requester"):
+        seen = w.gateway.retrieve(intent(w, rid, party))
+        assert seen.status == "succeeded"
+        assert w.faults.captures(seen.id) == 1
+    assert w.gateway.retrieve(intent(w, rid, "vendor")).amount_received == 1000
+    assert w.gateway.retrieve(intent(w, rid, "requester")).amount_received == 5000
+    # Repeating is harmless: no second capture, no second booking.
+    assert w.payments.commit(rid, actor="t") == "COMMITTED"
+    again = w.payments.authorize(rid, "requester", payment_method="pm_card_visa", actor="t")
+    assert again.state == "COMMITTED"
+    assert w.faults.captures(intent(w, rid, "requester")) == 1
+    assert_clean(w)
+
+
+def test_requester_order_is_enforced(workflow: Workflow) -> None:
+    rid = workflow.confirmed(10)
+    with pytest.raises(InvalidTransition, match="after the vendor deposit"):
+        workflow.payments.authorize(rid, "requester", payment_method="pm_card_visa", actor="t")
+    with pytest.raises(ValidationFailed):
+        workflow.payments.authorize(rid, "banker", actor="t")
+
+
+def test_vendor_auth_declined_releases_the_hold(workflow: Workflow) -> None:
+    w = workflow
+    rid = w.confirmed(10)
+    outcome = w.payments.authorize(
+        rid, "vendor", payment_method="pm_card_chargeDeclined", actor="t"
+    )
+    assert (outcome.state, outcome.money) == ("FAILED_VENDOR_AUTH", "failed")
+    assert doc(w, rid)["stateHistory"][-1]["details"]["declineCode"] == "generic_decline"
+    assert w.hold(10)  # the slot is free again
+    assert_clean(w)
+
+
+@pytest.mark.parametrize(
+    ("card", "decline"),
+    [
+        ("pm_card_chargeDeclined", "generic_decline"),
+        ("pm_card_chargeDeclinedInsufficientFunds", "insufficient_funds"),
+    ],
+)
+def test_requester_auth_declined_releases_the_vendor_authorization(
+    workflow: Workflow, card: str, decline: str
+) -> None:
+    w = workflow
+    rid = w.vendor_authorized(10)
+    outcome = w.payments.authorize(rid, "requester", payment_method=card, actor="t")
+    assert outcome.state == "FAILED_REQUESTER_AUTH"
+    assert money(w, rid) == ("released", "failed")
+    assert w.gateway.retrieve(intent(w, rid, "vendor")).status == "canceled"
+    [action] = doc(w, rid)["compensationActions"]
+    assert (action["party"], action["action"], action["status"]) == (
+        "vendor",
+        "cancel_authorization",
+        "done",
+    )
+    assert doc(w, rid)["stateHistory"][-1]["details"]["declineCode"] == decline
+    assert_clean(w)
+
+
+def test_three_d_secure_then_authenticated_commits(workflow: Workflow) -> None:
+    w = workflow
+    rid = w.vendor_authorized(10)
+    outcome = w.payments.authorize(
+        rid, "requester", payment_method="pm_card_authenticationRequired", actor="t"
+    )
+    assert outcome.state == "AWAITING_REQUESTER_AUTH" and outcome.money == "pending"
+    assert outcome.client_secret and outcome.client_secret.startswith(outcome.intent_id or "?")
+    complete = getattr(w.gateway, "complete_authentication", None) or w.faults.__dict__.get(
+        "complete_authentication"
+    )
+    assert complete is not None
+    complete(outcome.intent_id, succeed=True)
+    # The webhook (or the reconcile poll, its fallback) moves the reservation on.
+    [report] = [r for r in w.reconciler.run_once() if r.name == "pending_authentications"]
+    assert report.processed == 1
+    assert doc(w, rid)["state"] == "COMMITTED"
+    assert_clean(w)
+
+
+def test_availability_changed_before_commit_releases_both(workflow: Workflow) -> None:
+    w = workflow
+    rid = w.authorized_both(10)
+    # The vendor closes that day after the hold: revalidation must catch it.
+    from bookiji.store.uow import UnitOfWork
+
+    with UnitOfWork(w.db) as uow:
+        vendor = uow.vendors.get("shop")
+        assert vendor is not None
+        vendor.overrides = [{"date": "2026-12-02", "hours": []}]
+        uow.touch_schedule("shop")
+        uow.commit()
+    assert w.payments.commit(rid, actor="t") == "FAILED_AVAILABILITY_CHANGED"
+    assert money(w, rid) == ("released", "released")
+    assert "closed on Wednesday" in doc(w, rid)["stateHistory"][-1]["reason"]
+    assert_clean(w)
+
+
+def test_vendor_capture_fails_releases_both(workflow: Workflow) -> None:
+    w = workflow
+    rid = w.authorized_both(10)
+    w.faults.capture_declined()
+    assert w.payments.commit(rid, actor="t") == "FAILED_COMMIT"
+    assert money(w, rid) == ("released", "released")
+    assert sorted((a["party"], a["action"]) for a in doc(w, rid)["compensationActions"]) == [
+        ("requester", "cancel_authorization"),
+        ("vendor", "cancel_authorization"),
+    ]
+    assert_clean(w)
+
+
+def test_requester_capture_fails_refunds_the_vendor(workflow: Workflow) -> None:
+    w = workflow
+    rid = w.authorized_both(10)
+    # Let the vendor capture through, then decline the requester's.
+    from bookiji.services import payments as payments_module
+
+    original = payments_module.PaymentService._capture
+
+    def capture(self, reservation_id, party):  # type: ignore[no-untyped-def]
+        if party.value == "requester":
+            w.faults.capture_declined()
+        return original(self, reservation_id, party)
+
+    payments_module.PaymentService._capture = capture  # type: ignore[method-assign]
+    try:
+        assert w.payments.commit(rid, actor="t") == "FAILED_COMMIT"
+    finally:
+        payments_module.PaymentService._capture = original  # type: ignore[method-assign]
+    assert money(w, rid) == ("refunded", "released")
+    vendor = w.gateway.retrieve(intent(w, rid, "vendor"))
+    assert vendor.amount_refunded == vendor.amount_received == 1000
+    assert_clean(w)
+
+
+def test_a_provider_outage_during_commit_is_resumed_without_a_second_capture(
+    workflow: Workflow,
+) -> None:
+    w = workflow
+    rid = w.authorized_both(10)
+    w.faults.capture_outage(1, True)  # applied, but the answer is lost
+    with pytest.raises(Unavailable):
+        w.payments.commit(rid, actor="t")
+    assert doc(w, rid)["state"] == "COMMIT_IN_PROGRESS"
+    w.clock.advance(timedelta(minutes=3))  # past the commit lease
+    [report] = [r for r in w.reconciler.run_once() if r.name == "stuck_commits"]
+    assert report.items == [{"reservationId": rid, "state": "COMMITTED"}]
+    for party in ("vendor", "requester"):
+        assert w.faults.captures(intent(w, rid, party)) == 1
+    assert_clean(w)
+
+
+def test_expiry_after_vendor_authorization_releases_it(workflow: Workflow) -> None:
+    w = workflow
+    rid = w.vendor_authorized(10)
+    w.clock.advance(timedelta(minutes=31))
+    w.reconciler.run_once()
+    assert doc(w, rid)["state"] == "EXPIRED"
+    assert money(w, rid) == ("released", "not_started")
+    assert w.gateway.retrieve(intent(w, rid, "vendor")).status == "canceled"
+    assert_clean(w)
+
+
+def test_cancel_after_both_authorized_releases_both(workflow: Workflow) -> None:
+    w = workflow
+    rid = w.authorized_both(10)
+    w.reservations.cancel(rid, actor="partner", reason="changed plans")
+    assert money(w, rid) == ("released", "released")
+    assert_clean(w)
+
+
+def test_forced_compensation_of_a_stuck_commit_and_of_a_committed_booking(
+    workflow: Workflow,
+) -> None:
+    w = workflow
+    stuck = w.authorized_both(10)
+    w.faults.capture_outage(1, False)
+    with pytest.raises(Unavailable):
+        w.payments.commit(stuck, actor="t")
+    w.payments.force_compensate(stuck, refund=False, actor="op")
+    w.payments.force_compensate(stuck, refund=False, actor="op")  # safe twice
+    assert doc(w, stuck)["state"] == "FAILED_COMMIT"
+    assert money(w, stuck) == ("released", "released")
+
+    done = w.authorized_both(12)
+    assert w.payments.commit(done, actor="t") == "COMMITTED"
+    with pytest.raises(InvalidTransition, match="--refund"):
+        w.payments.force_compensate(done, refund=False, actor="op")
+    w.payments.force_compensate(done, refund=True, actor="op")
+    assert money(w, done) == ("refunded", "refunded")
+    assert_clean(w)
