@@ -11,9 +11,10 @@ from bookiji.integrations.calendar_sources import source_builder
 from bookiji.services.availability import AvailabilityService
 from bookiji.services.calendars import CalendarService
 from bookiji.services.clock import Clock, SystemClock
+from bookiji.services.confirmation import ConfirmationService, installation_key
 from bookiji.services.payments import PaymentService
 from bookiji.services.payments import PaymentSettings as PaymentPolicy
-from bookiji.services.ports import PaymentGateway
+from bookiji.services.ports import Notifier, PaymentGateway
 from bookiji.services.reconcile import Reconciler
 from bookiji.services.reservations import ReservationService
 from bookiji.services.vendors import VendorService
@@ -40,6 +41,8 @@ class Container:
     gateway: PaymentGateway = field(init=False)
     payments: PaymentService = field(init=False)
     reconciler: Reconciler = field(init=False)
+    confirmation: ConfirmationService = field(init=False)
+    _key: bytes | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         ttls = stage_ttls(self.settings)
@@ -67,22 +70,76 @@ class Container:
                 auto_vendor_authorization=payment.auto_vendor_authorization,
             ),
         )
+        notes = self.settings.notifications
+        secret = notes.token_secret
+        self.confirmation = ConfirmationService(
+            self.db,
+            self.clock,
+            ttls,
+            build_notifiers(self.settings),
+            (lambda: secret.encode()) if secret else self._installation_key,
+            answer_url=notes.answer_url,
+            on_confirmed=self._after_confirmation,
+        )
         self.reservations = ReservationService(
             self.db,
             self.clock,
             ttls,
             run_compensations=lambda ids: self.payments.compensations.run(ids=ids),
+            on_hold=lambda rid: self.confirmation.request(rid, actor="system:notify"),
+            on_confirmed=self._after_confirmation,
         )
         self.reconciler = Reconciler(
             self.db,
             self.clock,
             self.reservations,
             self.payments,
+            self.confirmation,
             batch_size=self.settings.reconcile.batch_size,
         )
 
+    def _after_confirmation(self, reservation_id: str) -> None:
+        self.payments.after_confirmation(reservation_id, actor="system:payments")
+
+    def _installation_key(self) -> bytes:
+        if self._key is None:
+            self._key = installation_key(self.db, self.clock)
+        return self._key
+
     def close(self) -> None:
         self.db.dispose()
+
+
+def build_notifiers(settings: Settings) -> dict[str, Notifier]:
+    """The channels this installation can use; a vendor gets those it has an address for."""
+    from bookiji.integrations.notify import (
+        ConsoleNotifier,
+        SmtpNotifier,
+        TwilioSmsNotifier,
+        WebhookNotifier,
+    )
+
+    notes = settings.notifications
+    notifiers: dict[str, Notifier] = {"console": ConsoleNotifier()}
+    if notes.webhook_secret:
+        notifiers["webhook"] = WebhookNotifier(notes.webhook_secret)
+    if notes.smtp_host and notes.smtp_sender:
+        notifiers["email"] = SmtpNotifier(
+            notes.smtp_host,
+            notes.smtp_port,
+            sender=notes.smtp_sender,
+            username=notes.smtp_username,
+            password=notes.smtp_password,
+            starttls=notes.smtp_starttls,
+        )
+    if notes.twilio_account_sid and notes.twilio_auth_token and notes.twilio_from:
+        notifiers["sms"] = TwilioSmsNotifier(
+            notes.twilio_account_sid,
+            notes.twilio_auth_token,
+            from_number=notes.twilio_from,
+            base_url=notes.twilio_base_url,
+        )
+    return notifiers
 
 
 def build_gateway(settings: Settings, db: Database, clock: Clock) -> PaymentGateway:

@@ -86,6 +86,24 @@ class PaymentSettings(BaseModel):
     auto_vendor_authorization: bool = True
 
 
+class NotificationSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    token_secret: str | None = Field(default=None, repr=False)
+    answer_url: str | None = None
+    webhook_secret: str | None = Field(default=None, repr=False)
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_sender: str | None = None
+    smtp_username: str | None = None
+    smtp_password: str | None = Field(default=None, repr=False)
+    smtp_starttls: bool = True
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = Field(default=None, repr=False)
+    twilio_from: str | None = None
+    twilio_base_url: str | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BOOKIJI_",
@@ -100,6 +118,7 @@ class Settings(BaseSettings):
     availability: AvailabilitySettings = AvailabilitySettings()
     calendars: CalendarSettings = CalendarSettings()
     payments: PaymentSettings = PaymentSettings()
+    notifications: NotificationSettings = NotificationSettings()
 
     @field_validator("database_url")
     @classmethod

@@ -1,4 +1,10 @@
-"""`bookiji demo`: a throw-away SQLite database and a walk through the workflow so far."""
+"""`bookiji demo`: a throw-away SQLite database and a walk through the whole workflow.
+
+Holds and the database refusing overlaps, the vendor answering with the token from its
+notification, dual authorization and the atomic commit on the embedded LocalGateway, two
+failures with their compensation (a declined card, a failed capture), expiry, and a clean
+audit at the end.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +17,18 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.rule import Rule
 
 from bookiji.bootstrap import build
 from bookiji.cli.output import console, emit_json, state_style
 from bookiji.config import Settings
-from bookiji.domain.errors import BookijiError
-from bookiji.domain.states import ReservationState, replay
+from bookiji.domain.errors import BookijiError, PaymentDeclined
+from bookiji.integrations.local_gateway import LocalGateway
+from bookiji.services.audit import audit
 from bookiji.services.clock import ManualClock
 from bookiji.services.documents import load_reservation_document, reservation_summary
+from bookiji.services.ports import VendorNotification
 from bookiji.services.reservations import HoldRequest
 from bookiji.store import migrate
 from bookiji.store.uow import UnitOfWork
@@ -34,7 +43,7 @@ def register(app: typer.Typer) -> None:
             False, "--json", help="Print only the final ledger, as JSON."
         ),
     ) -> None:
-        """Walk sample reservations through every state that exists so far."""
+        """Walk sample reservations through the whole workflow on a throw-away database."""
         out = Console(file=io.StringIO()) if json_output else console
         with tempfile.TemporaryDirectory(prefix="bookiji-demo-") as tmp:
             summary = run_demo(Path(tmp), out)
@@ -42,118 +51,132 @@ def register(app: typer.Typer) -> None:
             emit_json(summary)
 
 
-def _state(container_db: object, reservation_id: str) -> str:
-    document = load_reservation_document(container_db, reservation_id)  # type: ignore[arg-type]
-    state = document["state"]
-    style = state_style(state)
-    return f"[{style}]{state}[/{style}]"
+class DemoInbox:
+    """The vendor's side of the console channel: shows the request, keeps the token."""
+
+    channel = "console"
+
+    def __init__(self, out: Console) -> None:
+        self.out = out
+        self.tokens: dict[str, str] = {}
+
+    def send(self, destination: str, notification: VendorNotification) -> None:
+        self.tokens[notification.reservation_id] = notification.token
+        self.out.print(
+            f"    [dim]vendor {destination} notified: confirm or decline "
+            f"{notification.reservation_id} by {notification.expires_at:%H:%M}Z[/dim]"
+        )
 
 
 def run_demo(workdir: Path, out: Console = console) -> dict[str, Any]:
     """Run the walk-through, narrating to `out`; return the final ledger."""
 
-    def _say(text: str) -> None:
+    def say(text: str) -> None:
         out.print(f"  {text}")
 
-    # Start the clock on the next Tuesday 08:00 UTC so the sample hours are open.
     today = datetime.now(UTC).replace(hour=8, minute=0, second=0, microsecond=0)
-    start = today + timedelta(days=(1 - today.weekday()) % 7 or 7)
-    clock = ManualClock(start)
-    settings = Settings(database_url=f"sqlite:///{workdir / 'demo.db'}")
-    container = build(settings, clock=clock)
+    clock = ManualClock(today + timedelta(days=(1 - today.weekday()) % 7 or 7))  # a Tuesday
+    container = build(Settings(database_url=f"sqlite:///{workdir / 'demo.db'}"), clock=clock)
+    inbox = DemoInbox(out)
+    container.confirmation.notifiers = {"console": inbox}
+    gateway = container.gateway
+    assert isinstance(gateway, LocalGateway)
+    db, holds, payments = container.db, container.reservations, container.payments
     try:
-        db = container.db
-        service = container.reservations
-        out.print(Rule("Bookiji demo (throw-away SQLite database)"))
+        out.print(Rule("Bookiji demo (throw-away SQLite database, LocalGateway)"))
         migrate.upgrade(db)
-        _say(f"database at migration {migrate.current_revision(db)}: {workdir / 'demo.db'}")
         sample = resources.files("bookiji.samples").joinpath("vendors.toml")
         with resources.as_file(sample) as path:
             report = container.vendors.import_file(path)
-        _say(f"imported vendors: {', '.join(report.created)}")
-        _say(f"clock set to {clock.now().isoformat()} (a Tuesday)")
+        say(f"migrated to {migrate.current_revision(db)}; vendors: {', '.join(report.created)}")
+        say(f"clock set to {clock.now():%Y-%m-%d %H:%M}Z (a Tuesday)")
 
-        def slot(hour: int, minute: int = 0, minutes: int = 30) -> tuple[datetime, datetime]:
+        def state(rid: str) -> str:
+            value = load_reservation_document(db, rid)["state"]
+            return f"[{state_style(value)}]{value}[/{state_style(value)}]"
+
+        def hold(who: str, hour: int, minute: int = 0, key: str | None = None) -> str | None:
             begin = clock.now().replace(hour=hour, minute=minute) + timedelta(days=1)
-            return begin, begin + timedelta(minutes=minutes)
-
-        def hold(requester: str, hour: int, minute: int = 0, key: str | None = None) -> str | None:
-            begin, end = slot(hour, minute)
-            request = HoldRequest(
-                vendor_id="salon-ana",
-                slot_start=begin,
-                slot_end=end,
-                requester_id=requester,
-                idempotency_key=key,
-            )
+            ask = f"{who} asks for {begin:%H:%M}-{begin + timedelta(minutes=30):%H:%M}Z"
             try:
-                outcome = service.create_hold(request, actor=ACTOR)
+                outcome = holds.create_hold(
+                    HoldRequest("salon-ana", begin, begin + timedelta(minutes=30), who,
+                                idempotency_key=key),
+                    actor=ACTOR,
+                )  # fmt: skip
             except BookijiError as exc:
-                ask = f"{requester} asks for {begin:%H:%M}-{end:%H:%M} UTC"
-                _say(f"{ask}: refused, {exc.code}: {exc.message}")
+                say(f"{ask}: refused, {exc.code}: {escape(exc.message)}")
                 return None
             how = "replayed" if outcome.replayed else "held"
-            ask = f"{requester} asks for {begin:%H:%M}-{end:%H:%M} UTC"
-            rid = outcome.reservation_id
-            _say(f"{ask}: {how} {rid} -> {_state(db, rid)}")
+            say(f"{ask}: {how} {outcome.reservation_id} -> {state(outcome.reservation_id)}")
             return outcome.reservation_id
 
-        out.print(Rule("1. Holds, and the database refusing overlaps"))
-        first = hold("alice", 10, 0, key="alice-1")
+        out.print(Rule("1. Holds; the database refuses overlaps"))
+        alice = hold("alice", 10, 0, key="alice-1")
         hold("alice", 10, 0, key="alice-1")
-        hold("bob", 10, 0)
         hold("bob", 10, 30)
-        second = hold("bob", 11, 0)
-        third = hold("carol", 14, 0)
-        fourth = hold("dave", 15, 0)
-        assert first and second and third and fourth
+        bob = hold("bob", 11, 0)
+        carol = hold("carol", 13, 0)
+        dave = hold("dave", 14, 0)
+        erin = hold("erin", 15, 0)
+        frank = hold("frank", 16, 0)
+        assert alice and bob and carol and dave and erin and frank
 
-        out.print(Rule("2. Vendor confirmation"))
-        service.confirm(first, actor="vendor:salon-ana")
-        _say(f"vendor confirms {first}: {_state(db, first)}")
-        service.decline(second, actor="vendor:salon-ana")
-        _say(f"vendor declines {second}: {_state(db, second)}")
-        service.cancel(third, actor=ACTOR, reason="requester changed plans")
-        _say(f"operator cancels {third}: {_state(db, third)}")
-        again = hold("erin", 11, 0)
-        _say(f"the declined slot is free again: {again}")
+        out.print(Rule("2. The vendor answers with the token from its notification"))
+        for rid in (alice, carol, dave):
+            container.confirmation.answer(rid, inbox.tokens[rid], "confirm")
+            say(f"vendor confirms {rid}: {state(rid)} (deposit authorized on its saved card)")
+        container.confirmation.answer(bob, inbox.tokens[bob], "decline")
+        say(f"vendor declines {bob}: {state(bob)}")
+        try:
+            container.confirmation.answer(bob, inbox.tokens[bob], "confirm")
+        except BookijiError as exc:
+            say(f"the same token again: refused, {exc.code}: {exc.message}")
+        holds.cancel(erin, actor=ACTOR, reason="requester changed plans")
+        say(f"operator cancels {erin}: {state(erin)}")
 
-        out.print(Rule("3. Deadlines and reconciliation"))
+        out.print(Rule("3. Dual authorization and the atomic commit"))
+        payments.authorize(alice, "requester", payment_method="pm_card_visa", actor="partner")
+        say(f"alice's card pm_card_visa authorized -> both authorized -> {state(alice)}")
+        payments.authorize(carol, "requester", payment_method="pm_card_chargeDeclined",
+                           actor="partner")  # fmt: skip
+        say(f"carol's card pm_card_chargeDeclined -> {state(carol)}; the vendor deposit is "
+            "released")  # fmt: skip
+        gateway.faults.fail_next(
+            "capture", PaymentDeclined("the card was declined (card_declined)",
+                                       details={"declineCode": "card_declined"}),
+        )  # fmt: skip
+        payments.authorize(dave, "requester", payment_method="pm_card_visa", actor="partner")
+        say(f"dave authorized, but the vendor capture fails -> {state(dave)}; both released")
+
+        out.print(Rule("4. Deadlines and reconciliation"))
         clock.advance(timedelta(minutes=11))
-        _say("11 minutes pass; reconcile runs the expiry job")
-        for item in service.expire_due():
-            _say(f"{item.reservation_id}: {item.from_state} -> {item.to_state}")
-        clock.advance(timedelta(minutes=30))
-        _say("30 more minutes pass with no payment authorization; reconcile again")
-        for item in service.expire_due():
-            _say(f"{item.reservation_id}: {item.from_state} -> {item.to_state}")
+        say("11 minutes pass; reconcile runs every job once")
+        for job in container.reconciler.run_once():
+            for item in job.items:
+                if "from" in item:
+                    say(f"{job.name}: {item['reservationId']} {item['from']} -> {item['to']}")
 
-        out.print(Rule("4. The ledger"))
+        out.print(Rule("5. The ledger"))
         with UnitOfWork(db, readonly=True) as uow:
-            rows = uow.reservations.list(limit=100)
-            for row in sorted(rows, key=lambda r: r.slot_start):
-                log = uow.transitions.for_reservation(row.id)
-                replayed = replay(
-                    (
-                        ReservationState(t.from_state) if t.from_state else None,
-                        ReservationState(t.to_state),
-                    )
-                    for t in log
-                )
-                style = state_style(row.state)
-                _say(
-                    f"{row.id} {row.requester_id:<6} {row.slot_start:%H:%M} "
-                    f"[{style}]{row.state:<22}[/{style}] {len(log)} log rows, replays to {replayed}"
-                )
-            pairs = uow.reservations.overlapping_active_pairs()
+            rows = sorted(uow.reservations.list(limit=100), key=lambda r: r.slot_start)
             ledger = [reservation_summary(r) for r in rows]
-        _say(f"overlapping active pairs: {len(pairs)}")
-        document = load_reservation_document(db, first)
-        out.print(Rule(f"state history of {first}"))
+        for row in rows:
+            style = state_style(row.state)
+            say(f"{row.id} {row.requester_id:<6} {row.slot_start:%H:%M} "
+                f"[{style}]{row.state:<28}[/{style}] vendor {row.vendor_payment_state:<9} "
+                f"requester {row.requester_payment_state}")  # fmt: skip
+        breaches = audit(db, gateway)
+        say("audit: " + ("[green]clean[/green]" if not breaches else f"{len(breaches)} breaches"))
+        for breach in breaches:
+            say(f"[red]{breach.invariant}[/red] {breach.reservation_id}: {breach.message}")
+        document = load_reservation_document(db, alice)
+        out.print(Rule(f"state history of {alice}"))
         for step in document["stateHistory"]:
             move = f"{step['from'] or '-':>28} -> {step['to']:<28}"
-            _say(f"{step['at']}  {move} {step['actor']}: {step['reason']}")
+            say(f"{step['at']}  {move} {escape(step['actor'])}: {escape(step['reason'])}")
         out.print(Rule("done"))
-        return {"reservations": ledger, "overlappingActivePairs": len(pairs)}
+        return {"reservations": ledger, "auditClean": not breaches,
+                "breaches": [b.message for b in breaches]}  # fmt: skip
     finally:
         container.close()

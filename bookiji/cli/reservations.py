@@ -179,9 +179,7 @@ def confirm(
 ) -> None:
     """Confirm on the vendor's behalf (-> CONFIRMED_BY_VENDOR), then authorize the vendor's
     deposit with its saved payment method when one is on file."""
-    container = state(ctx).container()
-    changed = container.reservations.confirm(reservation_id, actor=ACTOR)
-    container.payments.after_confirmation(reservation_id, actor=ACTOR)
+    changed = state(ctx).container().reservations.confirm(reservation_id, actor=ACTOR)
     _act(ctx, reservation_id, changed, "confirmed", json_output)
 
 

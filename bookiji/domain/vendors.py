@@ -36,8 +36,21 @@ _VENDOR_KEYS = frozenset(
         "id", "name", "timezone", "slot_minutes", "slot_interval_minutes",
         "buffer_before_minutes", "buffer_after_minutes", "min_notice_minutes",
         "max_advance_days", "currency", "price", "deposit", "hours", "overrides", "calendars",
+        "payment", "notify",
     }
 )  # fmt: skip
+#: Optional `[vendors.payment]`: the vendor's payment-provider references.
+PAYMENT_KEYS = {
+    "customer": re.compile(r"[A-Za-z0-9_]{3,255}"),  # e.g. cus_... (deposit payer)
+    "payment_method": re.compile(r"[A-Za-z0-9_]{3,255}"),  # saved card for the deposit
+    "account": re.compile(r"[A-Za-z0-9_]{3,255}"),  # connected account paid by requesters
+}
+#: Optional `[vendors.notify]`: where the vendor is asked to confirm holds.
+NOTIFY_KEYS = {
+    "email": re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+"),
+    "webhook": re.compile(r"https?://\S+"),
+    "sms": re.compile(r"\+[1-9][0-9]{6,14}"),
+}
 _MISSING: Any = object()
 
 
@@ -99,6 +112,8 @@ class VendorSpec:
     hours: Mapping[str, tuple[TimeRange, ...]] = field(hash=False)
     overrides: tuple[DateOverride, ...]
     calendars: tuple[CalendarSpec, ...]
+    payment: Mapping[str, str] = field(default_factory=dict, hash=False)
+    notify: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         unknown = set(self.hours) - set(WEEKDAYS)
@@ -386,12 +401,34 @@ def _parse_vendor(
 
     overrides = _parse_overrides(ck, table.get("overrides", []))
     calendars = _parse_calendars(ck, table.get("calendars", []))
+    payment = _parse_refs(ck, table.get("payment", {}), "payment", PAYMENT_KEYS)
+    notify = _parse_refs(ck, table.get("notify", {}), "notify", NOTIFY_KEYS)
     if not ck.ok or vid is None or name is None or tz is None:
         return None
     return VendorSpec(
         vid, name, tz, slot, interval, before, after, notice, advance, currency, price, deposit,
-        hours, overrides, calendars,
+        hours, overrides, calendars, payment, notify,
     )  # fmt: skip
+
+
+def _parse_refs(
+    ck: _Checker, raw: object, at: str, allowed: Mapping[str, re.Pattern[str]]
+) -> dict[str, str]:
+    """A small table of string references, each checked against its pattern."""
+    if not isinstance(raw, dict):
+        ck.fail(at, f"must be a table ([vendors.{at}]), got {_describe(raw)}")
+        return {}
+    ck.unknown_keys(raw, frozenset(allowed), f"{at}.")
+    found: dict[str, str] = {}
+    for key, pattern in allowed.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        if isinstance(value, str) and pattern.fullmatch(value):
+            found[key] = value
+        else:
+            ck.fail(f"{at}.{key}", f"{_describe(value)} is not a valid {key.replace('_', ' ')}")
+    return found
 
 
 def _parse_overrides(ck: _Checker, raw: object) -> tuple[DateOverride, ...]:

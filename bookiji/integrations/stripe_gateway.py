@@ -36,7 +36,10 @@ def _retryable(exc: BaseException) -> bool:
         return False
     if isinstance(exc, stripe.StripeError):
         status = exc.http_status or 0
-        return status >= 500 or status == 429 or exc.code == "lock_timeout"
+        code = exc.code or (exc.error.code if exc.error else None)
+        # 409: a request with the same key still in flight (lock_timeout /
+        # idempotency_key_in_use); sending the same key again shortly after is safe.
+        return status >= 500 or status in (409, 429) or code == "lock_timeout"
     return False
 
 
@@ -98,7 +101,7 @@ class StripeGateway:
         retrying = Retrying(
             retry=retry_if_exception(_retryable),
             stop=stop_after_attempt(self.max_attempts),
-            wait=wait_exponential_jitter(initial=0.2, max=self.max_wait),
+            wait=wait_exponential_jitter(multiplier=0.2, max=self.max_wait, jitter=0.2),
             sleep=self.sleep,
             reraise=False,
         )
@@ -133,7 +136,8 @@ class StripeGateway:
             "capture_method": "manual",
             "confirm": True,
             "payment_method": request.payment_method,
-            "payment_method_types": ["card"],
+            # Cards only, confirmed server-side: no redirect-based methods, no return_url.
+            "allowed_payment_method_types": ["card"],
             "metadata": {"reservation_id": request.reservation_id, "party": request.party},
         }
         if request.customer:

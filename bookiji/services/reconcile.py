@@ -18,6 +18,7 @@ from bookiji.domain.states import FINAL_STATES, ReservationState
 from bookiji.domain.timeutil import format_instant
 from bookiji.services.clock import Clock
 from bookiji.services.compensation import party_money, party_ref, plan_into
+from bookiji.services.confirmation import ConfirmationService
 from bookiji.services.payments import PaymentService
 from bookiji.services.reservations import ReservationService
 from bookiji.store.database import Database
@@ -51,6 +52,7 @@ class Reconciler:
         clock: Clock,
         reservations: ReservationService,
         payments: PaymentService,
+        confirmation: ConfirmationService | None = None,
         *,
         batch_size: int = 500,
         sweep_window: timedelta = timedelta(days=7),
@@ -59,12 +61,14 @@ class Reconciler:
         self.clock = clock
         self.reservations = reservations
         self.payments = payments
+        self.confirmation = confirmation
         self.batch_size = batch_size
         self.sweep_window = sweep_window
 
     def run_once(self) -> list[JobReport]:
         return [
             self.expire(),
+            self.notifications(),
             self.vendor_authorizations(),
             self.pending_authentications(),
             self.stuck_commits(),
@@ -84,6 +88,20 @@ class Reconciler:
                 **{"from": item.from_state, "to": item.to_state},
                 deadline=format_instant(item.deadline),
             )
+        return report
+
+    def notifications(self) -> JobReport:
+        """Holds whose vendor was not asked yet, and deliveries due for another attempt."""
+        report = JobReport("vendor_notifications")
+        if self.confirmation is None:
+            return report
+        for reservation_id in self._ids(col(Reservation.state) == S.HELD.value):
+            for delivery in self.confirmation.request(reservation_id, actor=ACTOR):
+                report.add(reservationId=reservation_id, channel=delivery.channel,
+                           status=delivery.status)  # fmt: skip
+        for delivery in self.confirmation.deliver_due(limit=self.batch_size):
+            report.add(reservationId=delivery.reservation_id, channel=delivery.channel,
+                       status=delivery.status, error=delivery.error)  # fmt: skip
         return report
 
     def _ids(self, *conditions: Any, limit: int | None = None) -> list[str]:

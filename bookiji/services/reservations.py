@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -21,6 +22,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from bookiji.domain.compensation import Failure
 from bookiji.domain.errors import (
+    BookijiError,
     ConcurrentModification,
     IdempotencyKeyReused,
     InvalidTransition,
@@ -42,6 +44,7 @@ from bookiji.store.uow import UnitOfWork
 
 S = ReservationState
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 OPERATOR_SCOPE = "operator"
 IDEMPOTENCY_RETENTION = timedelta(days=7)
@@ -144,6 +147,8 @@ class ReservationService:
         ttls: StageTTLs,
         *,
         run_compensations: Callable[[list[str]], object] | None = None,
+        on_hold: Callable[[str], object] | None = None,
+        on_confirmed: Callable[[str], object] | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -151,6 +156,9 @@ class ReservationService:
         # Executes compensation rows right after the transaction that planned them commits;
         # without it they wait for `reconcile`.
         self.run_compensations = run_compensations
+        # Called with each new hold's id once it is committed (the vendor is asked then).
+        self.on_hold = on_hold
+        self.on_confirmed = on_confirmed  # e.g. authorize the vendor's deposit next
 
     def _compensate(self, action_ids: list[str]) -> None:
         if action_ids and self.run_compensations is not None:
@@ -164,7 +172,7 @@ class ReservationService:
         scope = request.partner_id or OPERATOR_SCOPE
         fingerprint = request.fingerprint()
         try:
-            return retry_transient(
+            outcome = retry_transient(
                 lambda: self._create_hold(
                     request, scope=scope, fingerprint=fingerprint, actor=actor
                 )
@@ -179,6 +187,14 @@ class ReservationService:
                 # A concurrent request with the same key committed first: answer as it did.
                 return self._replay(scope, request.idempotency_key, fingerprint)
             raise
+        if not outcome.replayed and self.on_hold is not None:
+            try:
+                self.on_hold(outcome.reservation_id)
+            except BookijiError:  # the hold stands; reconciliation asks the vendor again
+                log.warning(
+                    "asking the vendor about %s failed; reconcile retries", outcome.reservation_id
+                )
+        return outcome
 
     def _replay(self, scope: str, key: str, fingerprint: str) -> HoldOutcome:
         with UnitOfWork(self.db, readonly=True) as uow:
@@ -287,7 +303,10 @@ class ReservationService:
                 uow, reservation, S.CONFIRMED_BY_VENDOR, now, actor, "confirmed by vendor"
             )
 
-        return self._with_reservation(reservation_id, partner_id, step)
+        changed = self._with_reservation(reservation_id, partner_id, step)
+        if changed and self.on_confirmed is not None:
+            self.on_confirmed(reservation_id)
+        return changed
 
     def decline(self, reservation_id: str, *, actor: str, partner_id: str | None = None) -> bool:
         def step(uow: UnitOfWork, reservation: Reservation, now: datetime) -> bool:

@@ -56,6 +56,12 @@ def _fields(spec: VendorSpec) -> dict[str, Any]:
         "deposit": spec.deposit,
         "hours": spec.hours_document(),
         "overrides": spec.overrides_document(),
+        "payment_customer_ref": spec.payment.get("customer"),
+        "payment_method_ref": spec.payment.get("payment_method"),
+        "payment_account_ref": spec.payment.get("account"),
+        "notify_email": spec.notify.get("email"),
+        "notify_webhook_url": spec.notify.get("webhook"),
+        "notify_sms": spec.notify.get("sms"),
     }
 
 

@@ -392,3 +392,14 @@ class VendorNotificationRow(SQLModel, table=True):
     last_error: str | None = Field(default=None, sa_type=Text)
     created_at: datetime = _ts()
     sent_at: datetime | None = _ts(nullable=True)
+
+
+class AppSecret(SQLModel, table=True):
+    """Secrets this installation generated for itself when none was configured (the token
+    signing key of the embedded default). Configured secrets never land here."""
+
+    __tablename__: ClassVar[str] = "app_secrets"
+
+    name: str = Field(primary_key=True, max_length=80)
+    value: str = Field(max_length=255)
+    created_at: datetime = _ts()

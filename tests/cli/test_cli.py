@@ -28,6 +28,8 @@ from bookiji.services.reservations import HoldRequest, ReservationService
 from bookiji.store.database import Database
 from tests.cli.support import DAY, WEEK, Cli, Result, at, vendor_toml, write_vendors
 
+AWAITING = "AWAITING_VENDOR_CONFIRMATION"  # where a new hold rests once the vendor is asked
+
 
 def history(document: dict[str, Any]) -> list[str]:
     return [step["to"] for step in document["stateHistory"]]
@@ -193,10 +195,16 @@ def test_create_prints_the_reservation(ready: Cli) -> None:
     after = datetime.now(UTC)
     assert text.code == 0 and text.out.startswith("held: res_")
     reservation_id = text.out.split()[1]
-    assert f"{reservation_id} HELD" in text.out and "5000 eur" in text.out
+    assert f"{reservation_id} AWAITING_VENDOR_CONFIRMATION" in text.out and "5000 eur" in text.out
+    # No channel configured: the vendor is asked on the console, with the operator's commands.
+    assert f"bookiji reservations confirm {reservation_id}" in text.err
 
     doc = ready.show(reservation_id)
-    assert (doc["state"], doc["vendorId"], doc["requesterId"]) == ("HELD", "studio-a", "alice")
+    assert (doc["state"], doc["vendorId"], doc["requesterId"]) == (
+        "AWAITING_VENDOR_CONFIRMATION",
+        "studio-a",
+        "alice",
+    )
     assert (doc["slotStartTime"], doc["slotEndTime"]) == (at("10:00"), at("11:00"))
     assert doc["metadata"] == {"note": "window seat"} and doc["idempotencyKey"] is None
     assert doc["payment"]["currency"] == "eur"
@@ -209,6 +217,7 @@ def test_create_prints_the_reservation(ready: Cli) -> None:
     assert [(s["from"], s["to"], s["actor"]) for s in doc["stateHistory"]] == [
         (None, "INTENT_CREATED", "operator:cli"),
         ("INTENT_CREATED", "HELD", "operator:cli"),
+        ("HELD", "AWAITING_VENDOR_CONFIRMATION", "system:notify"),
     ]
 
 
@@ -231,14 +240,14 @@ def test_adjacent_slots_without_buffers_both_hold(ready: Cli) -> None:
     first = ready.hold("10:00", "11:00")
     second = ready.hold("11:00", "12:00")
     assert first["blockEndTime"] == second["blockStartTime"] == at("11:00")
-    assert {first["state"], second["state"]} == {"HELD"}
+    assert {first["state"], second["state"]} == {"AWAITING_VENDOR_CONFIRMATION"}
 
 
 def test_a_buffer_keeps_the_next_slot_free(ready: Cli) -> None:
     first = ready.hold("10:00", "11:00", vendor="studio-b")
     assert first["blockEndTime"] == at("11:15")
     assert "slot_unavailable" in ready.create("11:00", "12:00", vendor="studio-b").error
-    assert ready.hold("11:15", "12:15", vendor="studio-b")["state"] == "HELD"
+    assert ready.hold("11:15", "12:15", vendor="studio-b")["state"] == AWAITING
 
 
 def test_idempotency_key_replays_and_refuses_a_different_body(ready: Cli) -> None:
@@ -262,16 +271,16 @@ def test_list_filters_by_state_and_vendor_newest_first(ready: Cli) -> None:
     ready("reservations", "confirm", r2, expect=0)
 
     assert ready.ids() == [r3, r2, r1]
-    assert ready.ids("--state", "HELD") == [r3, r1]
+    assert ready.ids("--state", AWAITING) == [r3, r1]
     assert ready.ids("--state", "confirmed_by_vendor") == [r2]
     assert ready.ids("--vendor", "studio-b") == [r3]
-    assert ready.ids("--vendor", "studio-a", "--state", "HELD") == [r1]
+    assert ready.ids("--vendor", "studio-a", "--state", AWAITING) == [r1]
     assert ready.ids("--limit", "2") == [r3, r2]
     assert ready.ids("--vendor", "nobody") == []
     rows = ready("reservations", "list", "--json", expect=0).json()
     assert rows[0]["slotStartTime"] == at("10:00") and rows[0]["vendorId"] == "studio-b"
 
-    table = ready("reservations", "list", "--state", "HELD", expect=0).out
+    table = ready("reservations", "list", "--state", AWAITING, expect=0).out
     assert "2 reservations" in table and r1 in table and r3 in table and r2 not in table
     refused = ready("reservations", "list", "--state", "soon", expect=2)
     assert "unknown state 'soon'" in refused.error
@@ -306,7 +315,7 @@ def test_confirm_then_cancel_walks_the_history(ready: Cli) -> None:
     assert f"already cancelled: {rid}" in again.out
     assert ready.show(rid)["stateHistory"] == cancelled["stateHistory"]
     # The slot is free again.
-    assert ready.hold("10:00", "11:00")["state"] == "HELD"
+    assert ready.hold("10:00", "11:00")["state"] == AWAITING
 
 
 def test_decline_cancels_and_frees_the_slot(ready: Cli) -> None:
@@ -315,11 +324,11 @@ def test_decline_cancels_and_frees_the_slot(ready: Cli) -> None:
     assert declined["state"] == "CANCELLED"
     last = declined["stateHistory"][-1]
     assert (last["from"], last["reason"], last["details"]) == (
-        "HELD",
+        AWAITING,
         "declined by vendor",
         {"decision": "decline"},
     )
-    assert ready.hold("10:00", "11:00")["state"] == "HELD"
+    assert ready.hold("10:00", "11:00")["state"] == AWAITING
 
 
 def test_decline_after_confirm_is_an_invalid_transition(ready: Cli) -> None:
@@ -397,10 +406,10 @@ def test_reconcile_once_expires_holds_whose_deadline_passed(ready: Cli, db: Data
     expired = ready.show(old.reservation_id)
     assert expired["state"] == "FAILED_VENDOR_TIMEOUT"
     assert expired["stateHistory"][-1]["actor"] == "system:expiry"
-    assert ready.show(fresh)["state"] == "HELD"
+    assert ready.show(fresh)["state"] == AWAITING
     # Nothing is expired twice; the freed slot can be held again.
     assert "expiry: 0 processed" in ready("reconcile", "--once", expect=0).out
-    assert ready.hold("09:00", "10:00")["state"] == "HELD"
+    assert ready.hold("09:00", "10:00")["state"] == AWAITING
 
 
 def test_reconcile_without_once_is_a_usage_error(ready: Cli) -> None:
@@ -413,19 +422,20 @@ def test_reconcile_without_once_is_a_usage_error(ready: Cli) -> None:
 def test_demo_walks_the_workflow(run: Cli) -> None:
     out = run("demo", expect=0).out
     assert "replayed" in out and "refused, slot_unavailable" in out
-    assert "overlapping active pairs: 0" in out
+    assert "audit: clean" in out and "COMMITTED" in out
     assert out.rstrip().splitlines()[-1].strip("─ ") == "done"
 
 
 def test_demo_json_prints_only_the_final_ledger(run: Cli) -> None:
     ledger = json.loads(run("demo", "--json", expect=0).out)
-    assert ledger["overlappingActivePairs"] == 0
+    assert ledger["auditClean"] is True and ledger["breaches"] == []
     states = sorted(r["state"] for r in ledger["reservations"])
     assert states == [
         "CANCELLED",
         "CANCELLED",
-        "EXPIRED",
-        "FAILED_VENDOR_TIMEOUT",
+        "COMMITTED",
+        "FAILED_COMMIT",
+        "FAILED_REQUESTER_AUTH",
         "FAILED_VENDOR_TIMEOUT",
     ]
 
@@ -459,7 +469,8 @@ def test_console_script_success_and_refusal(database_url: str, vendors_file: Pat
 
     assert bookiji(database_url, "vendors", "import", vendors_file).code == 0
     held = create("10:00", "11:00", "--json")
-    assert held.code == 0 and held.err == "" and held.json()["state"] == "HELD"
+    assert held.code == 0 and held.json()["state"] == AWAITING
+    assert "was asked to confirm" in held.err and "Traceback" not in held.err
     taken = create("10:30", "11:30")
     assert taken.code == 1 and "slot_unavailable" in taken.error and taken.out == ""
     missing = bookiji(database_url, "reservations", "cancel", "res_missing")

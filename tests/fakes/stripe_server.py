@@ -458,7 +458,7 @@ class StripeServer:
         """What the SDK takes as `base_addresses={"api": ...}`."""
         assert self._httpd is not None, "server not started"
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     # -------------------------------------------------------------------------- ledger
 
@@ -502,7 +502,9 @@ class StripeServer:
         with self._lock:
             return [copy.deepcopy(e.obj) for e in sorted(self._events.values(), key=_seq)]
 
-    def events_of(self, event_type: str | None = None, object_id: str | None = None) -> list[dict]:
+    def events_of(
+        self, event_type: str | None = None, object_id: str | None = None
+    ) -> list[dict[str, Any]]:
         return [
             e
             for e in self.events
@@ -996,8 +998,9 @@ class StripeServer:
         return self._seq
 
     def _emit(self, event_type: str, obj: Mapping[str, Any], ctx: _Ctx) -> None:
-        event = {
-            "id": new_id("evt"),
+        event_id = new_id("evt")
+        event: dict[str, Any] = {
+            "id": event_id,
             "object": "event",
             "api_version": self.api_version,
             "created": int(time.time()),
@@ -1007,7 +1010,7 @@ class StripeServer:
             "request": {"id": ctx.request_id, "idempotency_key": ctx.idempotency_key},
             "type": event_type,
         }
-        self._events[event["id"]] = _Stored(event, self._next_seq(), ctx.account)
+        self._events[event_id] = _Stored(event, self._next_seq(), ctx.account)
         if self.webhook_url:
             with self._webhook_idle:
                 self._webhook_pending += 1
@@ -1222,12 +1225,12 @@ class StripeServer:
             self._confirm(intent, ctx, confirm_options)
         return 200, self._render_intent(intent, _expand(p))
 
-    def _retrieve_intent(self, p: dict[str, Any], ctx: _Ctx, id: str) -> tuple[int, dict]:
+    def _retrieve_intent(self, p: dict[str, Any], ctx: _Ctx, id: str) -> tuple[int, dict[str, Any]]:
         _check_known(p, {"expand": None, "client_secret": None})
         intent = self._intent_for(id, ctx)
         return 200, self._render_intent(intent, _expand(p))
 
-    def _update_intent(self, p: dict[str, Any], ctx: _Ctx, id: str) -> tuple[int, dict]:
+    def _update_intent(self, p: dict[str, Any], ctx: _Ctx, id: str) -> tuple[int, dict[str, Any]]:
         _check_known(p, _PI_UPDATE)
         _check_unsupported(p)
         self._reject_payment_method_types(p, ctx)
@@ -1277,7 +1280,7 @@ class StripeServer:
             obj["next_action"] = None
         return 200, self._render_intent(intent, _expand(p))
 
-    def _confirm_intent(self, p: dict[str, Any], ctx: _Ctx, id: str) -> tuple[int, dict]:
+    def _confirm_intent(self, p: dict[str, Any], ctx: _Ctx, id: str) -> tuple[int, dict[str, Any]]:
         _check_known(p, _PI_CONFIRM)
         _check_unsupported(p)
         self._reject_payment_method_types(p, ctx)
@@ -1456,7 +1459,7 @@ class StripeServer:
         self._capture(intent, obj["amount"], ctx, charge, emit_captured=False)
 
     def _decline(
-        self, intent: _Intent, ctx: _Ctx, decline: Decline, charge: dict | None = None
+        self, intent: _Intent, ctx: _Ctx, decline: Decline, charge: dict[str, Any] | None = None
     ) -> None:
         charge = charge or self._new_charge(intent)
         obj = intent.obj
@@ -1543,7 +1546,7 @@ class StripeServer:
         self._emit("charge.captured" if emit_captured else "charge.succeeded", charge, ctx)
         self._emit("payment_intent.succeeded", obj, ctx)
 
-    def _capture_intent(self, p: dict[str, Any], ctx: _Ctx, id: str) -> tuple[int, dict]:
+    def _capture_intent(self, p: dict[str, Any], ctx: _Ctx, id: str) -> tuple[int, dict[str, Any]]:
         _check_known(p, _PI_CAPTURE)
         intent = self._intent_for(id, ctx)
         obj = intent.obj
@@ -1581,7 +1584,7 @@ class StripeServer:
         self._capture(intent, amount, ctx, charge)
         return 200, self._render_intent(intent, _expand(p))
 
-    def _cancel_intent(self, p: dict[str, Any], ctx: _Ctx, id: str) -> tuple[int, dict]:
+    def _cancel_intent(self, p: dict[str, Any], ctx: _Ctx, id: str) -> tuple[int, dict[str, Any]]:
         _check_known(p, {"cancellation_reason": None, "expand": None})
         reason = _enum(
             p,
@@ -1614,7 +1617,7 @@ class StripeServer:
         )
         self._emit("payment_intent.canceled", intent.obj, ctx)
 
-    def _list_intents(self, p: dict[str, Any], ctx: _Ctx) -> tuple[int, dict]:
+    def _list_intents(self, p: dict[str, Any], ctx: _Ctx) -> tuple[int, dict[str, Any]]:
         _check_known(p, _LIST | {"customer": None, "customer_account": None})
         customer = _str(p, "customer")
         created = _range(p, "created")
@@ -1631,7 +1634,7 @@ class StripeServer:
         page["data"] = [self._render_intent(by_id[o["id"]], expand) for o in page["data"]]
         return 200, page
 
-    def _search_intents(self, p: dict[str, Any], ctx: _Ctx) -> tuple[int, dict]:
+    def _search_intents(self, p: dict[str, Any], ctx: _Ctx) -> tuple[int, dict[str, Any]]:
         _check_known(p, {"query": None, "limit": None, "page": None, "expand": None})
         query = _str(p, "query")
         if not query:
@@ -1690,7 +1693,7 @@ class StripeServer:
 
     # -------------------------------------------------------------------------- refunds etc.
 
-    def _create_refund(self, p: dict[str, Any], ctx: _Ctx) -> tuple[int, dict]:
+    def _create_refund(self, p: dict[str, Any], ctx: _Ctx) -> tuple[int, dict[str, Any]]:
         _check_known(p, _REFUND_CREATE)
         amount = _int(p, "amount", minimum=1)
         reason = _enum(p, "reason", ("duplicate", "fraudulent", "requested_by_customer"), None)
@@ -1786,7 +1789,7 @@ class StripeServer:
                 obj["payment_intent"] = copy.deepcopy(self._intents[refund["payment_intent"]].obj)
         return obj
 
-    def _retrieve_refund(self, p: dict[str, Any], ctx: _Ctx, id: str) -> tuple[int, dict]:
+    def _retrieve_refund(self, p: dict[str, Any], ctx: _Ctx, id: str) -> tuple[int, dict[str, Any]]:
         _check_known(p, {"expand": None})
         stored = self._refunds.get(id)
         if stored is None or stored.account != ctx.account:
@@ -1795,7 +1798,7 @@ class StripeServer:
             )
         return 200, self._render_refund(stored.obj, _expand(p))
 
-    def _list_refunds(self, p: dict[str, Any], ctx: _Ctx) -> tuple[int, dict]:
+    def _list_refunds(self, p: dict[str, Any], ctx: _Ctx) -> tuple[int, dict[str, Any]]:
         _check_known(p, _LIST | {"charge": None, "payment_intent": None})
         charge, intent = _str(p, "charge"), _str(p, "payment_intent")
         created = _range(p, "created")
@@ -1809,7 +1812,7 @@ class StripeServer:
         ]
         return 200, _paginate(copy.deepcopy(items), p, "/v1/refunds", "refund")
 
-    def _retrieve_charge(self, p: dict[str, Any], ctx: _Ctx, id: str) -> tuple[int, dict]:
+    def _retrieve_charge(self, p: dict[str, Any], ctx: _Ctx, id: str) -> tuple[int, dict[str, Any]]:
         _check_known(p, {"expand": None})
         stored = self._charges.get(id)
         if stored is None or stored.account != ctx.account:
@@ -1818,7 +1821,7 @@ class StripeServer:
             )
         return 200, copy.deepcopy(stored.obj)
 
-    def _list_charges(self, p: dict[str, Any], ctx: _Ctx) -> tuple[int, dict]:
+    def _list_charges(self, p: dict[str, Any], ctx: _Ctx) -> tuple[int, dict[str, Any]]:
         _check_known(p, _LIST | {"customer": None, "payment_intent": None, "transfer_group": None})
         customer, intent = _str(p, "customer"), _str(p, "payment_intent")
         created = _range(p, "created")
@@ -1832,7 +1835,9 @@ class StripeServer:
         ]
         return 200, _paginate(copy.deepcopy(items), p, "/v1/charges", "charge")
 
-    def _retrieve_payment_method(self, p: dict[str, Any], ctx: _Ctx, id: str) -> tuple[int, dict]:
+    def _retrieve_payment_method(
+        self, p: dict[str, Any], ctx: _Ctx, id: str
+    ) -> tuple[int, dict[str, Any]]:
         _check_known(p, {"expand": None})
         pm = self._payment_methods.get(id)
         if pm is None and id in TEST_PAYMENT_METHODS:
@@ -1846,7 +1851,7 @@ class StripeServer:
             )
         return 200, copy.deepcopy(pm.obj)
 
-    def _retrieve_event(self, p: dict[str, Any], ctx: _Ctx, id: str) -> tuple[int, dict]:
+    def _retrieve_event(self, p: dict[str, Any], ctx: _Ctx, id: str) -> tuple[int, dict[str, Any]]:
         _check_known(p, {"expand": None})
         stored = self._events.get(id)
         if stored is None or stored.account != ctx.account:
@@ -1855,7 +1860,7 @@ class StripeServer:
             )
         return 200, copy.deepcopy(stored.obj)
 
-    def _list_events(self, p: dict[str, Any], ctx: _Ctx) -> tuple[int, dict]:
+    def _list_events(self, p: dict[str, Any], ctx: _Ctx) -> tuple[int, dict[str, Any]]:
         _check_known(p, _LIST | {"type": None, "types": None, "delivery_success": None})
         wanted = _str(p, "type")
         types = p.get("types")
@@ -1915,7 +1920,9 @@ _ROUTES: list[tuple[str, re.Pattern[str], Callable[..., tuple[int, dict[str, Any
 ]
 
 
-def _route(method: str, path: str) -> tuple[Callable[..., tuple[int, dict]], dict[str, str]]:
+def _route(
+    method: str, path: str
+) -> tuple[Callable[..., tuple[int, dict[str, Any]]], dict[str, str]]:
     for route_method, pattern, handler in _ROUTES:
         match = pattern.fullmatch(path)
         if match and route_method == method:
@@ -2148,7 +2155,7 @@ def _bool(params: Mapping[str, Any], name: str, *, default: bool) -> bool:
         return default
     if value not in ("true", "false"):
         raise _invalid(f"Invalid boolean: {value}", param=name)
-    return value == "true"
+    return bool(value == "true")
 
 
 def _enum(params: Mapping[str, Any], name: str, choices: tuple[str, ...], default: Any) -> Any:
@@ -2404,7 +2411,9 @@ def _range(params: Mapping[str, Any], name: str) -> Callable[[int], bool]:
     )
 
 
-def _paginate(items: list[dict[str, Any]], params: Mapping[str, Any], url: str, kind: str) -> dict:
+def _paginate(
+    items: list[dict[str, Any]], params: Mapping[str, Any], url: str, kind: str
+) -> dict[str, Any]:
     """A list object: `items` newest first; `starting_after` / `ending_before` cursors."""
     limit = _limit(params)
     ids = [item["id"] for item in items]
@@ -2469,7 +2478,7 @@ def _parse_clause(clause: str) -> Callable[[dict[str, Any]], bool]:
             raise _invalid("Invalid query: metadata supports only `:`.", param="query")
 
         def test(obj: dict[str, Any]) -> bool:
-            found = obj["metadata"].get(key)
+            found: str | None = obj["metadata"].get(key)
             if op == "~":
                 return found is not None and value in found
             return found == value

@@ -11,7 +11,7 @@ from bookiji.services.clock import ManualClock
 from bookiji.store.database import Database
 from tests.payments.harness import NOW, Workflow, build_workflow, local_faults
 
-GATEWAYS = ["local"]  # "stripe" joins with the Stripe test server
+GATEWAYS = ["local", "stripe"]
 
 
 @pytest.fixture(params=GATEWAYS)

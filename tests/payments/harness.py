@@ -31,6 +31,7 @@ class Faults:
     # after every retry the gateway makes; with after_apply the first was applied anyway.
     capture_outage: Callable[[int, bool], None]
     captures: Callable[[str], int]  # capture operations the provider applied to an intent
+    complete_authentication: Callable[[str, bool], object]  # the card holder's 3-D Secure
 
 
 def local_faults(gateway: LocalGateway) -> Faults:
@@ -57,7 +58,10 @@ def local_faults(gateway: LocalGateway) -> Faults:
             row = uow.session.get(LocalPaymentIntent, intent_id)
             return row.captures if row else 0
 
-    return Faults(declined, outage, captures)
+    def authenticate(intent_id: str, succeed: bool) -> object:
+        return gateway.complete_authentication(intent_id, succeed=succeed)
+
+    return Faults(declined, outage, captures, authenticate)
 
 
 @dataclass

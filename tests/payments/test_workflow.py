@@ -120,11 +120,8 @@ def test_three_d_secure_then_authenticated_commits(workflow: Workflow) -> None:
     )
     assert outcome.state == "AWAITING_REQUESTER_AUTH" and outcome.money == "pending"
     assert outcome.client_secret and outcome.client_secret.startswith(outcome.intent_id or "?")
-    complete = getattr(w.gateway, "complete_authentication", None) or w.faults.__dict__.get(
-        "complete_authentication"
-    )
-    assert complete is not None
-    complete(outcome.intent_id, succeed=True)
+    assert outcome.intent_id is not None
+    w.faults.complete_authentication(outcome.intent_id, True)
     # The webhook (or the reconcile poll, its fallback) moves the reservation on.
     [report] = [r for r in w.reconciler.run_once() if r.name == "pending_authentications"]
     assert report.processed == 1

@@ -292,3 +292,34 @@ def render(spec: VendorSpec) -> str:
 @given(vendors())
 def test_any_valid_vendor_rendered_to_toml_parses_back_equal(spec: VendorSpec) -> None:
     assert parse_vendor_document(render(spec), filename="gen.toml") == [spec]
+
+
+def test_payment_and_notify_tables_are_optional_and_checked() -> None:
+    text = """
+[[vendors]]
+id = "salon-ana"
+name = "Salon Ana"
+timezone = "Europe/London"
+[vendors.payment]
+customer = "cus_123abc"
+payment_method = "pm_card_visa"
+account = "acct_1Abc"
+[vendors.notify]
+email = "ana@salon.example"
+webhook = "https://salon.example/bookiji"
+sms = "+447700900123"
+"""
+    [spec] = parse_vendor_document(text, filename="v.toml")
+    assert spec.payment == {
+        "customer": "cus_123abc",
+        "payment_method": "pm_card_visa",
+        "account": "acct_1Abc",
+    }
+    assert spec.notify["sms"] == "+447700900123"
+    bad = text.replace('sms = "+447700900123"', 'sms = "07700 900123"').replace(
+        'account = "acct_1Abc"', 'account = "acct_1Abc"\nbank = "x"'
+    )
+    with pytest.raises(VendorFileInvalid) as caught:
+        parse_vendor_document(bad, filename="v.toml")
+    fields = {p["field"] for p in caught.value.details["problems"]}
+    assert fields == {"notify.sms", "payment.bank"}
