@@ -10,19 +10,20 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlmodel import col, or_, select
+from sqlmodel import and_, col, or_, select
 
 from bookiji.domain.compensation import LIVE, Failure, Money, Party
 from bookiji.domain.errors import BookijiError, PaymentProviderError, Unavailable
 from bookiji.domain.states import FINAL_STATES, ReservationState
 from bookiji.domain.timeutil import format_instant
 from bookiji.services.clock import Clock
-from bookiji.services.compensation import party_money, party_ref, plan_into
+from bookiji.services.compensation import party_money, party_ref, plan_into, set_money
 from bookiji.services.confirmation import ConfirmationService
 from bookiji.services.payments import PaymentService
+from bookiji.services.ports import IntentView
 from bookiji.services.reservations import ReservationService
 from bookiji.store.database import Database
-from bookiji.store.models import CompensationAction, JobLease, Reservation
+from bookiji.store.models import JobLease, PaymentOperation, Reservation
 from bookiji.store.uow import UnitOfWork
 
 S = ReservationState
@@ -186,30 +187,44 @@ class Reconciler:
         return report
 
     def stale_authorizations(self) -> JobReport:
-        """Terminal, uncommitted reservations that still hold money: read the provider and
-        plan the release or refund (an authorization must not outlive its reservation)."""
+        """Terminal, uncommitted reservations whose money may still be bound: ask the provider
+        (by known id, and by reservation metadata for a call whose answer a crash lost),
+        adopt what it says, and plan the release or refund."""
         report = JobReport("stale_authorizations")
+        since = self.clock.now() - self.sweep_window
         live = sorted(m.value for m in LIVE)
-        ids = self._ids(
-            col(Reservation.state).in_(_FAILED_FINAL),
-            or_(
-                col(Reservation.vendor_payment_state).in_(live),
-                col(Reservation.requester_payment_state).in_(live),
-            ),
-        )
-        now = self.clock.now()
+        with UnitOfWork(self.db, readonly=True) as uow:
+            unknown = select(PaymentOperation.reservation_id).where(
+                col(PaymentOperation.status) == "started"
+            )
+            ids = uow.session.exec(
+                select(Reservation.id)
+                .where(
+                    col(Reservation.state).in_(_FAILED_FINAL),
+                    or_(
+                        col(Reservation.vendor_payment_state).in_(live),
+                        col(Reservation.requester_payment_state).in_(live),
+                        and_(
+                            col(Reservation.updated_at) >= since,
+                            col(Reservation.id).in_(unknown),
+                        ),
+                    ),
+                )
+                .limit(self.batch_size)
+            ).all()
         for reservation_id in ids:
+            try:
+                truth = self._provider_money(reservation_id)
+            except PaymentProviderError as exc:
+                report.errors.append(f"{reservation_id}: {exc.message}")
+                continue
+            now = self.clock.now()
             with UnitOfWork(self.db) as uow:
                 reservation = uow.reservations.get(reservation_id, for_update=True)
                 assert reservation is not None
-                pending = uow.session.exec(
-                    select(CompensationAction.id).where(
-                        col(CompensationAction.reservation_id) == reservation_id,
-                        col(CompensationAction.status) == "pending",
-                    )
-                ).first()
-                if pending is not None:
-                    continue  # already being unwound; the compensation job runs it
+                for party, (money, intent_id) in truth.items():
+                    if money in LIVE:
+                        set_money(reservation, party, money, intent_id)
                 created = plan_into(uow, reservation, Failure.OPERATOR_FORCED, now)
                 uow.commit()
             if created:
@@ -218,6 +233,26 @@ class Reconciler:
                     actions=[f"{a.party}:{a.kind}" for a in created],
                 )
         return report
+
+    def _provider_money(self, reservation_id: str) -> dict[Party, tuple[Money, str]]:
+        with UnitOfWork(self.db, readonly=True) as uow:
+            reservation = uow.reservations.get(reservation_id)
+        assert reservation is not None
+        intents = {
+            ref: self.payments.gateway.retrieve(ref)
+            for ref in (party_ref(reservation, p) for p in Party)
+            if ref is not None
+        }
+        for intent in self.payments.gateway.find_by_reservation(reservation_id):
+            intents.setdefault(intent.id, intent)
+        truth: dict[Party, tuple[Money, str]] = {}
+        for intent in intents.values():
+            if intent.party not in ("vendor", "requester"):
+                continue
+            money = money_of(intent)
+            if money in LIVE:
+                truth[Party(intent.party)] = (money, intent.id)
+        return truth
 
     def compensations(self) -> JobReport:
         """Pending compensation actions whose next attempt is due."""
@@ -254,6 +289,21 @@ class Reconciler:
             except PaymentProviderError as exc:
                 report.errors.append(f"{reservation.id}: {exc.message}")
         return report
+
+
+def money_of(intent: IntentView) -> Money:
+    """What a provider's intent means for the party's money."""
+    if intent.status == "requires_capture":
+        return Money.AUTHORIZED
+    if intent.status == "requires_action":
+        return Money.PENDING
+    if intent.status == "succeeded":
+        if intent.amount_refunded >= intent.amount_received:
+            return Money.REFUNDED
+        return Money.CAPTURED
+    if intent.status == "canceled":
+        return Money.RELEASED
+    return Money.FAILED
 
 
 def unexplained_money(payments: PaymentService, reservation: Reservation) -> list[str]:
