@@ -61,6 +61,12 @@ def _print_document(document: dict[str, Any]) -> None:
             f"compensation {action['id']}: {action['party']} {action['action']} "
             f"{action['status']} after {action['attempts']} attempts{error}"
         )
+    for note in document["vendorNotifications"]:
+        error = f", last error: {escape(note['lastError'])}" if note["lastError"] else ""
+        console.print(
+            f"vendor asked by {note['channel']}: {note['status']} "
+            f"after {note['attempts']} attempts{error}"
+        )
     history = Table(title="state history")
     for column in ("at", "from", "to", "actor", "reason"):
         history.add_column(column)

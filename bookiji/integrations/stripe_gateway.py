@@ -23,7 +23,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from bookiji.domain.errors import PaymentDeclined, PaymentProviderError
+from bookiji.domain.errors import BookijiError, PaymentDeclined, PaymentProviderError
 from bookiji.services.ports import AuthorizationRequest, IntentView
 
 T = TypeVar("T")
@@ -211,3 +211,37 @@ class StripeGateway:
             lambda: self.client.v1.payment_intents.search(params={"query": query, "limit": 100}),
         )
         return [_view(intent) for intent in result.data]
+
+
+class InvalidWebhook(BookijiError):
+    code = "invalid_signature"
+    http_status = 400
+
+
+#: The Stripe events that move a reservation on; others are acknowledged and ignored.
+INTENT_EVENTS = frozenset(
+    {
+        "payment_intent.amount_capturable_updated",
+        "payment_intent.payment_failed",
+        "payment_intent.canceled",
+        "payment_intent.requires_action",
+        "payment_intent.succeeded",
+    }
+)
+
+
+def parse_webhook(
+    payload: bytes, signature: str, secret: str, *, tolerance: int = 300
+) -> tuple[str, IntentView | None]:
+    """Verify a Stripe webhook's signature and return (event type, the intent it is about).
+
+    Refuses (`invalid_signature`, 400) a payload not signed with `secret` within `tolerance`
+    seconds: an unsigned event could otherwise move money."""
+    try:
+        event = stripe.Webhook.construct_event(payload, signature, secret, tolerance=tolerance)
+    except (stripe.SignatureVerificationError, ValueError):
+        raise InvalidWebhook("the Stripe signature does not verify") from None
+    kind = str(event["type"])
+    if kind not in INTENT_EVENTS:
+        return kind, None
+    return kind, _view(event["data"]["object"])

@@ -10,7 +10,13 @@ from sqlmodel import col, select
 from bookiji.domain.errors import NotFound
 from bookiji.domain.timeutil import format_instant
 from bookiji.store.database import Database
-from bookiji.store.models import CompensationAction, Reservation, ReservationTransition, Vendor
+from bookiji.store.models import (
+    CompensationAction,
+    Reservation,
+    ReservationTransition,
+    Vendor,
+    VendorNotificationRow,
+)
 from bookiji.store.uow import UnitOfWork
 
 
@@ -22,6 +28,7 @@ def reservation_document(
     reservation: Reservation,
     history: Sequence[ReservationTransition],
     compensations: Sequence[CompensationAction] = (),
+    notifications: Sequence[VendorNotificationRow] = (),
 ) -> dict[str, Any]:
     """`GET /v1/reservations/{id}`: camelCase, RFC 3339 UTC times, full state history."""
     return {
@@ -65,6 +72,17 @@ def reservation_document(
             }
             for action in compensations
         ],
+        "vendorNotifications": [
+            {
+                "channel": note.channel,
+                "status": note.status,
+                "attempts": note.attempts,
+                "lastError": note.last_error,
+                "nextAttemptAt": format_instant(note.next_attempt_at),
+                "sentAt": format_instant(note.sent_at),
+            }
+            for note in notifications
+        ],
         "metadata": reservation.meta,
         "idempotencyKey": reservation.idempotency_key,
         "version": reservation.version,
@@ -99,8 +117,16 @@ def load_reservation_document(
             .where(col(CompensationAction.reservation_id) == reservation_id)
             .order_by(col(CompensationAction.created_at), col(CompensationAction.id))
         ).all()
+        notifications = uow.session.exec(
+            select(VendorNotificationRow)
+            .where(col(VendorNotificationRow.reservation_id) == reservation_id)
+            .order_by(col(VendorNotificationRow.created_at), col(VendorNotificationRow.channel))
+        ).all()
         return reservation_document(
-            reservation, uow.transitions.for_reservation(reservation_id), compensations
+            reservation,
+            uow.transitions.for_reservation(reservation_id),
+            compensations,
+            notifications,
         )
 
 

@@ -200,6 +200,8 @@ class _TLSServer(http.server.ThreadingHTTPServer):
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Keep-alive plus a header write then a body write would wait on delayed ACKs (~40 ms).
+    disable_nagle_algorithm = True
     timeout = 30
     server: _TLSServer
 

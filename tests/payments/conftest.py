@@ -27,5 +27,5 @@ def workflow(gateway_kind: str, db: Database, request: pytest.FixtureRequest) ->
         return
     from tests.payments.stripe_harness import stripe_gateway_and_faults
 
-    with stripe_gateway_and_faults() as (gateway, faults):
+    with stripe_gateway_and_faults() as (gateway, faults, _server):
         yield build_workflow(db, gateway, faults)

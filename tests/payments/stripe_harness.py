@@ -20,7 +20,7 @@ CARD_DECLINED = {
 
 
 @contextmanager
-def stripe_gateway_and_faults() -> Iterator[tuple[StripeGateway, Faults]]:
+def stripe_gateway_and_faults() -> Iterator[tuple[StripeGateway, Faults, StripeServer]]:
     with StripeServer() as server:
         gateway = StripeGateway(
             server.api_key, base_url=server.base_url, timeout=10, max_attempts=2,
@@ -39,4 +39,4 @@ def stripe_gateway_and_faults() -> Iterator[tuple[StripeGateway, Faults]]:
         def authenticate(intent_id: str, succeed: bool) -> object:
             return server.complete_authentication(intent_id, succeed=succeed)
 
-        yield gateway, Faults(declined, outage, server.captures, authenticate)
+        yield gateway, Faults(declined, outage, server.captures, authenticate), server

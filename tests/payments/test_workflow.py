@@ -240,3 +240,19 @@ def test_forced_compensation_of_a_stuck_commit_and_of_a_committed_booking(
     w.payments.force_compensate(done, refund=True, actor="op")
     assert money(w, done) == ("refunded", "refunded")
     assert_clean(w)
+
+
+def test_both_captures_failing_past_the_deadline_releases_both(workflow: Workflow) -> None:
+    """The provider stays down: past the commit deadline reconciliation unwinds instead."""
+    w = workflow
+    rid = w.authorized_both(10)
+    w.faults.capture_outage(1, False)
+    with pytest.raises(Unavailable):
+        w.payments.commit(rid, actor="t")
+    w.clock.advance(timedelta(minutes=16))  # past the 15-minute commit stage
+    w.faults.capture_outage(1, False)
+    [report] = [r for r in w.reconciler.run_once() if r.name == "stuck_commits"]
+    assert report.items == [{"reservationId": rid, "state": "FAILED_COMMIT"}]
+    assert money(w, rid) == ("released", "released")
+    assert "could not finish before its deadline" in doc(w, rid)["stateHistory"][-1]["reason"]
+    assert_clean(w)
