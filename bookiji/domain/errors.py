@@ -100,3 +100,28 @@ class PaymentProviderError(BookijiError):
     ) -> None:
         super().__init__(message, details=details)
         self.retryable = retryable
+
+
+class Unauthorized(BookijiError):
+    """No API key, or one that is unknown, expired or revoked."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class Forbidden(BookijiError):
+    """A valid key without the scope this action needs."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+class RateLimited(BookijiError):
+    code = "rate_limited"
+    http_status = 429
+    retryable = True
+
+
+class HoldLimitReached(BookijiError):
+    code = "hold_limit_reached"
+    http_status = 409

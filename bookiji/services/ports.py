@@ -144,3 +144,32 @@ class PaymentGateway(Protocol):
     def retrieve(self, intent_id: str) -> IntentView: ...
 
     def find_by_reservation(self, reservation_id: str) -> list[IntentView]: ...
+
+
+# -- partner webhooks --------------------------------------------------------------------------
+
+
+class WebhookSendFailed(BookijiError):
+    code = "webhook_send_failed"
+    http_status = 502
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class WebhookSender(Protocol):
+    """POSTs one event to a partner's endpoint, signed per the Standard Webhooks spec."""
+
+    def send(
+        self,
+        url: str,
+        secret: str,
+        *,
+        message_id: str,
+        timestamp: datetime,
+        payload: dict[str, object],
+    ) -> int:
+        """The HTTP status the endpoint answered; WebhookSendFailed when there was none
+        (connection refused, timeout)."""
+        ...

@@ -403,3 +403,46 @@ class AppSecret(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=80)
     value: str = Field(max_length=255)
     created_at: datetime = _ts()
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One outbox event on its way to one partner's endpoint; retried until delivered or
+    dead-lettered. Per reservation, a delivery waits until the earlier ones are done."""
+
+    __tablename__: ClassVar[str] = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_id", "partner_id", name="uq_webhook_deliveries_event_partner"),
+        Index("ix_webhook_deliveries_status_next", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_reservation", "reservation_id", "event_seq"),
+    )
+
+    id: str = Field(primary_key=True, max_length=40)
+    event_id: str = Field(max_length=40)
+    event_seq: int = Field(sa_type=BigIntId)
+    partner_id: str = Field(
+        sa_column=Column(String(64), ForeignKey("partners.id"), nullable=False, index=True)
+    )
+    reservation_id: str | None = Field(default=None, max_length=40)
+    status: str = Field(default="pending", max_length=16)  # pending | delivered | dead
+    attempts: int = 0
+    next_attempt_at: datetime | None = _ts(nullable=True)
+    last_status: int | None = None
+    last_error: str | None = Field(default=None, sa_type=Text)
+    created_at: datetime = _ts()
+    delivered_at: datetime | None = _ts(nullable=True)
+
+
+class JobRun(SQLModel, table=True):
+    """One run of one scheduled job by one worker: who did what, for operators and for the
+    proof that no job ran twice."""
+
+    __tablename__: ClassVar[str] = "job_runs"
+    __table_args__ = (Index("ix_job_runs_name_started", "name", "started_at"),)
+
+    id: int | None = Field(default=None, sa_type=BigIntId, primary_key=True)
+    name: str = Field(max_length=80)
+    owner: str = Field(max_length=200)
+    started_at: datetime = _ts()
+    finished_at: datetime | None = _ts(nullable=True)
+    processed: int = 0
+    errors: int = 0
