@@ -8,6 +8,7 @@ from datetime import timedelta
 from bookiji.config import ConfigError, Settings
 from bookiji.domain.states import StageTTLs
 from bookiji.integrations.calendar_sources import source_builder
+from bookiji.services.apikeys import ApiKeyService
 from bookiji.services.availability import AvailabilityService
 from bookiji.services.calendars import CalendarService
 from bookiji.services.clock import Clock, SystemClock
@@ -18,6 +19,7 @@ from bookiji.services.ports import Notifier, PaymentGateway
 from bookiji.services.reconcile import Reconciler
 from bookiji.services.reservations import ReservationService
 from bookiji.services.vendors import VendorService
+from bookiji.services.webhooks import WebhookService
 from bookiji.store.database import Database
 
 
@@ -42,6 +44,8 @@ class Container:
     payments: PaymentService = field(init=False)
     reconciler: Reconciler = field(init=False)
     confirmation: ConfirmationService = field(init=False)
+    apikeys: ApiKeyService = field(init=False)
+    webhooks: WebhookService = field(init=False)
     _key: bytes | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -89,6 +93,11 @@ class Container:
             on_hold=lambda rid: self.confirmation.request(rid, actor="system:notify"),
             on_confirmed=self._after_confirmation,
         )
+        self.apikeys = ApiKeyService(self.db, self.clock)
+        from bookiji.integrations.webhook_sender import HttpWebhookSender
+
+        self._webhook_sender = HttpWebhookSender()
+        self.webhooks = WebhookService(self.db, self.clock, self._webhook_sender)
         self.reconciler = Reconciler(
             self.db,
             self.clock,
@@ -107,6 +116,7 @@ class Container:
         return self._key
 
     def close(self) -> None:
+        self._webhook_sender.close()
         self.db.dispose()
 
 

@@ -104,6 +104,43 @@ class NotificationSettings(BaseModel):
     twilio_base_url: str | None = None
 
 
+class JobIntervals(BaseModel):
+    """Seconds between runs of each daemon job."""
+
+    model_config = {"extra": "forbid"}
+
+    expiry: float = Field(default=5, gt=0)
+    vendor_notifications: float = Field(default=10, gt=0)
+    vendor_authorizations: float = Field(default=30, gt=0)
+    pending_authentications: float = Field(default=30, gt=0)
+    stuck_commits: float = Field(default=15, gt=0)
+    stale_authorizations: float = Field(default=60, gt=0)
+    compensations: float = Field(default=10, gt=0)
+    money_sweep: float = Field(default=300, gt=0)
+    calendar_sync: float = Field(default=300, gt=0)
+    webhooks: float = Field(default=2, gt=0)
+
+
+class ApiSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8421, ge=0, le=65535)
+    reads_per_minute: int = Field(default=300, ge=1)
+    writes_per_minute: int = Field(default=60, ge=1)
+    max_active_holds_per_requester: int = Field(default=5, ge=1)
+    max_active_holds_per_partner: int = Field(default=1000, ge=1)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+
+
+class DaemonSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    jobs: JobIntervals = JobIntervals()
+    job_lease_seconds: float = Field(default=60, gt=0)
+    shutdown_grace_seconds: float = Field(default=8, gt=0, le=30)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="BOOKIJI_",
@@ -119,6 +156,9 @@ class Settings(BaseSettings):
     calendars: CalendarSettings = CalendarSettings()
     payments: PaymentSettings = PaymentSettings()
     notifications: NotificationSettings = NotificationSettings()
+    api: ApiSettings = ApiSettings()
+    daemon: DaemonSettings = DaemonSettings()
+    redis_url: str | None = None
 
     @field_validator("database_url")
     @classmethod

@@ -13,15 +13,19 @@ import sys
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
+from bookiji.cli import apikeys as apikey_commands
 from bookiji.cli import availability as availability_commands
 from bookiji.cli import calendars as calendar_commands
 from bookiji.cli import compensate as compensate_commands
+from bookiji.cli import daemon as daemon_commands
 from bookiji.cli import db as db_commands
 from bookiji.cli import demo as demo_commands
+from bookiji.cli import partners as partner_commands
 from bookiji.cli import reconcile as reconcile_commands
 from bookiji.cli import reservations as reservation_commands
 from bookiji.cli import setup as setup_commands
 from bookiji.cli import vendors as vendor_commands
+from bookiji.cli import webhooks as webhook_commands
 from bookiji.cli.context import CliState
 from bookiji.cli.output import console, error_line
 from bookiji.config import ConfigError
@@ -63,10 +67,14 @@ app.add_typer(db_commands.app, name="db")
 app.add_typer(vendor_commands.app, name="vendors")
 app.add_typer(reservation_commands.app, name="reservations")
 app.add_typer(calendar_commands.app, name="calendars")
+app.add_typer(partner_commands.app, name="partners")
+app.add_typer(apikey_commands.app, name="apikeys")
+app.add_typer(webhook_commands.app, name="webhooks")
 setup_commands.register(app)
 availability_commands.register(app)
 reconcile_commands.register(app)
 compensate_commands.register(app)
+daemon_commands.register(app)
 demo_commands.register(app)
 
 

@@ -8,6 +8,7 @@ from rich.markup import escape
 
 from bookiji.cli.context import state
 from bookiji.cli.output import console, emit_json
+from bookiji.daemon.jobs import job_runner
 from bookiji.domain.errors import ValidationFailed
 from bookiji.services.audit import audit as run_audit
 
@@ -27,11 +28,22 @@ def register(app: typer.Typer) -> None:
             raise ValidationFailed(
                 "reconcile runs only with --once; 'bookiji daemon' runs it continuously"
             )
-        reports = state(ctx).container().reconciler.run_once()
+        runner = job_runner(state(ctx).container())
+        outcome = {name: runner.run(name) for name in runner.jobs}
+        reports = [r for r in outcome.values() if r is not None]
+        skipped = [name for name, r in outcome.items() if r is None]
         failed = any(r.errors for r in reports)
         if json_output:
-            emit_json({"jobs": {r.name: r.document() for r in reports}, "ok": not failed})
+            emit_json(
+                {
+                    "jobs": {r.name: r.document() for r in reports},
+                    "skipped": skipped,
+                    "ok": not failed,
+                }
+            )
         else:
+            for name in skipped:
+                console.print(f"{name}: skipped (another worker holds it)")
             for report in reports:
                 console.print(f"{report.name}: {report.processed} processed")
                 for item in report.items:

@@ -1,1 +1,1 @@
-"""The long-running process: API server plus scheduled jobs. Arrives with the daemon issue."""
+"""The long-running process: the partner API (uvicorn) plus the scheduled jobs."""

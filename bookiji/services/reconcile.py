@@ -6,6 +6,7 @@ Each job is idempotent and reports what it did.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -66,17 +67,21 @@ class Reconciler:
         self.batch_size = batch_size
         self.sweep_window = sweep_window
 
+    def jobs(self) -> dict[str, Callable[[], JobReport]]:
+        """Every reconciliation job by name, in the order one round runs them."""
+        return {
+            "expiry": self.expire,
+            "vendor_notifications": self.notifications,
+            "vendor_authorizations": self.vendor_authorizations,
+            "pending_authentications": self.pending_authentications,
+            "stuck_commits": self.stuck_commits,
+            "stale_authorizations": self.stale_authorizations,
+            "compensations": self.compensations,
+            "money_sweep": self.money_sweep,
+        }
+
     def run_once(self) -> list[JobReport]:
-        return [
-            self.expire(),
-            self.notifications(),
-            self.vendor_authorizations(),
-            self.pending_authentications(),
-            self.stuck_commits(),
-            self.stale_authorizations(),
-            self.compensations(),
-            self.money_sweep(),
-        ]
+        return [job() for job in self.jobs().values()]
 
     # -- jobs ----------------------------------------------------------------------------------
 

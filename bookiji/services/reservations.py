@@ -196,6 +196,34 @@ class ReservationService:
                 )
         return outcome
 
+    # -- what the API answered, for replays -------------------------------------------------
+
+    def idempotency_scope(self, partner_id: str | None) -> str:
+        return partner_id or OPERATOR_SCOPE
+
+    def known_key(self, partner_id: str | None, key: str) -> bool:
+        with UnitOfWork(self.db, readonly=True) as uow:
+            return uow.idempotency.get(self.idempotency_scope(partner_id), key) is not None
+
+    def remember_response(
+        self, partner_id: str | None, key: str, status: int, body: dict[str, Any]
+    ) -> None:
+        """Keep the first answer to a keyed request, so a replay gets it verbatim."""
+        with UnitOfWork(self.db) as uow:
+            record = uow.idempotency.get(self.idempotency_scope(partner_id), key)
+            if record is not None and record.response_body is None:
+                record.response_status, record.response_body = status, body
+                uow.commit()
+
+    def remembered_response(
+        self, partner_id: str | None, key: str
+    ) -> tuple[int, dict[str, Any]] | None:
+        with UnitOfWork(self.db, readonly=True) as uow:
+            record = uow.idempotency.get(self.idempotency_scope(partner_id), key)
+            if record is None or record.response_body is None or record.response_status is None:
+                return None
+            return record.response_status, record.response_body
+
     def _replay(self, scope: str, key: str, fingerprint: str) -> HoldOutcome:
         with UnitOfWork(self.db, readonly=True) as uow:
             record = uow.idempotency.get(scope, key)

@@ -96,8 +96,10 @@ def test_compensate_asks_first_is_safe_twice_and_guards_committed(
 
 def test_reconcile_json_lists_every_job(cli: Cli) -> None:
     report = cli("reconcile", "--once", "--json", expect=0).json()
-    assert report["ok"] is True
+    assert report["ok"] is True and report["skipped"] == []
     assert set(report["jobs"]) == {
+        "calendar_sync",
+        "webhooks",
         "expiry",
         "vendor_notifications",
         "vendor_authorizations",

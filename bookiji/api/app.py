@@ -1,0 +1,367 @@
+"""The partner HTTP API (v1), a thin edge over the services.
+
+Every error is `{"error": {"code", "message", "retryable", "details"}}` with the status the
+error type carries; nothing is written on a refused request (validation, auth and rate
+limits all run before any service is called).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bookiji.api.metrics import Metrics
+from bookiji.api.schemas import (
+    Authorization,
+    Cancellation,
+    CreateReservation,
+    ErrorEnvelope,
+    VendorConfirmation,
+)
+from bookiji.bootstrap import Container
+from bookiji.domain.errors import (
+    BookijiError,
+    IdempotencyInProgress,
+    RateLimited,
+    Unavailable,
+    ValidationFailed,
+)
+from bookiji.domain.timeutil import format_instant, parse_instant
+from bookiji.services.apikeys import ApiPrincipal
+from bookiji.services.documents import load_reservation_document
+from bookiji.services.holdcaps import ensure_hold_allowed
+from bookiji.services.ratelimit import RateLimiter
+from bookiji.services.reservations import HoldRequest
+from bookiji.store import migrate
+from bookiji.store.uow import UnitOfWork
+
+log = logging.getLogger("bookiji.api")
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorEnvelope, "description": text}
+    for status, text in (
+        (400, "Malformed request"),
+        (401, "Missing or invalid API key"),
+        (403, "The key lacks the scope"),
+        (404, "Not found (or another partner's)"),
+        (409, "Conflict (slot taken, invalid transition, hold limit, in-flight key)"),
+        (413, "Body larger than allowed"),
+        (422, "Idempotency key reused with another request; payment declined"),
+        (429, "Rate limited"),
+        (500, "Internal error"),
+        (503, "A dependency is unavailable"),
+    )
+}
+
+
+def _envelope(error: BookijiError) -> JSONResponse:
+    headers = {}
+    retry_after = error.details.get("retryAfter")
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return JSONResponse(error.to_envelope(), status_code=error.http_status, headers=headers)
+
+
+class InvalidRequest(ValidationFailed):
+    code = "invalid_request"
+
+
+class PayloadTooLarge(BookijiError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+class RouteNotFound(BookijiError):
+    code = "not_found"
+    http_status = 404
+
+
+class MethodNotAllowed(BookijiError):
+    code = "method_not_allowed"
+    http_status = 405
+
+
+def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
+    settings = container.settings
+    api = settings.api
+    metrics = metrics or Metrics(container)
+    limiter = RateLimiter(
+        settings.redis_url or "memory://",
+        reads_per_minute=api.reads_per_minute,
+        writes_per_minute=api.writes_per_minute,
+    )
+    app = FastAPI(
+        title="Bookiji partner API",
+        version="1",
+        openapi_url="/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        responses=ERRORS,
+    )
+    app.state.container = container
+    app.state.metrics = metrics
+
+    # -- errors ---------------------------------------------------------------------------
+
+    @app.exception_handler(BookijiError)
+    def _bookiji(_request: Request, exc: BookijiError) -> JSONResponse:
+        return _envelope(exc)
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+            problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
+        message = "; ".join(problems) or "malformed request"
+        return _envelope(InvalidRequest(message, details={"problems": problems}))
+
+    @app.exception_handler(StarletteHTTPException)
+    def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 405:
+            return _envelope(MethodNotAllowed("method not allowed on this path"))
+        if exc.status_code == 404:
+            return _envelope(RouteNotFound("no such path"))
+        error = BookijiError(str(exc.detail))
+        error.http_status = exc.status_code
+        return _envelope(error)
+
+    @app.exception_handler(Exception)
+    def _crash(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled %s", type(exc).__name__, exc_info=exc)
+        return _envelope(BookijiError("internal error; it was logged"))
+
+    # -- every request: size limit, rate headers, one log line, metrics -------------------------
+
+    @app.middleware("http")
+    async def _edge(request: Request, call_next: Any) -> Response:
+        began = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > api.max_body_bytes:
+            response: Response = _envelope(
+                PayloadTooLarge(f"the body is larger than {api.max_body_bytes} bytes")
+            )
+        elif (
+            length is None
+            and request.method in ("POST", "PUT", "PATCH")
+            and (len(await request.body()) > api.max_body_bytes)
+        ):
+            response = _envelope(
+                PayloadTooLarge(f"the body is larger than {api.max_body_bytes} bytes")
+            )
+        else:
+            response = await call_next(request)
+        decision = getattr(request.state, "rate", None)
+        if decision is not None:
+            response.headers["RateLimit-Limit"] = str(decision.limit)
+            response.headers["RateLimit-Remaining"] = str(decision.remaining)
+            response.headers["RateLimit-Reset"] = str(decision.reset_after)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        elapsed = time.perf_counter() - began
+        metrics.observe_request(request.method, path, response.status_code, elapsed)
+        log.info(
+            "request",
+            extra={
+                "method": request.method,
+                "route": path,
+                "status": response.status_code,
+                "duration_ms": round(elapsed * 1000, 2),
+                "partner_id": getattr(request.state, "partner_id", None),
+                "reservation_id": request.path_params.get("reservation_id")
+                if hasattr(request, "path_params")
+                else None,
+            },
+        )
+        return response
+
+    # -- authentication, scopes, rate limits -------------------------------------------------
+
+    def authorized(scope: str, route_class: str) -> Any:
+        def dependency(
+            request: Request, authorization: str | None = Header(default=None)
+        ) -> ApiPrincipal:
+            raw = None
+            if authorization and authorization.lower().startswith("bearer "):
+                raw = authorization[7:].strip()
+            principal = container.apikeys.authenticate(raw)
+            request.state.partner_id = principal.partner_id
+            principal.require(scope)
+            decision = limiter.hit(principal.key_id, route_class)
+            request.state.rate = decision
+            if not decision.allowed:
+                raise RateLimited(
+                    f"rate limit of {decision.limit} {route_class}s per minute reached",
+                    details={"retryAfter": decision.retry_after},
+                )
+            return principal
+
+        return Depends(dependency)
+
+    # -- endpoints ------------------------------------------------------------------------------
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"])
+    def readyz() -> dict[str, str]:
+        try:
+            ready = migrate.is_at_head(container.db)
+        except Exception:
+            raise Unavailable("the database is not reachable") from None
+        if not ready:
+            raise Unavailable("the database schema is not at the newest migration")
+        return {"status": "ready"}
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.get("/v1/vendors/{vendor_id}/availability", tags=["availability"])
+    def availability(
+        vendor_id: str,
+        startTime: str = Query(..., description="RFC 3339 with offset"),
+        endTime: str = Query(..., description="RFC 3339 with offset"),
+        slotDuration: int | None = Query(None, description="minutes, 5-1440"),
+        includeConfidence: bool = Query(True),
+        _: ApiPrincipal = authorized("availability:read", "read"),
+    ) -> dict[str, Any]:
+        return container.availability.availability(
+            vendor_id,
+            parse_instant(startTime, field="startTime"),
+            parse_instant(endTime, field="endTime"),
+            slot_minutes=slotDuration,
+            include_confidence=includeConfidence,
+        )
+
+    @app.post("/v1/reservations", status_code=201, tags=["reservations"])
+    def create_reservation(
+        body: CreateReservation,
+        idempotency_header: str | None = Header(default=None, alias="Idempotency-Key"),
+        principal: ApiPrincipal = authorized("reservations:write", "write"),
+    ) -> JSONResponse:
+        key = idempotency_header or body.idempotencyKey
+        if idempotency_header and body.idempotencyKey and idempotency_header != body.idempotencyKey:
+            raise InvalidRequest("Idempotency-Key header and idempotencyKey differ")
+        partner = principal.partner_id
+        request = HoldRequest(
+            vendor_id=body.vendorId,
+            slot_start=parse_instant(body.slotStartTime, field="slotStartTime"),
+            slot_end=parse_instant(body.slotEndTime, field="slotEndTime"),
+            requester_id=body.requesterId,
+            partner_id=partner,
+            idempotency_key=key,
+            metadata=body.metadata,
+        )
+        if key is None or not container.reservations.known_key(partner, key):
+            ensure_hold_allowed(
+                container.db,
+                partner_id=partner,
+                requester_id=body.requesterId,
+                max_active_per_requester=api.max_active_holds_per_requester,
+                max_active_per_partner=api.max_active_holds_per_partner,
+            )
+        outcome = container.reservations.create_hold(request, actor=f"partner:{partner}")
+        if outcome.replayed and key is not None:
+            stored = container.reservations.remembered_response(partner, key)
+            if stored is None:
+                raise IdempotencyInProgress(
+                    "a request with this idempotency key is still being processed; retry"
+                )
+            return JSONResponse(stored[1], status_code=stored[0])
+        document = load_reservation_document(
+            container.db, outcome.reservation_id, partner_id=partner
+        )
+        if key is not None:
+            container.reservations.remember_response(partner, key, 201, document)
+        return JSONResponse(document, status_code=201)
+
+    @app.get("/v1/reservations/{reservation_id}", tags=["reservations"])
+    def get_reservation(
+        reservation_id: str, principal: ApiPrincipal = authorized("reservations:read", "read")
+    ) -> dict[str, Any]:
+        return load_reservation_document(
+            container.db, reservation_id, partner_id=principal.partner_id
+        )
+
+    @app.post("/v1/reservations/{reservation_id}/vendor-confirmation", tags=["vendors"])
+    def vendor_confirmation(reservation_id: str, body: VendorConfirmation) -> dict[str, Any]:
+        """The vendor's answer, authenticated by the token from its notification."""
+        state = container.confirmation.answer(reservation_id, body.token, body.decision)
+        return {"reservationId": reservation_id, "state": state}
+
+    @app.post("/v1/reservations/{reservation_id}/authorizations", tags=["payments"])
+    def authorize(
+        reservation_id: str,
+        body: Authorization,
+        principal: ApiPrincipal = authorized("payments:write", "write"),
+    ) -> dict[str, Any]:
+        outcome = container.payments.authorize(
+            reservation_id,
+            body.party,
+            payment_method=body.paymentMethod,
+            actor=f"partner:{principal.partner_id}",
+            partner_id=principal.partner_id,
+        )
+        return {
+            "reservationId": outcome.reservation_id,
+            "party": outcome.party,
+            "state": outcome.state,
+            "paymentState": outcome.money,
+            "paymentIntentId": outcome.intent_id,
+            "clientSecret": outcome.client_secret,
+        }
+
+    @app.post("/v1/reservations/{reservation_id}/cancel", tags=["reservations"])
+    def cancel(
+        reservation_id: str,
+        body: Cancellation | None = None,
+        principal: ApiPrincipal = authorized("reservations:write", "write"),
+    ) -> dict[str, Any]:
+        container.reservations.cancel(
+            reservation_id,
+            actor=f"partner:{principal.partner_id}",
+            reason=(body.reason if body else None) or "cancelled by partner",
+            partner_id=principal.partner_id,
+        )
+        return load_reservation_document(
+            container.db, reservation_id, partner_id=principal.partner_id
+        )
+
+    @app.post("/v1/stripe/webhooks", tags=["payments"])
+    async def stripe_webhook(request: Request) -> dict[str, Any]:
+        from bookiji.integrations.stripe_gateway import parse_webhook
+
+        secret = settings.payments.stripe_webhook_secret
+        if not secret:  # not enabled here: as if the endpoint did not exist
+            raise RouteNotFound("Stripe webhooks are not enabled on this installation")
+        payload = await request.body()
+        kind, intent = parse_webhook(payload, request.headers.get("stripe-signature", ""), secret)
+        if intent is not None and intent.reservation_id and intent.party:
+            container.payments.apply_intent(intent, actor="stripe:webhook")
+        return {"received": True, "type": kind}
+
+    @app.get("/v1/events", tags=["events"])
+    def events(
+        after: int = Query(0, ge=0, le=2**63 - 1, description="cursor: the last event id seen"),
+        limit: int = Query(100, ge=1, le=500),
+        principal: ApiPrincipal = authorized("events:read", "read"),
+    ) -> dict[str, Any]:
+        with UnitOfWork(container.db, readonly=True) as uow:
+            rows = uow.outbox.after(after, partner_id=principal.partner_id, limit=limit)
+            items = [
+                {"id": row.event_id, "cursor": row.id, "type": row.type,
+                 "createdAt": format_instant(row.created_at), "data": row.payload}
+                for row in rows
+            ]  # fmt: skip
+        return {"events": items, "nextCursor": items[-1]["cursor"] if items else after}
+
+    return app

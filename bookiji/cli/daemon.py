@@ -1,0 +1,29 @@
+"""`bookiji daemon`: the partner API and the scheduled jobs in one process."""
+
+from __future__ import annotations
+
+import typer
+
+from bookiji.cli.context import state
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("daemon")
+    def daemon(
+        ctx: typer.Context,
+        host: str | None = typer.Option(None, "--host", help="Bind address (default 127.0.0.1)."),
+        port: int | None = typer.Option(None, "--port", help="Port (default 8421)."),
+    ) -> None:
+        """Serve the partner API and run expiry, reconciliation, calendar sync and webhook
+        delivery on their schedules. SIGTERM / Ctrl-C drain and exit 0."""
+        from bookiji.daemon.run import run_daemon
+
+        cli = state(ctx)
+        settings = cli.settings()
+        cli.container()  # refuses a database that is not at head, with the usual hint
+        code = run_daemon(
+            settings,
+            host=host or settings.api.host,
+            port=settings.api.port if port is None else port,
+        )
+        raise typer.Exit(code)

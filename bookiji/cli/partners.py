@@ -1,0 +1,91 @@
+"""`bookiji partners`: add partners (webhook secret shown once), rotate that secret, list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from bookiji.cli.apikeys import apikey_service
+from bookiji.cli.output import console, emit_json, err_console
+from bookiji.domain.timeutil import format_instant
+from bookiji.store.models import Partner
+
+app = typer.Typer(
+    help="API partners: add them, rotate their webhook signing secret, list them.",
+    no_args_is_help=True,
+)
+JSON_OPTION = typer.Option(False, "--json", help="Machine-readable output.")
+SHOWN_ONCE = (
+    "the webhook signing secret is shown only now; give it to the partner over a safe channel."
+)
+
+
+def partner_document(p: Partner) -> dict[str, Any]:
+    """A partner without its webhook secret."""
+    return {
+        "id": p.id,
+        "name": p.name,
+        "webhookUrl": p.webhook_url,
+        "hasWebhookSecret": bool(p.webhook_secret),
+        "createdAt": format_instant(p.created_at),
+        "disabledAt": format_instant(p.disabled_at),
+    }
+
+
+def _show_secret(partner: Partner, secret: str, *, json_output: bool, what: str) -> None:
+    if json_output:
+        emit_json({**partner_document(partner), "webhookSecret": secret})
+    else:
+        console.print(f"{what} {escape(partner.id)}; webhook signing secret:")
+        console.print(secret, markup=False)
+    err_console.print(f"[bold yellow]warning:[/bold yellow] {SHOWN_ONCE}")
+
+
+@app.command("add")
+def add(
+    ctx: typer.Context,
+    partner_id: str = typer.Argument(..., metavar="ID", help="Lowercase a-z, 0-9 and '-'."),
+    name: str = typer.Option(..., "--name", metavar="N"),
+    webhook_url: str | None = typer.Option(None, "--webhook-url", metavar="U"),
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """Add a partner and print its webhook signing secret once."""
+    partner, secret = apikey_service(ctx).add_partner(partner_id, name, webhook_url)
+    _show_secret(partner, secret, json_output=json_output, what="added partner")
+
+
+@app.command("rotate-webhook-secret")
+def rotate_webhook_secret(
+    ctx: typer.Context,
+    partner_id: str = typer.Argument(..., metavar="ID"),
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """Replace the webhook signing secret; deliveries are signed with the new one at once."""
+    service = apikey_service(ctx)
+    secret = service.rotate_webhook_secret(partner_id)
+    partner = service.get_partner(partner_id)
+    _show_secret(partner, secret, json_output=json_output, what="new secret for")
+
+
+@app.command("list")
+def list_(ctx: typer.Context, json_output: bool = JSON_OPTION) -> None:
+    """Every partner with its webhook URL; secrets are never listed."""
+    partners = apikey_service(ctx).list_partners()
+    if json_output:
+        emit_json([partner_document(p) for p in partners])
+        return
+    table = Table(title=f"{len(partners)} partners")
+    for column in ("id", "name", "webhook url", "created", "disabled"):
+        table.add_column(column)
+    for p in partners:
+        table.add_row(
+            escape(p.id),
+            escape(p.name),
+            escape(p.webhook_url or ""),
+            format_instant(p.created_at),
+            format_instant(p.disabled_at) or "",
+        )
+    console.print(table)

@@ -1,0 +1,285 @@
+"""The partner API over real HTTP against a running daemon (uvicorn on a free port),
+with httpx as the client, on SQLite and Postgres."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bookiji.domain.states import StageTTLs
+from bookiji.services.apikeys import ApiKeyService
+from bookiji.services.clock import SystemClock
+from bookiji.services.confirmation import ConfirmationService, installation_key
+from bookiji.store.database import Database
+from bookiji.store.models import ConfirmationToken
+from bookiji.store.uow import UnitOfWork
+from tests.api.daemon_support import Daemon, free_port, running_daemon, write_config
+from tests.factories import add_vendor
+
+DAY = (datetime.now(UTC) + timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def at(hour: float) -> str:
+    return (DAY + timedelta(hours=hour)).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class Api:
+    daemon: Daemon
+    db: Database
+    key: str
+    other_key: str
+    read_only_key: str
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        return self.daemon.client(key)
+
+
+@pytest.fixture
+def api(database_url: str, tmp_path: Path) -> Iterator[Api]:
+    db = Database(database_url)
+    add_vendor(
+        db, "shop", slot_interval_minutes=60, max_advance_days=30,
+        payment={"payment_method": "pm_card_visa"},
+    )  # fmt: skip
+    keys = ApiKeyService(db, SystemClock())
+    keys.add_partner("acme", "Acme Travel")
+    keys.add_partner("globex", "Globex")
+    _, key = keys.create_key("acme")
+    _, other = keys.create_key("globex")
+    _, read_only = keys.create_key("acme", scopes=["availability:read", "reservations:read"])
+    port = free_port()
+    config = write_config(tmp_path / "bookiji.toml", database_url, port)
+    with running_daemon(config, tmp_path, port=port) as daemon:
+        yield Api(daemon, db, key, other, read_only)
+    db.dispose()
+
+
+def create(client: httpx.Client, start: float = 10, **extra: object) -> httpx.Response:
+    body = {
+        "vendorId": "shop",
+        "slotStartTime": at(start),
+        "slotEndTime": at(start + 1),
+        "requesterId": "traveller-1",
+        **extra,
+    }
+    return client.post("/v1/reservations", json=body)
+
+
+def error(response: httpx.Response) -> dict[str, object]:
+    envelope = response.json()
+    assert set(envelope) == {"error"}
+    assert set(envelope["error"]) == {"code", "message", "retryable", "details"}
+    return envelope["error"]  # type: ignore[no-any-return]
+
+
+def test_health_readiness_metrics_and_openapi(api: Api) -> None:
+    with api.client() as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        assert client.get("/readyz").json() == {"status": "ready"}
+        schema = client.get("/openapi.json").json()
+        for path in ("/v1/reservations", "/v1/reservations/{reservation_id}", "/v1/events",
+                     "/v1/vendors/{vendor_id}/availability"):  # fmt: skip
+            assert path in schema["paths"]
+        client.get("/nowhere")
+        metrics = client.get("/metrics").text
+    assert "bookiji_http_requests_total" in metrics and "bookiji_reservations" in metrics
+
+
+def test_keys_and_scopes(api: Api) -> None:
+    with api.client() as anonymous:
+        missing = anonymous.get(f"/v1/vendors/shop/availability?startTime={at(0)}&endTime={at(24)}")
+        assert missing.status_code == 401 and error(missing)["code"] == "unauthorized"
+    with api.client("bk_live_000000000000_nope") as forged:
+        assert forged.get("/v1/events").status_code == 401
+    with api.client(api.read_only_key) as reader:
+        refused = create(reader)
+        assert refused.status_code == 403 and "reservations:write" in str(error(refused)["message"])
+
+
+def test_availability(api: Api) -> None:
+    with api.client(api.key) as client:
+        ok = client.get(
+            "/v1/vendors/shop/availability",
+            params={"startTime": at(9), "endTime": at(13), "slotDuration": 60},
+        )
+        assert ok.status_code == 200 and ok.headers["RateLimit-Limit"] == "300"
+        document = ok.json()
+        assert document["vendorId"] == "shop" and document["slotDuration"] == 60
+        assert [s["startTime"] for s in document["slots"]] == [at(9), at(10), at(11), at(12)]
+        naive = client.get(
+            "/v1/vendors/shop/availability",
+            params={"startTime": "2026-12-01T10:00:00", "endTime": at(13)},
+        )
+        assert naive.status_code == 400 and "offset" in str(error(naive)["message"])
+        unknown = client.get(
+            "/v1/vendors/nobody/availability", params={"startTime": at(9), "endTime": at(13)}
+        )
+        assert unknown.status_code == 404
+
+
+def test_create_replay_conflicts_and_isolation(api: Api) -> None:
+    with api.client(api.key) as client, api.client(api.other_key) as other:
+        first = create(client, idempotencyKey="trip-1", metadata={"pnr": "X1"})
+        assert first.status_code == 201, first.text
+        body = first.json()
+        assert body["state"] == "AWAITING_VENDOR_CONFIRMATION" and body["expiresAt"].endswith("Z")
+        replay = create(client, idempotencyKey="trip-1", metadata={"pnr": "X1"})
+        assert (replay.status_code, replay.json()) == (201, body)
+        header = client.post(
+            "/v1/reservations",
+            headers={"Idempotency-Key": "trip-1"},
+            json={"vendorId": "shop", "slotStartTime": at(10), "slotEndTime": at(11),
+                  "requesterId": "traveller-1", "metadata": {"pnr": "X1"}},
+        )  # fmt: skip
+        assert (header.status_code, header.json()) == (201, body)
+        reused = create(client, start=12, idempotencyKey="trip-1")
+        assert reused.status_code == 422 and error(reused)["code"] == "idempotency_key_reused"
+        taken = create(client, requesterId="traveller-2")
+        assert taken.status_code == 409 and error(taken)["code"] == "slot_unavailable"
+
+        rid = body["reservationId"]
+        assert client.get(f"/v1/reservations/{rid}").json()["reservationId"] == rid
+        hidden = other.get(f"/v1/reservations/{rid}")
+        assert hidden.status_code == 404 and error(hidden)["code"] == "not_found"
+        assert other.post(f"/v1/reservations/{rid}/cancel").status_code == 404
+        events = client.get("/v1/events", params={"after": 0}).json()
+        assert [e["type"] for e in events["events"]][:3] == [
+            "reservation.intent_created",
+            "reservation.held",
+            "reservation.awaiting_vendor_confirmation",
+        ]
+        assert other.get("/v1/events").json()["events"] == []
+        later = client.get("/v1/events", params={"after": events["nextCursor"]}).json()
+        assert later["events"] == [] and later["nextCursor"] == events["nextCursor"]
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"{not json", "JSON"),
+        (json.dumps({"vendorId": 5}).encode(), "vendorId"),
+        (
+            json.dumps(
+                {
+                    "vendorId": "shop",
+                    "slotStartTime": at(10),
+                    "slotEndTime": at(11),
+                    "requesterId": "r",
+                    "colour": "red",
+                }
+            ).encode(),
+            "colour",
+        ),
+        (
+            json.dumps(
+                {
+                    "vendorId": "shop",
+                    "slotStartTime": "2026-12-01T10:00:00",
+                    "slotEndTime": at(11),
+                    "requesterId": "r",
+                }
+            ).encode(),
+            "offset",
+        ),
+    ],
+)
+def test_bad_bodies_are_400_and_write_nothing(api: Api, content: bytes, fragment: str) -> None:
+    with api.client(api.key) as client:
+        before = len(client.get("/v1/events").json()["events"])
+        response = client.post(
+            "/v1/reservations", content=content, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 400, response.text
+        assert fragment in str(error(response)["message"])
+        assert len(client.get("/v1/events").json()["events"]) == before
+
+
+def test_oversized_body_is_413(api: Api) -> None:
+    with api.client(api.key) as client:
+        big = create(client, metadata={"blob": "x" * 70_000})
+        assert big.status_code == 413 and error(big)["code"] == "payload_too_large"
+
+
+def test_the_whole_workflow_over_http(api: Api) -> None:
+    with api.client(api.key) as client:
+        rid = create(client).json()["reservationId"]
+        # The vendor answers with the token its notification carried.
+        with UnitOfWork(api.db, readonly=True) as uow:
+            from sqlmodel import select
+
+            row = uow.session.exec(
+                select(ConfirmationToken).where(ConfirmationToken.reservation_id == rid)
+            ).one()
+        signer = ConfirmationService(
+            api.db, SystemClock(), StageTTLs(), {}, lambda: installation_key(api.db, SystemClock())
+        )
+        token = signer.token_for(row)
+        with api.client() as vendor:
+            answer = f"/v1/reservations/{rid}/vendor-confirmation"
+            forged = vendor.post(answer, json={"token": token[:-3] + "abc", "decision": "confirm"})
+            assert forged.status_code == 403 and error(forged)["code"] == "invalid_token"
+            answered = vendor.post(answer, json={"token": token, "decision": "confirm"})
+            assert answered.status_code == 200
+            assert answered.json()["state"] == "AWAITING_REQUESTER_AUTH"  # deposit authorized
+        card = {"party": "requester", "paymentMethod": "pm_card_visa"}
+        paid = client.post(f"/v1/reservations/{rid}/authorizations", json=card)
+        assert paid.status_code == 200 and paid.json()["state"] == "COMMITTED"
+        assert (
+            client.get(f"/v1/reservations/{rid}").json()["payment"]["requesterPayment"]["state"]
+            == "captured"
+        )
+
+        second = create(client, start=13).json()["reservationId"]
+        cancelled = client.post(f"/v1/reservations/{second}/cancel", json={"reason": "no"})
+        assert cancelled.status_code == 200 and cancelled.json()["state"] == "CANCELLED"
+
+
+def test_sigterm_drains_and_exits_zero(api: Api) -> None:
+    began = time.monotonic()
+    assert api.daemon.stop(signal.SIGTERM, timeout=10) == 0
+    assert time.monotonic() - began < 10
+    lines = [json.loads(line) for line in api.daemon.logs().splitlines() if line.startswith("{")]
+    assert any(line["message"] == "daemon stopped" for line in lines)
+    assert api.key not in api.daemon.logs()
+
+
+def test_rate_limits_hold_caps_and_key_rotation(database_url: str, tmp_path: Path) -> None:
+    db = Database(database_url)
+    add_vendor(db, "shop", slot_interval_minutes=60, max_advance_days=30)
+    keys = ApiKeyService(db, SystemClock())
+    keys.add_partner("acme", "Acme")
+    old_row, old_key = keys.create_key("acme")
+    port = free_port()
+    config = write_config(tmp_path / "tight.toml", database_url, port,
+                          api_extra="max_active_holds_per_requester = 2")  # fmt: skip
+    config.write_text(config.read_text().replace("reads_per_minute = 300", "reads_per_minute = 3"))
+    with running_daemon(config, tmp_path, port=port) as daemon, daemon.client(old_key) as client:
+        seen = [client.get("/v1/events") for _ in range(4)]
+        assert [r.status_code for r in seen] == [200, 200, 200, 429]
+        assert [r.headers["RateLimit-Remaining"] for r in seen[:3]] == ["2", "1", "0"]
+        limited = seen[3]
+        assert error(limited)["code"] == "rate_limited" and error(limited)["retryable"] is True
+        assert int(limited.headers["Retry-After"]) > 0 and limited.headers["RateLimit-Limit"] == "3"
+
+        assert create(client, start=9).status_code == 201
+        assert create(client, start=11).status_code == 201
+        capped = create(client, start=13)
+        assert capped.status_code == 409 and error(capped)["code"] == "hold_limit_reached"
+
+        # Rotation with overlap: both keys work until the overlap ends.
+        _, new_key = keys.rotate(old_row.id, overlap=timedelta(hours=1))
+        with daemon.client(new_key) as rotated:
+            assert create(rotated, start=15, requesterId="someone-else").status_code == 201
+        keys.revoke(old_row.id)
+        time.sleep(6)  # past the verified-key cache
+        assert daemon.client(old_key).post("/v1/reservations", json={}).status_code == 401
+    db.dispose()

@@ -1,0 +1,813 @@
+"""Partner webhooks end to end: outbox -> deliveries -> a real HTTP receiver on 127.0.0.1.
+
+The receiver checks every request with `standardwebhooks.Webhook(secret).verify`, which
+compares `webhook-timestamp` with the real wall clock (5 minutes of tolerance). The
+ManualClock therefore starts at the real current second, and tests only move it by the
+few seconds of their backoffs. Every wait is bounded: receiver delays end when it closes,
+threads are joined with a timeout, worker loops have deadlines.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from sqlmodel import col, select
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+from typer.testing import CliRunner
+
+from bookiji.cli.context import CliState
+from bookiji.cli.webhooks import app as webhooks_cli
+from bookiji.domain.errors import NotFound, ValidationFailed
+from bookiji.domain.states import StageTTLs
+from bookiji.domain.timeutil import format_instant
+from bookiji.integrations.webhook_sender import HttpWebhookSender
+from bookiji.services.clock import ManualClock
+from bookiji.services.ports import WebhookSendFailed
+from bookiji.services.reservations import HoldRequest, ReservationService
+from bookiji.services.webhooks import WebhookService, backoff_delay
+from bookiji.store.database import Database
+from bookiji.store.models import OutboxEvent, Partner, WebhookDelivery
+from bookiji.store.uow import UnitOfWork
+from tests.factories import add_vendor
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+SECRET = new_secret()
+
+
+# -------------------------------------------------------------------------- the receiver
+
+
+@dataclass
+class Request:
+    webhook_id: str
+    headers: dict[str, str]
+    body: bytes
+    verified: bool
+    status: int
+
+    @property
+    def payload(self) -> Any:
+        return json.loads(self.body)
+
+
+class Receiver:
+    """A partner endpoint: verifies the signature (401 if it does not hold), fails the
+    verified requests the test says to fail (500), answers 204 otherwise, records all."""
+
+    def __init__(
+        self,
+        secret: str = SECRET,
+        *,
+        fail_first: int = 0,
+        fail_nth: frozenset[int] = frozenset(),
+        delay_first: float = 0.0,
+        delay_each: float = 0.0,
+        fail_status: int = 500,
+    ) -> None:
+        self.secret = secret
+        self.fail_first = fail_first
+        self.fail_nth = fail_nth  # indexes among verified requests, 0-based
+        self.delay_first = delay_first
+        self.delay_each = delay_each
+        self.fail_status = fail_status
+        self.requests: list[Request] = []
+        self._verified = 0
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+
+    def __enter__(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                receiver._handle(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closing.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_port}/hooks/bookiji?token=partner-tok"
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length)
+        headers = {k.lower(): v for k, v in handler.headers.items()}
+        try:
+            Webhook(self.secret).verify(body, headers)
+            verified = True
+        except WebhookVerificationError:
+            verified = False
+        with self._lock:
+            first = not self.requests
+            if not verified:
+                status = 401
+            else:
+                index = self._verified
+                self._verified += 1
+                failing = index < self.fail_first or index in self.fail_nth
+                status = self.fail_status if failing else 204
+            self.requests.append(
+                Request(headers.get("webhook-id", ""), headers, body, verified, status)
+            )
+        delay = self.delay_each + (self.delay_first if first else 0.0)
+        if delay:
+            self._closing.wait(delay)
+        try:
+            handler.send_response(status)
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+        except (ConnectionError, TimeoutError):
+            handler.close_connection = True
+
+    def fail_next(self) -> None:
+        """Answer the next verified request with the failure status."""
+        with self._lock:
+            self.fail_nth = self.fail_nth | {self._verified}
+
+    def accepted(self) -> list[str]:
+        """Webhook ids answered 2xx, in arrival order."""
+        with self._lock:
+            return [r.webhook_id for r in self.requests if 200 <= r.status < 300]
+
+
+# -------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def live_clock() -> ManualClock:
+    """A manual clock at the real current second (see the module docstring)."""
+    return ManualClock(datetime.now(UTC).replace(microsecond=0))
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as r:
+        yield r
+
+
+@pytest.fixture
+def sender() -> Iterator[HttpWebhookSender]:
+    with HttpWebhookSender(timeout=5.0) as s:
+        yield s
+
+
+def add_partner(
+    db: Database,
+    clock: ManualClock,
+    partner_id: str,
+    url: str | None,
+    *,
+    secret: str = SECRET,
+    disabled: bool = False,
+) -> None:
+    with UnitOfWork(db) as uow:
+        uow.session.add(
+            Partner(
+                id=partner_id,
+                name=f"Partner {partner_id}",
+                webhook_url=url,
+                webhook_secret=secret,
+                created_at=clock.now(),
+                disabled_at=clock.now() if disabled else None,
+            )
+        )
+        uow.commit()
+
+
+def set_disabled(db: Database, partner_id: str, disabled_at: datetime | None) -> None:
+    with UnitOfWork(db) as uow:
+        partner = uow.session.get(Partner, partner_id)
+        assert partner is not None
+        partner.disabled_at = disabled_at
+        uow.commit()
+
+
+class Bookings:
+    """Creates reservations for partners through the real service (outbox included)."""
+
+    def __init__(self, db: Database, clock: ManualClock) -> None:
+        add_vendor(db, "v1")
+        self.service = ReservationService(db, clock, StageTTLs())
+        start = clock.now().replace(minute=0, second=0) + timedelta(days=1)
+        self._slots = (start + timedelta(hours=2 * i) for i in range(10_000))
+
+    def hold(self, partner_id: str | None) -> str:
+        start = next(self._slots)
+        outcome = self.service.create_hold(
+            HoldRequest("v1", start, start + timedelta(hours=1), "alice", partner_id=partner_id),
+            actor=f"partner:{partner_id}",
+        )
+        return outcome.reservation_id
+
+
+def events(db: Database, partner_id: str | None = None) -> list[OutboxEvent]:
+    with UnitOfWork(db, readonly=True) as uow:
+        stmt = select(OutboxEvent).order_by(col(OutboxEvent.id))
+        if partner_id is not None:
+            stmt = stmt.where(col(OutboxEvent.partner_id) == partner_id)
+        return list(uow.session.exec(stmt).all())
+
+
+def deliveries(db: Database) -> list[WebhookDelivery]:
+    with UnitOfWork(db, readonly=True) as uow:
+        stmt = select(WebhookDelivery).order_by(col(WebhookDelivery.event_seq))
+        return list(uow.session.exec(stmt).all())
+
+
+def delivery(db: Database, event_id: str) -> WebhookDelivery:
+    (row,) = [d for d in deliveries(db) if d.event_id == event_id]
+    return row
+
+
+def drive(service: WebhookService, clock: ManualClock, *, rounds: int = 60) -> None:
+    """Fan out and deliver until nothing is pending, jumping the clock to the next retry."""
+    for _ in range(rounds):
+        service.fan_out()
+        service.deliver_due()
+        pending = service.list(status="pending", limit=10_000)
+        if not pending:
+            return
+        # Rows behind an earlier pending event are due but not claimable: wait for the
+        # earliest retry in the future, not for them.
+        waits = [
+            d.next_attempt_at
+            for d in pending
+            if d.next_attempt_at and d.next_attempt_at > clock.now()
+        ]
+        if waits:
+            clock.set(min(waits))
+    raise AssertionError(f"still pending after {rounds} rounds")
+
+
+class StatusSender:
+    """A stub sender answering a fixed status; records (message id, timestamp)."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.sent: list[tuple[str, datetime]] = []
+
+    def send(
+        self,
+        url: str,
+        secret: str,
+        *,
+        message_id: str,
+        timestamp: datetime,
+        payload: dict[str, object],
+    ) -> int:
+        self.sent.append((message_id, timestamp))
+        return self.status
+
+
+# -------------------------------------------------------------------------- the sender
+
+
+def test_sender_signs_per_standard_webhooks(
+    receiver: Receiver, sender: HttpWebhookSender, live_clock: ManualClock
+) -> None:
+    now = live_clock.now()
+    payload: dict[str, object] = {"type": "reservation.held", "id": "evt_1", "data": {"é": 1}}
+    assert (
+        sender.send(receiver.url, SECRET, message_id="evt_1", timestamp=now, payload=payload) == 204
+    )
+    # An instant with another offset is the same instant: signed as UTC, still verifies.
+    paris = now.astimezone(timezone(timedelta(hours=2)))
+    sender.send(receiver.url, SECRET, message_id="evt_2", timestamp=paris, payload=payload)
+
+    first, second = receiver.requests
+    assert first.verified and second.verified
+    assert first.headers["content-type"] == "application/json"
+    assert first.headers["webhook-id"] == "evt_1"
+    assert first.headers["webhook-timestamp"] == str(int(now.timestamp()))
+    assert second.headers["webhook-timestamp"] == first.headers["webhook-timestamp"]
+    assert first.headers["webhook-signature"].startswith("v1,")
+    assert first.payload == payload
+
+    with pytest.raises(ValueError, match="timezone-aware"):
+        sender.send(
+            receiver.url, SECRET, message_id="x", timestamp=now.replace(tzinfo=None), payload={}
+        )
+
+
+def test_sender_returns_any_status_and_refuses_what_cannot_work(
+    sender: HttpWebhookSender, live_clock: ManualClock
+) -> None:
+    with Receiver(fail_first=1, fail_status=410) as gone:
+        status = sender.send(
+            gone.url, SECRET, message_id="evt_1", timestamp=live_clock.now(), payload={}
+        )
+    assert status == 410
+    with pytest.raises(WebhookSendFailed) as bad_url:
+        sender.send(
+            "ftp://example.test/x", SECRET, message_id="e", timestamp=live_clock.now(), payload={}
+        )
+    assert bad_url.value.retryable is False
+    bad_secret = "whsec_abcde"
+    with pytest.raises(WebhookSendFailed) as refused:
+        sender.send(
+            "http://127.0.0.1:9/x",
+            bad_secret,
+            message_id="e",
+            timestamp=live_clock.now(),
+            payload={},
+        )
+    assert refused.value.retryable is False
+    assert "abcde" not in refused.value.message
+
+
+def test_timeouts_and_refused_connections_are_retryable(live_clock: ManualClock) -> None:
+    with Receiver(delay_first=3.0) as slow, HttpWebhookSender(timeout=0.3) as sender:
+        started = time.monotonic()
+        with pytest.raises(WebhookSendFailed) as timed_out:
+            sender.send(slow.url, SECRET, message_id="e", timestamp=live_clock.now(), payload={})
+        assert time.monotonic() - started < 2.5
+    assert timed_out.value.retryable is True
+    assert "timed out" in timed_out.value.message
+    for leak in (SECRET, SECRET.removeprefix("whsec_"), "partner-tok"):
+        assert leak not in timed_out.value.message
+
+    with Receiver() as closed:
+        url = closed.url
+    with HttpWebhookSender(timeout=2.0) as sender, pytest.raises(WebhookSendFailed) as refused:
+        sender.send(url, SECRET, message_id="e", timestamp=live_clock.now(), payload={})
+    assert refused.value.retryable is True
+    assert SECRET not in refused.value.message and "partner-tok" not in refused.value.message
+
+
+def test_tampering_or_a_wrong_secret_fails_verification(
+    receiver: Receiver, sender: HttpWebhookSender, live_clock: ManualClock
+) -> None:
+    payload: dict[str, object] = {"type": "reservation.held", "id": "evt_1", "data": {"n": 1}}
+    sender.send(
+        receiver.url, SECRET, message_id="evt_1", timestamp=live_clock.now(), payload=payload
+    )
+    (good,) = receiver.requests
+    assert good.verified
+    Webhook(SECRET).verify(good.body, good.headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify(good.body.replace(b'"n":1', b'"n":2'), good.headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify(good.body, {**good.headers, "webhook-id": "evt_2"})
+    with pytest.raises(WebhookVerificationError):
+        Webhook(new_secret()).verify(good.body, good.headers)
+
+    # Signed with a secret the receiver does not hold: refused at the endpoint.
+    status = sender.send(
+        receiver.url, new_secret(), message_id="evt_3", timestamp=live_clock.now(), payload=payload
+    )
+    assert status == 401 and receiver.requests[-1].verified is False
+
+
+def test_backoff_delay_bounds() -> None:
+    class Fixed(random.Random):
+        def __init__(self, value: float) -> None:
+            super().__init__()
+            self.value = value
+
+        def random(self) -> float:
+            return self.value
+
+    base, cap = timedelta(seconds=5), timedelta(hours=1)
+    low, high = Fixed(0.0), Fixed(1.0 - 1e-12)
+    assert backoff_delay(1, base=base, cap=cap, rng=low) == timedelta(seconds=2.5)
+    assert backoff_delay(3, base=base, cap=cap, rng=low) == timedelta(seconds=10)
+    assert backoff_delay(3, base=base, cap=cap, rng=high) == timedelta(seconds=30)
+    assert backoff_delay(20, base=base, cap=cap, rng=low) == timedelta(minutes=30)
+    assert backoff_delay(10_000, base=base, cap=cap, rng=high) <= timedelta(minutes=90)
+
+
+# -------------------------------------------------------------------------- the service
+
+
+def test_every_event_delivered_once_in_order_despite_failures(
+    db: Database, live_clock: ManualClock, receiver: Receiver, sender: HttpWebhookSender
+) -> None:
+    receiver.fail_nth = frozenset({0, 1, 3, 6, 7, 11})
+    add_partner(db, live_clock, "p1", receiver.url)
+    bookings = Bookings(db, live_clock)
+    first = [bookings.hold("p1") for _ in range(3)]  # interleaved events across reservations
+    bookings.service.confirm(first[0], actor="vendor")
+    bookings.service.cancel(first[1], actor="partner:p1")
+    bookings.hold("p1")
+    bookings.service.confirm(first[2], actor="vendor")
+    bookings.hold(None)  # no partner: never a webhook
+    service = WebhookService(
+        db,
+        live_clock,
+        sender,
+        base_delay=timedelta(seconds=1),
+        max_delay=timedelta(seconds=4),
+        batch=2,  # several fan-out and delivery batches
+        rng=random.Random(7),
+    )
+
+    drive(service, live_clock)
+
+    expected = events(db, "p1")
+    assert len(expected) == 13
+    accepted = receiver.accepted()
+    assert sorted(set(accepted)) == sorted(e.event_id for e in expected)  # nothing lost
+    assert len(accepted) == len(set(accepted))  # and nothing twice
+    assert all(r.verified for r in receiver.requests)
+    assert sum(r.status == 500 for r in receiver.requests) == 6
+
+    reservation_of = {e.event_id: e.reservation_id for e in expected}
+    for reservation_id in {e.reservation_id for e in expected}:
+        in_outbox = [e.event_id for e in expected if e.reservation_id == reservation_id]
+        assert [i for i in accepted if reservation_of[i] == reservation_id] == in_outbox
+        # Stronger: no attempt at an event before every earlier one was accepted.
+        done: set[str] = set()
+        for request in receiver.requests:
+            if reservation_of[request.webhook_id] != reservation_id:
+                continue
+            position = in_outbox.index(request.webhook_id)
+            assert set(in_outbox[:position]) <= done, "sent ahead of an earlier event"
+            if request.status == 204:
+                done.add(request.webhook_id)
+
+    by_id = {e.event_id: e for e in expected}
+    for request in receiver.requests:
+        body = request.payload
+        event = by_id[request.webhook_id]
+        assert body == {
+            "type": event.type,
+            "id": event.event_id,
+            "createdAt": format_instant(event.created_at),
+            "data": event.payload,
+        }
+    rows = deliveries(db)
+    assert {r.status for r in rows} == {"delivered"} and len(rows) == 13
+    assert [r.event_seq for r in rows] == [e.id for e in expected]
+
+
+def test_backoff_grows_with_jitter_and_waits(db: Database, live_clock: ManualClock) -> None:
+    add_partner(db, live_clock, "p1", "http://partner.test/hooks")
+    reservation = Bookings(db, live_clock).hold("p1")
+    failing = StatusSender(503)
+    service = WebhookService(
+        db,
+        live_clock,
+        failing,
+        max_attempts=7,
+        base_delay=timedelta(seconds=5),
+        max_delay=timedelta(seconds=60),
+        rng=random.Random(11),
+    )
+    assert service.fan_out() == 2
+    head = events(db, "p1")[0].event_id
+    ratios = []
+    for attempt in range(1, 7):
+        (result,) = service.deliver_due()
+        assert (result.event_id, result.status, result.attempts) == (head, "pending", attempt)
+        assert result.http_status == 503 and result.error == "HTTP 503"
+        assert result.reservation_id == reservation
+        assert result.document()["httpStatus"] == 503
+        nominal = min(timedelta(seconds=60), timedelta(seconds=5) * 2 ** (attempt - 1))
+        assert result.next_attempt_at is not None
+        waited = result.next_attempt_at - live_clock.now()
+        assert nominal * 0.5 <= waited <= nominal * 1.5
+        ratios.append(waited / nominal)
+        # Not due yet: nothing is sent, and the later event waits behind it.
+        live_clock.set(result.next_attempt_at - timedelta(milliseconds=1))
+        assert service.deliver_due() == []
+        live_clock.set(result.next_attempt_at)
+    assert len({round(r, 6) for r in ratios}) == len(ratios)  # jittered, not fixed
+    assert [m for m, _ in failing.sent] == [head] * 6
+    stamps = [t for _, t in failing.sent]
+    assert stamps == sorted(set(stamps))  # each attempt signed at its own time
+
+    (last,) = service.deliver_due()
+    assert (last.status, last.attempts, last.next_attempt_at) == ("dead", 7, None)
+
+
+def test_dead_letter_after_max_attempts_then_replay(
+    db: Database, live_clock: ManualClock, sender: HttpWebhookSender
+) -> None:
+    with Receiver(fail_first=3) as receiver:
+        add_partner(db, live_clock, "p1", receiver.url)
+        Bookings(db, live_clock).hold("p1")
+        first, second = (e.event_id for e in events(db, "p1"))
+        service = WebhookService(
+            db,
+            live_clock,
+            sender,
+            max_attempts=3,
+            base_delay=timedelta(seconds=1),
+            max_delay=timedelta(seconds=2),
+        )
+        drive(service, live_clock)
+
+        row = delivery(db, first)
+        assert (row.status, row.attempts, row.last_status) == ("dead", 3, 500)
+        assert row.last_error == "HTTP 500" and row.next_attempt_at is None
+        assert delivery(db, second).status == "delivered"  # a dead event does not block
+        assert [r.webhook_id for r in receiver.requests] == [first, first, first, second]
+        assert [d.event_id for d in service.list(status="dead")] == [first]
+
+        (replayed,) = service.replay(first)
+        assert (replayed.status, replayed.attempts, replayed.last_error) == ("pending", 0, None)
+        assert replayed.next_attempt_at == live_clock.now()
+        (result,) = service.deliver_due()
+        assert (result.event_id, result.status, result.attempts) == (first, "delivered", 1)
+        assert receiver.requests[-1].webhook_id == first  # same id: the receiver dedupes
+
+        service.replay(second, partner_id="p1")  # delivered ones can be sent again too
+        assert [r.event_id for r in service.deliver_due()] == [second]
+        assert receiver.accepted() == [second, first, second]
+
+    with pytest.raises(NotFound):
+        service.replay("evt_unknown")
+    with pytest.raises(NotFound):
+        service.replay(first, partner_id="p2")
+
+
+def test_disabled_partner_or_no_url_gets_nothing(
+    db: Database, live_clock: ManualClock, receiver: Receiver, sender: HttpWebhookSender
+) -> None:
+    add_partner(db, live_clock, "p1", receiver.url)
+    add_partner(db, live_clock, "p2", receiver.url, disabled=True)
+    add_partner(db, live_clock, "p3", None)
+    add_partner(db, live_clock, "p4", "")
+    bookings = Bookings(db, live_clock)
+    for partner in ("p1", "p2", "p3", "p4"):
+        bookings.hold(partner)
+    service = WebhookService(db, live_clock, sender)
+
+    assert service.fan_out() == 2
+    assert {d.partner_id for d in deliveries(db)} == {"p1"}
+    # Disabled after fan-out: its deliveries wait, unsent, until it is enabled again.
+    set_disabled(db, "p1", live_clock.now())
+    assert service.deliver_due() == []
+    assert receiver.requests == []
+    set_disabled(db, "p1", None)
+    drive(service, live_clock)
+    assert sorted(receiver.accepted()) == sorted(e.event_id for e in events(db, "p1"))
+    assert {d.partner_id for d in deliveries(db)} == {"p1"}
+
+
+def test_fan_out_twice_or_concurrently_creates_no_duplicates(
+    db: Database, database_url: str, live_clock: ManualClock
+) -> None:
+    add_partner(db, live_clock, "p1", "http://partner.test/hooks")
+    bookings = Bookings(db, live_clock)
+    for _ in range(12):
+        bookings.hold("p1")
+    expected = len(events(db, "p1"))
+    other_db = Database(database_url)  # a second "process": its own engine and pool
+    try:
+        services = [
+            WebhookService(db, live_clock, StatusSender(204), batch=5),
+            WebhookService(other_db, live_clock, StatusSender(204), batch=5),
+        ]
+        barrier = threading.Barrier(2, timeout=10)
+        created: list[int] = []
+        errors: list[BaseException] = []
+
+        def run(service: WebhookService) -> None:
+            try:
+                barrier.wait()
+                created.append(service.fan_out())
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(s,)) for s in services]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in threads) and errors == []
+    finally:
+        other_db.dispose()
+
+    rows = deliveries(db)
+    assert len(rows) == expected == 24
+    assert len({(r.event_id, r.partner_id) for r in rows}) == expected
+    assert sum(created) == expected  # each row counted by the one call that inserted it
+    assert services[0].fan_out() == 0  # twice: nothing new
+    bookings.hold("p1")
+    assert services[0].fan_out() == 2
+    assert len(deliveries(db)) == expected + 2
+
+
+def test_concurrent_workers_never_send_a_delivery_twice(
+    db: Database, database_url: str, live_clock: ManualClock, sender: HttpWebhookSender
+) -> None:
+    with Receiver(delay_each=0.01) as receiver:
+        add_partner(db, live_clock, "p1", receiver.url)
+        bookings = Bookings(db, live_clock)
+        reservations = [bookings.hold("p1") for _ in range(10)]
+        for reservation in reservations[:5]:
+            bookings.service.confirm(reservation, actor="vendor")
+        expected = events(db, "p1")
+        other_db = Database(database_url)
+        try:
+            second_sender = HttpWebhookSender(timeout=5.0)
+            services = [
+                WebhookService(db, live_clock, sender),
+                WebhookService(other_db, live_clock, second_sender),
+            ]
+            assert services[0].fan_out() == len(expected) == 30
+            results: list[list[str]] = [[], []]
+            errors: list[BaseException] = []
+            barrier = threading.Barrier(2, timeout=10)
+
+            def work(index: int) -> None:
+                try:
+                    barrier.wait()
+                    deadline = time.monotonic() + 60
+                    while time.monotonic() < deadline:
+                        done = services[index].deliver_due(limit=2)
+                        results[index].extend(r.event_id for r in done)
+                        if not done:
+                            if services[index].counts()["pending"] == 0:
+                                return
+                            time.sleep(0.005)
+                except BaseException as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=90)
+            assert not any(t.is_alive() for t in threads) and errors == []
+        finally:
+            second_sender.close()
+            other_db.dispose()
+
+    sent = Counter(r.webhook_id for r in receiver.requests)
+    assert sorted(sent) == sorted(e.event_id for e in expected)
+    assert set(sent.values()) == {1}, "a delivery was sent twice"
+    assert sorted(results[0] + results[1]) == sorted(sent)
+    order = [r.webhook_id for r in receiver.requests]
+    for reservation in reservations:
+        in_outbox = [e.event_id for e in expected if e.reservation_id == reservation]
+        assert [i for i in order if i in in_outbox] == in_outbox
+    assert {d.status for d in deliveries(db)} == {"delivered"}
+
+
+def test_a_timeout_is_a_retryable_failed_attempt(db: Database, live_clock: ManualClock) -> None:
+    with Receiver(delay_first=3.0) as receiver, HttpWebhookSender(timeout=0.3) as sender:
+        add_partner(db, live_clock, "p1", receiver.url)
+        Bookings(db, live_clock).hold("p1")
+        first = events(db, "p1")[0].event_id
+        service = WebhookService(db, live_clock, sender, base_delay=timedelta(seconds=1))
+        service.fan_out()
+        (result,) = service.deliver_due()
+        assert (result.event_id, result.status, result.http_status) == (first, "pending", None)
+        assert result.error is not None and "timed out" in result.error
+        assert SECRET not in result.error and "partner-tok" not in result.error
+        row = delivery(db, first)
+        assert row.attempts == 1 and row.next_attempt_at is not None
+        assert row.next_attempt_at > live_clock.now()
+        drive(service, live_clock)
+    assert sorted(set(receiver.accepted())) == sorted(e.event_id for e in events(db, "p1"))
+
+
+def test_wrong_secret_at_the_partner_is_not_delivered(
+    db: Database, live_clock: ManualClock, sender: HttpWebhookSender
+) -> None:
+    with Receiver(secret=new_secret()) as receiver:  # the partner holds another secret
+        add_partner(db, live_clock, "p1", receiver.url)
+        Bookings(db, live_clock).hold("p1")
+        service = WebhookService(db, live_clock, sender)
+        service.fan_out()
+        (result,) = service.deliver_due()
+    assert (result.status, result.http_status, result.attempts) == ("pending", 401, 1)
+    assert receiver.requests[0].verified is False
+
+
+def test_send_test_is_signed_and_stores_nothing(
+    db: Database, live_clock: ManualClock, receiver: Receiver, sender: HttpWebhookSender
+) -> None:
+    add_partner(db, live_clock, "p1", receiver.url)
+    add_partner(db, live_clock, "p3", None)
+    service = WebhookService(db, live_clock, sender)
+    assert service.send_test("p1") == 204
+    (request,) = receiver.requests
+    assert request.verified
+    body = request.payload
+    assert body["type"] == "webhook.test" and body["id"] == request.webhook_id
+    assert body["createdAt"] == format_instant(live_clock.now())
+    assert body["data"] == {"partnerId": "p1", "test": True}
+    assert events(db) == [] and deliveries(db) == []
+    with pytest.raises(NotFound):
+        service.send_test("nobody")
+    with pytest.raises(ValidationFailed):
+        service.send_test("p3")
+
+
+def test_list_filters(db: Database, live_clock: ManualClock) -> None:
+    add_partner(db, live_clock, "p1", "http://p1.test/hooks")
+    add_partner(db, live_clock, "p2", "http://p2.test/hooks")
+    bookings = Bookings(db, live_clock)
+    bookings.hold("p1")
+    bookings.hold("p2")
+    service = WebhookService(db, live_clock, StatusSender(200), max_attempts=1)
+    service.fan_out()
+    service.deliver_due(limit=1)  # p1's first event is delivered
+    everything = service.list()
+    assert len(everything) == 4
+    assert [d.event_seq for d in everything] == sorted(
+        (d.event_seq for d in everything), reverse=True
+    )
+    assert {d.partner_id for d in service.list(partner_id="p2")} == {"p2"}
+    (done,) = service.list(status="delivered")
+    assert (done.partner_id, done.event_type) == ("p1", "reservation.intent_created")
+    assert len(service.list(status="pending", limit=2)) == 2
+    assert service.counts() == {"pending": 3, "delivered": 1, "dead": 0}
+    with pytest.raises(ValidationFailed):
+        service.list(status="lost")
+
+
+# -------------------------------------------------------------------------- the CLI
+
+
+def invoke(service: WebhookService, *args: str) -> Any:
+    """Runs `bookiji webhooks ...` against `service`, in place of the wired container."""
+    cli = CliState()
+    cli._container = SimpleNamespace(webhooks=service)
+    return CliRunner().invoke(webhooks_cli, list(args), obj=cli)
+
+
+def test_cli_list_replay_and_test(
+    db: Database,
+    live_clock: ManualClock,
+    receiver: Receiver,
+    sender: HttpWebhookSender,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
+    add_partner(db, live_clock, "p1", receiver.url)
+    Bookings(db, live_clock).hold("p1")
+    first, second = (e.event_id for e in events(db, "p1"))
+    service = WebhookService(db, live_clock, sender, max_attempts=1)
+    receiver.fail_first = 1
+    service.fan_out()
+    drive(service, live_clock)  # the first event dies at once, the second is delivered
+
+    result = invoke(service, "list", "--status", "dead", "--json")
+    assert result.exit_code == 0, result.output
+    (dead,) = json.loads(result.output)
+    assert (dead["eventId"], dead["status"], dead["lastStatus"]) == (first, "dead", 500)
+    assert dead["eventType"] == "reservation.intent_created" and dead["partnerId"] == "p1"
+
+    table = invoke(service, "list", "--partner", "p1")
+    assert table.exit_code == 0 and "2 webhook deliveries" in table.output
+    lines = table.output.splitlines()
+    assert any(first in line and "dead" in line and "HTTP 500" in line for line in lines)
+    assert any(second in line and "delivered" in line for line in lines)
+
+    replayed = invoke(service, "replay", first, "--json")
+    assert replayed.exit_code == 0, replayed.output
+    assert [(d["eventId"], d["status"], d["attempts"]) for d in json.loads(replayed.output)] == [
+        (first, "pending", 0)
+    ]
+    assert [r.status for r in service.deliver_due()] == ["delivered"]
+
+    tested = invoke(service, "test", "--partner", "p1", "--json")
+    assert tested.exit_code == 0, tested.output
+    assert json.loads(tested.output) == {"partnerId": "p1", "status": 204, "ok": True}
+    assert receiver.requests[-1].payload["type"] == "webhook.test"
+
+    receiver.fail_next()
+    assert invoke(service, "test", "--partner", "p1").exit_code == 1
+
+    missing = invoke(service, "replay", "evt_nope")
+    assert isinstance(missing.exception, NotFound)  # main() turns it into exit 1 + one line
+    assert isinstance(invoke(service, "list", "--status", "x").exception, ValidationFailed)
