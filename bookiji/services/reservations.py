@@ -246,11 +246,13 @@ class ReservationService:
     ) -> HoldOutcome:
         now = self.clock.now()
         with UnitOfWork(self.db) as uow:
+            # Lock first, then look: a request with the same key that held the lock before
+            # us has committed by now, and we answer with its reservation.
+            uow.reservations.lock_vendor_schedule(request.vendor_id)
             if request.idempotency_key:
                 record = uow.idempotency.get(scope, request.idempotency_key)
                 if record is not None:
                     return self._answer_replay(record, request.idempotency_key, fingerprint)
-            uow.reservations.lock_vendor_schedule(request.vendor_id)
             vendor = uow.vendors.get(request.vendor_id)
             if vendor is None:
                 raise NotFound(

@@ -283,3 +283,38 @@ def test_rate_limits_hold_caps_and_key_rotation(database_url: str, tmp_path: Pat
         time.sleep(6)  # past the verified-key cache
         assert daemon.client(old_key).post("/v1/reservations", json={}).status_code == 401
     db.dispose()
+
+
+def test_concurrent_requests_with_one_key_create_one_reservation(api: Api) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def attempt(_: int) -> httpx.Response:
+        with api.client(api.key) as client:
+            return create(client, start=14, idempotencyKey="burst-1")
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(attempt, range(8)))
+    created = {r.json()["reservationId"] for r in responses if r.status_code == 201}
+    assert len(created) == 1
+    for response in responses:
+        if response.status_code != 201:
+            assert response.status_code == 409, response.text
+            assert error(response)["code"] == "idempotency_in_progress"
+            assert error(response)["retryable"] is True
+
+
+def test_a_card_needing_authentication_returns_the_client_secret(api: Api) -> None:
+    with api.client(api.key) as client:
+        rid = create(client, start=15).json()["reservationId"]
+        # An operator confirms; the vendor's deposit is authorized with its saved card.
+        from bookiji.bootstrap import build
+        from bookiji.config import Settings
+
+        container = build(Settings(database_url=api.db.url))
+        container.reservations.confirm(rid, actor="operator")
+        container.close()
+        card = {"party": "requester", "paymentMethod": "pm_card_authenticationRequired"}
+        pending = client.post(f"/v1/reservations/{rid}/authorizations", json=card).json()
+        assert pending["state"] == "AWAITING_REQUESTER_AUTH"
+        assert pending["paymentState"] == "pending"
+        assert pending["clientSecret"].startswith(pending["paymentIntentId"] + "_secret_")
