@@ -35,15 +35,6 @@ def history(document: dict[str, Any]) -> list[str]:
     return [step["to"] for step in document["stateHistory"]]
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No stray ./bookiji.toml or BOOKIJI_* settings; tables wide enough for whole ids."""
-    monkeypatch.chdir(tmp_path)
-    for name in ("BOOKIJI_CONFIG", "BOOKIJI_DATABASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("COLUMNS", "250")
-
-
 @pytest.fixture
 def run(capsys: pytest.CaptureFixture[str]) -> Cli:
     """The CLI without --database: settings come from --config or ./bookiji.toml."""

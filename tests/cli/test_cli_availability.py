@@ -29,14 +29,6 @@ from tests.fakes.google_server import GoogleServer
 SCRIPT = str(Path(sys.executable).parent / "bookiji")
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    for name in ("BOOKIJI_CONFIG", "BOOKIJI_DATABASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("COLUMNS", "200")
-
-
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str], database_url: str, tmp_path: Path) -> Cli:
     """The CLI with one vendor open 09:00-17:00 UTC, 60-min slots every 30 min."""

@@ -13,14 +13,6 @@ from tests.cli.support import Cli, vendor_toml, write_vendors
 PAYMENT = '[vendors.payment]\npayment_method = "pm_card_visa"\ncustomer = "cus_shop"\n'
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    for name in ("BOOKIJI_CONFIG", "BOOKIJI_DATABASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("COLUMNS", "200")
-
-
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str], database_url: str, tmp_path: Path) -> Cli:
     run = Cli(capsys, database_url)
