@@ -22,7 +22,6 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from bookiji.domain.compensation import Failure
 from bookiji.domain.errors import (
-    BookijiError,
     ConcurrentModification,
     IdempotencyKeyReused,
     InvalidTransition,
@@ -190,7 +189,7 @@ class ReservationService:
         if not outcome.replayed and self.on_hold is not None:
             try:
                 self.on_hold(outcome.reservation_id)
-            except BookijiError:  # the hold stands; reconciliation asks the vendor again
+            except Exception:  # the hold stands; reconciliation asks the vendor again
                 log.warning(
                     "asking the vendor about %s failed; reconcile retries", outcome.reservation_id
                 )
