@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.calendars.conformance import EventSpec
+from tests.fakes.loopback import LoopbackFake
 
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -191,8 +192,10 @@ class _GoogleError(Exception):
         self.headers = dict(headers or {})
 
 
-class GoogleServer:
+class GoogleServer(LoopbackFake):
     """The fake. Use as a context manager, or `start()` / `close()`."""
+
+    _thread_name = "fake-google"
 
     def __init__(self, *, page_size: int = 2, access_token_lifetime: int = 3599) -> None:
         self.page_size = page_size
@@ -217,39 +220,8 @@ class GoogleServer:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> GoogleServer:
-        httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
-        httpd.fake = self
-        self._httpd = httpd
-        self._thread = threading.Thread(
-            target=httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-google",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._stopping.set()  # wakes handlers sleeping on an injected delay
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._httpd = None
-
-    def __enter__(self) -> GoogleServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def base_url(self) -> str:
-        assert self._httpd is not None, "server not started"
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+    def _make_server(self) -> _HTTPServer:
+        return _HTTPServer(("127.0.0.1", 0), _Handler)
 
     @property
     def api_base_url(self) -> str:

@@ -37,6 +37,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from tests.fakes.loopback import LoopbackFake
+
 API_VERSION = "2010-04-01"
 _MESSAGES = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Messages\.json$")
 _MESSAGE = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Messages/(?P<sid>[^/]+)\.json$")
@@ -119,8 +121,10 @@ class _TwilioError(Exception):
         }
 
 
-class TwilioServer:
+class TwilioServer(LoopbackFake):
     """The fake. Use as a context manager, or `start()` / `close()`."""
+
+    _thread_name = "fake-twilio"
 
     def __init__(
         self,
@@ -143,38 +147,8 @@ class TwilioServer:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> TwilioServer:
-        httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
-        httpd.fake = self
-        self._httpd = httpd
-        self._thread = threading.Thread(
-            target=httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-twilio",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._stopping.set()  # wakes handlers sleeping on an injected delay
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._httpd = None
-
-    def __enter__(self) -> TwilioServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def base_url(self) -> str:
-        assert self._httpd is not None, "server not started"
-        return f"http://127.0.0.1:{self._httpd.server_port}"
+    def _make_server(self) -> _HTTPServer:
+        return _HTTPServer(("127.0.0.1", 0), _Handler)
 
     # ------------------------------------------------------------------ control
 
