@@ -216,7 +216,6 @@ class GoogleServer(LoopbackFake):
         self._codes: dict[str, _AuthCode] = {}
         self._consent = _Consent()
         self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -9,28 +9,34 @@ from typing import Self
 
 
 class LoopbackFake:
-    """Subclasses set `_thread_name`, build their server in `_make_server`, and create
-    `_stopping`, `_httpd` and `_thread` in `__init__`."""
+    """Subclasses set `_thread_name`, build their server in `_make_server`, may add
+    `_background_threads`, and create `_stopping` and `_httpd` in `__init__`."""
 
     _thread_name = "fake"
     _stopping: threading.Event
     _httpd: ThreadingHTTPServer | None
-    _thread: threading.Thread | None
+    _threads: list[threading.Thread] = []
 
     def _make_server(self) -> ThreadingHTTPServer:
         raise NotImplementedError
+
+    def _background_threads(self) -> list[threading.Thread]:
+        """Threads besides the server's own (e.g. a webhook sender), started with it."""
+        return []
 
     def start(self) -> Self:
         httpd = self._make_server()
         httpd.fake = self  # type: ignore[attr-defined]  # handlers reach their fake here
         self._httpd = httpd
-        self._thread = threading.Thread(
+        serve = threading.Thread(
             target=httpd.serve_forever,
             kwargs={"poll_interval": 0.05},
             name=self._thread_name,
             daemon=True,
         )
-        self._thread.start()
+        self._threads = [serve, *self._background_threads()]
+        for thread in self._threads:
+            thread.start()
         return self
 
     def close(self) -> None:
@@ -38,8 +44,8 @@ class LoopbackFake:
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
         self._httpd = None
 
     def __enter__(self) -> Self:

@@ -67,6 +67,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from tests.fakes.loopback import LoopbackFake
+
 API_VERSION = "2026-10-28.endive"
 _ALNUM = string.ascii_letters + string.digits
 _TEST_KEY = re.compile(r"(sk|rk)_test_[A-Za-z0-9_]{8,}")
@@ -369,8 +371,10 @@ def _invalid(
 # ------------------------------------------------------------------------------ the server
 
 
-class StripeServer:
+class StripeServer(LoopbackFake):
     """The test server. Use as a context manager, or `start()` / `close()`."""
+
+    _thread_name = "fake-stripe"
 
     def __init__(
         self,
@@ -421,44 +425,12 @@ class StripeServer:
 
     # -------------------------------------------------------------------------- lifecycle
 
-    def start(self) -> StripeServer:
-        httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
-        httpd.fake = self
-        self._httpd = httpd
-        serve = threading.Thread(
-            target=httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-stripe",
-            daemon=True,
-        )
-        deliver = threading.Thread(target=self._deliver_webhooks, name="fake-stripe-hooks")
-        deliver.daemon = True
-        self._threads = [serve, deliver]
-        for thread in self._threads:
-            thread.start()
-        return self
+    def _make_server(self) -> _HTTPServer:
+        return _HTTPServer(("127.0.0.1", 0), _Handler)
 
-    def close(self) -> None:
-        self._stopping.set()  # wakes handlers sleeping on an injected delay
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._httpd = None
-
-    def __enter__(self) -> StripeServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def base_url(self) -> str:
-        """What the SDK takes as `base_addresses={"api": ...}`."""
-        assert self._httpd is not None, "server not started"
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+    def _background_threads(self) -> list[threading.Thread]:
+        return [threading.Thread(target=self._deliver_webhooks, name="fake-stripe-hooks",
+                                 daemon=True)]  # fmt: skip
 
     # -------------------------------------------------------------------------- ledger
 

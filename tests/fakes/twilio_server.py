@@ -143,7 +143,6 @@ class TwilioServer(LoopbackFake):
         self._stopping = threading.Event()
         self._faults: list[_Fault] = []
         self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
