@@ -36,7 +36,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, tzinfo
 from datetime import time as dtime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, quote, unquote, urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -46,7 +45,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tests.calendars.conformance import EventSpec
-from tests.fakes.loopback import LoopbackFake
+from tests.fakes.loopback import FakeHandler, FakeHTTPServer, LoopbackFake
 
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -196,6 +195,7 @@ class GoogleServer(LoopbackFake):
     """The fake. Use as a context manager, or `start()` / `close()`."""
 
     _thread_name = "fake-google"
+    _content_type = "application/json; charset=UTF-8"
 
     def __init__(self, *, page_size: int = 2, access_token_lifetime: int = 3599) -> None:
         self.page_size = page_size
@@ -215,12 +215,9 @@ class GoogleServer(LoopbackFake):
         self._refresh: dict[str, _RefreshToken] = {}
         self._codes: dict[str, _AuthCode] = {}
         self._consent = _Consent()
-        self._httpd: _HTTPServer | None = None
+        self._httpd: FakeHTTPServer | None = None
 
     # ------------------------------------------------------------------ lifecycle
-
-    def _make_server(self) -> _HTTPServer:
-        return _HTTPServer(("127.0.0.1", 0), _Handler)
 
     @property
     def api_base_url(self) -> str:
@@ -380,7 +377,7 @@ class GoogleServer(LoopbackFake):
 
     # ------------------------------------------------------------------ dispatch
 
-    def _handle(self, handler: _Handler, method: str) -> None:
+    def _handle(self, handler: FakeHandler, method: str) -> None:
         parts = urlsplit(handler.path)
         length = int(handler.headers.get("Content-Length") or 0)
         raw_body = handler.rfile.read(length) if length else b""
@@ -763,55 +760,6 @@ class GoogleServer(LoopbackFake):
         else:
             body["nextSyncToken"] = f"CP{secrets.token_hex(8)}="
         return body
-
-
-# -------------------------------------------------------------------------- HTTP plumbing
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    fake: GoogleServer
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that gave up (timeout test) makes our late write fail: not a bug.
-        import sys
-
-        exc = sys.exc_info()[1]
-        if isinstance(exc, ConnectionError | TimeoutError):
-            return
-        self.fake.errors.append(traceback.format_exc())
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Keep-alive plus a header write then a body write would wait on delayed ACKs (~40 ms).
-    disable_nagle_algorithm = True
-    server: _HTTPServer
-
-    def do_GET(self) -> None:
-        self.server.fake._handle(self, "GET")
-
-    def do_POST(self) -> None:
-        self.server.fake._handle(self, "POST")
-
-    def reply(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
-        try:
-            self.send_response(status)
-            lowered = {k.lower() for k in headers}
-            if "content-type" not in lowered:
-                self.send_header("Content-Type", "application/json; charset=UTF-8")
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            self.wfile.flush()
-        except (ConnectionError, TimeoutError):
-            self.close_connection = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 # -------------------------------------------------------------------------- wire helpers

@@ -53,9 +53,7 @@ import json
 import queue
 import re
 import secrets
-import socket
 import string
-import sys
 import threading
 import time
 import traceback
@@ -63,11 +61,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from tests.fakes.loopback import LoopbackFake
+from tests.fakes.loopback import FakeHandler, FakeHTTPServer, LoopbackFake
 
 API_VERSION = "2026-10-28.endive"
 _ALNUM = string.ascii_letters + string.digits
@@ -420,13 +417,10 @@ class StripeServer(LoopbackFake):
         self._webhook_queue: queue.Queue[dict[str, Any]] = queue.Queue()
         self._webhook_pending = 0
         self._webhook_idle = threading.Condition(self._lock)
-        self._httpd: _HTTPServer | None = None
+        self._httpd: FakeHTTPServer | None = None
         self._threads: list[threading.Thread] = []
 
     # -------------------------------------------------------------------------- lifecycle
-
-    def _make_server(self) -> _HTTPServer:
-        return _HTTPServer(("127.0.0.1", 0), _Handler)
 
     def _background_threads(self) -> list[threading.Thread]:
         return [threading.Thread(target=self._deliver_webhooks, name="fake-stripe-hooks",
@@ -722,7 +716,7 @@ class StripeServer(LoopbackFake):
 
     # -------------------------------------------------------------------------- dispatch
 
-    def _handle(self, handler: _Handler, method: str) -> None:
+    def _handle(self, handler: FakeHandler, method: str) -> None:
         request_id = f"req_{_rand(14)}"
         parts = urlsplit(handler.path)
         length = int(handler.headers.get("Content-Length") or 0)
@@ -2514,54 +2508,3 @@ def _dump(payload: Mapping[str, Any]) -> bytes:
 
 def _event_json(event: Mapping[str, Any]) -> bytes:
     return json.dumps(event, indent=2).encode()
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    fake: StripeServer
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that gave up (timeout test) makes our late write fail: not a bug.
-        exc = sys.exc_info()[1]
-        if isinstance(exc, ConnectionError | TimeoutError):
-            return
-        self.fake.errors.append(traceback.format_exc())
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Keep-alive plus a header write then a body write would wait on delayed ACKs (~40 ms).
-    disable_nagle_algorithm = True
-    server: _HTTPServer
-
-    def do_GET(self) -> None:
-        self.server.fake._handle(self, "GET")
-
-    def do_POST(self) -> None:
-        self.server.fake._handle(self, "POST")
-
-    def do_DELETE(self) -> None:
-        self.server.fake._handle(self, "DELETE")
-
-    def reply(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            self.wfile.flush()
-        except (ConnectionError, TimeoutError):
-            self.close_connection = True
-
-    def drop(self) -> None:
-        """Close the connection without answering (the client sees a network error)."""
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self.connection.shutdown(socket.SHUT_RDWR)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass

@@ -28,16 +28,14 @@ import json
 import re
 import secrets
 import threading
-import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from tests.fakes.loopback import LoopbackFake
+from tests.fakes.loopback import FakeHandler, FakeHTTPServer, LoopbackFake
 
 API_VERSION = "2010-04-01"
 _MESSAGES = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Messages\.json$")
@@ -125,6 +123,7 @@ class TwilioServer(LoopbackFake):
     """The fake. Use as a context manager, or `start()` / `close()`."""
 
     _thread_name = "fake-twilio"
+    _content_type = "application/json; charset=utf-8"
 
     def __init__(
         self,
@@ -142,12 +141,9 @@ class TwilioServer(LoopbackFake):
         self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._faults: list[_Fault] = []
-        self._httpd: _HTTPServer | None = None
+        self._httpd: FakeHTTPServer | None = None
 
     # ------------------------------------------------------------------ lifecycle
-
-    def _make_server(self) -> _HTTPServer:
-        return _HTTPServer(("127.0.0.1", 0), _Handler)
 
     # ------------------------------------------------------------------ control
 
@@ -179,7 +175,7 @@ class TwilioServer(LoopbackFake):
 
     # ------------------------------------------------------------------ dispatch
 
-    def _handle(self, handler: _Handler, method: str) -> None:
+    def _handle(self, handler: FakeHandler, method: str) -> None:
         parts = urlsplit(handler.path)
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length else b""
@@ -307,50 +303,3 @@ def _render(message: SentMessage) -> dict[str, Any]:
 
 def _not_found(path: str) -> _TwilioError:
     return _TwilioError(404, 20404, f"The requested resource {path} was not found")
-
-
-# -------------------------------------------------------------------------- HTTP plumbing
-
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    fake: TwilioServer
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that gave up (timeout test) makes our late write fail: not a bug.
-        import sys
-
-        exc = sys.exc_info()[1]
-        if isinstance(exc, ConnectionError | TimeoutError):
-            return
-        self.fake.errors.append(traceback.format_exc())
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Keep-alive plus a header write then a body write would wait on delayed ACKs (~40 ms).
-    disable_nagle_algorithm = True
-    server: _HTTPServer
-
-    def do_GET(self) -> None:
-        self.server.fake._handle(self, "GET")
-
-    def do_POST(self) -> None:
-        self.server.fake._handle(self, "POST")
-
-    def reply(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            self.wfile.flush()
-        except (ConnectionError, TimeoutError):
-            self.close_connection = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
