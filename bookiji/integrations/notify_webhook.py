@@ -15,7 +15,6 @@ never read: an endpoint cannot make us buffer it, and nothing it says ends up in
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,12 +23,12 @@ import httpx
 from standardwebhooks import Webhook
 
 from bookiji.integrations.notify import answer_link, local_slot, redact, rfc3339_utc
-from bookiji.services.ports import NotificationFailed, VendorNotification
+from bookiji.integrations.webhook_sender import HttpWebhookSender
+from bookiji.services.ports import NotificationFailed, VendorNotification, WebhookSendFailed
 
 __all__ = ["EVENT_TYPE", "WebhookNotifier", "webhook_id", "webhook_payload"]
 
 EVENT_TYPE = "reservation.confirmation_requested"
-_USER_AGENT = "bookiji-webhooks/1"
 _RETRYABLE_4XX = frozenset({408, 429})
 
 
@@ -60,29 +59,27 @@ def webhook_payload(notification: VendorNotification) -> dict[str, Any]:
 
 
 class WebhookNotifier:
+    """Signing and the POST are `HttpWebhookSender`'s (the partner webhooks' sender); this
+    adds the notification's body and id and what each HTTP answer means for a vendor."""
+
     channel = "webhook"
 
     def __init__(
         self, secret: str, *, timeout: float = 10.0, client: httpx.Client | None = None
     ) -> None:
         """`secret` is a Standard Webhooks secret: `whsec_` + base64 of the key bytes."""
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
         try:
-            self._signer = Webhook(secret)
+            Webhook(secret)
         except Exception:  # empty, or not base64: never echo it
             raise ValueError(
                 "webhook secret must be 'whsec_' followed by base64 key bytes"
             ) from None
         self._secret = secret
-        self._timeout = timeout
-        self._own_client = client is None
-        self._client = client or httpx.Client(timeout=timeout, follow_redirects=False)
+        self._sender = HttpWebhookSender(timeout=timeout, client=client)
 
     def close(self) -> None:
         """Close the HTTP client if this notifier created it."""
-        if self._own_client:
-            self._client.close()
+        self._sender.close()
 
     def __enter__(self) -> WebhookNotifier:
         return self
@@ -92,43 +89,21 @@ class WebhookNotifier:
 
     def send(self, destination: str, notification: VendorNotification) -> None:
         target = _target(destination)
-        body = json.dumps(webhook_payload(notification), separators=(",", ":"), ensure_ascii=False)
-        msg_id = webhook_id(notification)
-        now = datetime.now(UTC)
-        headers = {
-            "content-type": "application/json",
-            "user-agent": _USER_AGENT,
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": self._signer.sign(msg_id, now, body),
-        }
 
         def fail(message: str, *, retryable: bool) -> NotificationFailed:
             text = redact(message, notification.token, self._secret, _bare(self._secret))
             return NotificationFailed(text, retryable=retryable)
 
         try:
-            with self._client.stream(
-                "POST",
+            status = self._sender.send(
                 destination,
-                content=body.encode(),
-                headers=headers,
-                timeout=self._timeout,
-                follow_redirects=False,
-            ) as response:
-                status = response.status_code
-        except httpx.TimeoutException as exc:
-            raise fail(
-                f"webhook to {target} timed out after {self._timeout:g}s ({type(exc).__name__})",
-                retryable=True,
-            ) from exc
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            raise fail(f"webhook destination is not usable: {exc}", retryable=False) from None
-        except httpx.TransportError as exc:
-            raise fail(
-                f"webhook to {target} failed: {type(exc).__name__}: {exc}", retryable=True
-            ) from exc
-
+                self._secret,
+                message_id=webhook_id(notification),
+                timestamp=datetime.now(UTC),
+                payload=webhook_payload(notification),
+            )
+        except WebhookSendFailed as exc:
+            raise fail(exc.message, retryable=exc.retryable) from None
         if 200 <= status < 300:
             return
         retryable = status in _RETRYABLE_4XX or status >= 500
