@@ -201,7 +201,10 @@ class ReservationTransition(SQLModel, table=True):
     """Append-only: triggers refuse UPDATE and DELETE on both databases."""
 
     __tablename__: ClassVar[str] = "reservation_transitions"
-    __table_args__ = (Index("ix_reservation_transitions_reservation", "reservation_id", "id"),)
+    __table_args__ = (
+        Index("ix_reservation_transitions_reservation", "reservation_id", "id"),
+        Index("ix_reservation_transitions_to_state_at", "to_state", "at"),
+    )
 
     id: int | None = Field(default=None, sa_type=BigIntId, primary_key=True)
     reservation_id: str = Field(
