@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -47,6 +48,10 @@ class Container:
     apikeys: ApiKeyService = field(init=False)
     webhooks: WebhookService = field(init=False)
     _key: bytes | None = field(default=None, init=False, repr=False)
+    #: Where new holds' vendor notifications go once committed. None: sent inline (the CLI
+    #: shows the outcome); the daemon hands them to a background sender instead, so a
+    #: partner's create never waits on a vendor's mail server.
+    notification_sink: Callable[[list[str]], object] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         ttls = stage_ttls(self.settings)
@@ -90,8 +95,9 @@ class Container:
             self.clock,
             ttls,
             run_compensations=lambda ids: self.payments.compensations.run(ids=ids),
-            on_hold=lambda rid: self.confirmation.request(rid, actor="system:notify"),
             on_confirmed=self._after_confirmation,
+            ask_vendor=self.confirmation.ask_within,
+            deliver=self._deliver_notifications,
         )
         self.apikeys = ApiKeyService(self.db, self.clock)
         from bookiji.integrations.webhook_sender import HttpWebhookSender
@@ -106,6 +112,13 @@ class Container:
             self.confirmation,
             batch_size=self.settings.reconcile.batch_size,
         )
+
+    def _deliver_notifications(self, ids: list[str]) -> None:
+        if self.notification_sink is not None:
+            self.notification_sink(ids)
+            return
+        for notification_id in ids:
+            self.confirmation.deliver(notification_id)
 
     def _after_confirmation(self, reservation_id: str) -> None:
         self.payments.after_confirmation(reservation_id, actor="system:payments")

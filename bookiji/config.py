@@ -139,6 +139,7 @@ class DaemonSettings(BaseModel):
     jobs: JobIntervals = JobIntervals()
     job_lease_seconds: float = Field(default=60, gt=0)
     shutdown_grace_seconds: float = Field(default=8, gt=0, le=30)
+    request_threads: int = Field(default=8, ge=1, le=200)
 
 
 class Settings(BaseSettings):

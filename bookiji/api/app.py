@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+from anyio import to_thread
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bookiji.api.metrics import Metrics
@@ -96,7 +100,14 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
         reads_per_minute=api.reads_per_minute,
         writes_per_minute=api.writes_per_minute,
     )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        to_thread.current_default_thread_limiter().total_tokens = settings.daemon.request_threads
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Bookiji partner API",
         version="1",
         openapi_url="/openapi.json",
@@ -131,6 +142,14 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
         error = BookijiError(str(exc.detail))
         error.http_status = exc.status_code
         return _envelope(error)
+
+    @app.exception_handler(DBAPIError)
+    def _database(_request: Request, exc: DBAPIError) -> JSONResponse:
+        if isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated:
+            log.warning("database unavailable: %s", type(exc.orig).__name__)
+            return _envelope(Unavailable("the database is not reachable; retry later"))
+        log.error("unhandled %s", type(exc).__name__, exc_info=exc)
+        return _envelope(BookijiError("internal error; it was logged"))
 
     @app.exception_handler(Exception)
     def _crash(_request: Request, exc: Exception) -> JSONResponse:
@@ -277,11 +296,9 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
                     "a request with this idempotency key is still being processed; retry"
                 )
             return JSONResponse(stored[1], status_code=stored[0])
-        document = load_reservation_document(
+        document = outcome.document or load_reservation_document(
             container.db, outcome.reservation_id, partner_id=partner
         )
-        if key is not None:
-            container.reservations.remember_response(partner, key, 201, document)
         return JSONResponse(document, status_code=201)
 
     @app.get("/v1/reservations/{reservation_id}", tags=["reservations"])

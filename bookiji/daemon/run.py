@@ -20,6 +20,7 @@ from bookiji.api.app import create_app
 from bookiji.api.metrics import Metrics
 from bookiji.bootstrap import build
 from bookiji.config import Settings
+from bookiji.daemon.dispatch import BackgroundSender
 from bookiji.daemon.jobs import job_runner
 
 log = logging.getLogger("bookiji.daemon")
@@ -37,6 +38,9 @@ class _Server(uvicorn.Server):
 def run_daemon(settings: Settings, *, host: str, port: int) -> int:
     jsonlog.configure("INFO")
     container = build(settings)
+    sender = BackgroundSender(container.confirmation.deliver)
+    container.notification_sink = sender.submit
+    sender.start()
     metrics = Metrics(container)
     app = create_app(container, metrics)
     runner = job_runner(container)
@@ -76,6 +80,7 @@ def run_daemon(settings: Settings, *, host: str, port: int) -> int:
         server.run()
     finally:
         stop.set()
+        sender.stop(timeout=min(3.0, settings.daemon.shutdown_grace_seconds))
         jobs_thread.join(timeout=settings.daemon.shutdown_grace_seconds)
         container.close()
         log.info("daemon stopped", extra={"owner": runner.owner})

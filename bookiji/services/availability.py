@@ -65,14 +65,19 @@ def load_schedule(
     slot_minutes: int | None = None,
     interval_minutes: int | None = None,
     exclude_reservation: str | None = None,
+    margin: timedelta = timedelta(days=1),
 ) -> VendorSchedule:
     """Vendor rules plus every busy period and active hold that can touch [start, end)
-    (except `exclude_reservation`: a commit revalidates its own slot)."""
+    (except `exclude_reservation`: a commit revalidates its own slot).
+
+    `margin` widens the reach for a window of slots; checking one slot needs none, which
+    keeps a hold's check to the few rows around it however busy the vendor's calendar is."""
     rules = Rules.from_spec(
         spec_of(vendor), slot_minutes=slot_minutes, interval_minutes=interval_minutes
     )
-    reach_lo = start - rules.buffer_after - rules.slot - timedelta(days=1)
-    reach_hi = end + rules.buffer_before + timedelta(days=1)
+    buffers = max(rules.buffer_before, rules.buffer_after)
+    reach_lo = start - buffers - rules.slot - margin
+    reach_hi = end + buffers + margin
     calendars = list(
         uow.session.exec(
             select(CalendarConnection)

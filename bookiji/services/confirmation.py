@@ -133,34 +133,43 @@ class ConfirmationService:
             reservation = uow.reservations.get(reservation_id, for_update=True)
             if reservation is None:
                 raise NotFound(f"no reservation {reservation_id!r}")
-            if S(reservation.state) is not S.HELD:
-                return []
-            vendor = uow.vendors.get(reservation.vendor_id)
-            assert vendor is not None and reservation.state_deadline is not None
-            token = ConfirmationToken(
-                id=new_id("tok"),
-                reservation_id=reservation_id,
-                expires_at=reservation.state_deadline,
-                created_at=now,
-            )
-            uow.session.add(token)
-            channels = self._channels(vendor)
-            ids = []
-            for channel, destination in channels:
-                row = VendorNotificationRow(
-                    id=new_id("ntf"), reservation_id=reservation_id, vendor_id=vendor.id,
-                    channel=channel, destination=destination, token_id=token.id,
-                    next_attempt_at=now, created_at=now,
-                )  # fmt: skip
-                uow.session.add(row)
-                ids.append(row.id)
-            transitions.apply(
-                uow, reservation, S.AWAITING_VENDOR_CONFIRMATION, now=now, ttls=self.ttls,
-                reason="vendor asked to confirm", actor=actor,
-                details={"channels": [c for c, _ in channels]},
-            )  # fmt: skip
+            ids = self.ask_within(uow, reservation, now, actor=actor)
             uow.commit()
         return [self.deliver(i) for i in ids]
+
+    def ask_within(
+        self, uow: UnitOfWork, reservation: Reservation, now: datetime, *, actor: str
+    ) -> list[str]:
+        """Inside the caller's transaction: the token, one notification row per channel (an
+        outbox: nothing is sent yet) and HELD -> AWAITING_VENDOR_CONFIRMATION. Returns the
+        notification ids to `deliver` once the transaction has committed."""
+        if S(reservation.state) is not S.HELD:
+            return []
+        vendor = uow.vendors.get(reservation.vendor_id)
+        assert vendor is not None and reservation.state_deadline is not None
+        token = ConfirmationToken(
+            id=new_id("tok"),
+            reservation_id=reservation.id,
+            expires_at=reservation.state_deadline,
+            created_at=now,
+        )
+        uow.session.add(token)
+        channels = self._channels(vendor)
+        ids = []
+        for channel, destination in channels:
+            row = VendorNotificationRow(
+                id=new_id("ntf"), reservation_id=reservation.id, vendor_id=vendor.id,
+                channel=channel, destination=destination, token_id=token.id,
+                next_attempt_at=now, created_at=now,
+            )  # fmt: skip
+            uow.session.add(row)
+            ids.append(row.id)
+        transitions.apply(
+            uow, reservation, S.AWAITING_VENDOR_CONFIRMATION, now=now, ttls=self.ttls,
+            reason="vendor asked to confirm", actor=actor,
+            details={"channels": [c for c, _ in channels]},
+        )  # fmt: skip
+        return ids
 
     def deliver_due(self, *, limit: int = 100) -> list[Delivery]:
         now = self.clock.now()

@@ -112,22 +112,27 @@ def load_reservation_document(
             raise NotFound(
                 f"no reservation {reservation_id!r}", details={"reservationId": reservation_id}
             )
-        compensations = uow.session.exec(
-            select(CompensationAction)
-            .where(col(CompensationAction.reservation_id) == reservation_id)
-            .order_by(col(CompensationAction.created_at), col(CompensationAction.id))
-        ).all()
-        notifications = uow.session.exec(
-            select(VendorNotificationRow)
-            .where(col(VendorNotificationRow.reservation_id) == reservation_id)
-            .order_by(col(VendorNotificationRow.created_at), col(VendorNotificationRow.channel))
-        ).all()
-        return reservation_document(
-            reservation,
-            uow.transitions.for_reservation(reservation_id),
-            compensations,
-            notifications,
-        )
+        return document_within(uow, reservation)
+
+
+def document_within(uow: UnitOfWork, reservation: Reservation) -> dict[str, Any]:
+    """The document as the caller's transaction sees it (flushed rows included)."""
+    compensations = uow.session.exec(
+        select(CompensationAction)
+        .where(col(CompensationAction.reservation_id) == reservation.id)
+        .order_by(col(CompensationAction.created_at), col(CompensationAction.id))
+    ).all()
+    notifications = uow.session.exec(
+        select(VendorNotificationRow)
+        .where(col(VendorNotificationRow.reservation_id) == reservation.id)
+        .order_by(col(VendorNotificationRow.created_at), col(VendorNotificationRow.channel))
+    ).all()
+    return reservation_document(
+        reservation,
+        uow.transitions.for_reservation(reservation.id),
+        compensations,
+        notifications,
+    )
 
 
 def reservation_summary(reservation: Reservation) -> dict[str, Any]:

@@ -554,7 +554,7 @@ class PaymentService:
             minutes = (reservation.slot_end - reservation.slot_start) // timedelta(minutes=1)
             schedule = load_schedule(
                 uow, vendor, reservation.slot_start, reservation.slot_end,
-                slot_minutes=minutes, exclude_reservation=reservation.id,
+                slot_minutes=minutes, exclude_reservation=reservation.id, margin=timedelta(0),
             )  # fmt: skip
         # Notice and horizon were met when the slot was held; judge them as of then.
         verdict = check_bookable(schedule, reservation.slot_start, now=reservation.created_at)

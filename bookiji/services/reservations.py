@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
@@ -35,6 +35,7 @@ from bookiji.services import transitions
 from bookiji.services.availability import check_bookable, load_schedule, refuse_unless_bookable
 from bookiji.services.clock import Clock
 from bookiji.services.compensation import plan_into
+from bookiji.services.documents import document_within
 from bookiji.services.ids import new_id
 from bookiji.store.database import Database
 from bookiji.store.errors import is_overlap_violation, is_transient, is_unique_violation
@@ -47,6 +48,15 @@ log = logging.getLogger(__name__)
 
 OPERATOR_SCOPE = "operator"
 IDEMPOTENCY_RETENTION = timedelta(days=7)
+CREATED = 201  # the status a replayed create answers with, as the API first did
+
+
+class AskVendor(Protocol):
+    def __call__(
+        self, uow: UnitOfWork, reservation: Reservation, now: datetime, *, actor: str
+    ) -> list[str]: ...
+
+
 MAX_METADATA_BYTES = 16 * 1024
 MIN_SLOT = timedelta(minutes=5)
 MAX_SLOT = timedelta(hours=24)
@@ -82,6 +92,8 @@ class HoldRequest:
 class HoldOutcome:
     reservation_id: str
     replayed: bool
+    notifications: tuple[str, ...] = ()  # vendor notifications recorded with the hold
+    document: dict[str, Any] | None = None  # the new reservation's document, as committed
 
 
 @dataclass(frozen=True)
@@ -146,8 +158,9 @@ class ReservationService:
         ttls: StageTTLs,
         *,
         run_compensations: Callable[[list[str]], object] | None = None,
-        on_hold: Callable[[str], object] | None = None,
         on_confirmed: Callable[[str], object] | None = None,
+        ask_vendor: AskVendor | None = None,
+        deliver: Callable[[list[str]], object] | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -155,9 +168,11 @@ class ReservationService:
         # Executes compensation rows right after the transaction that planned them commits;
         # without it they wait for `reconcile`.
         self.run_compensations = run_compensations
-        # Called with each new hold's id once it is committed (the vendor is asked then).
-        self.on_hold = on_hold
         self.on_confirmed = on_confirmed  # e.g. authorize the vendor's deposit next
+        # Records the vendor's notification (outbox rows, HELD -> AWAITING) inside the hold's
+        # own transaction, so a new hold costs one commit; `deliver` sends them afterwards.
+        self.ask_vendor = ask_vendor
+        self.deliver = deliver
 
     def _compensate(self, action_ids: list[str]) -> None:
         if action_ids and self.run_compensations is not None:
@@ -186,13 +201,15 @@ class ReservationService:
                 # A concurrent request with the same key committed first: answer as it did.
                 return self._replay(scope, request.idempotency_key, fingerprint)
             raise
-        if not outcome.replayed and self.on_hold is not None:
-            try:
-                self.on_hold(outcome.reservation_id)
-            except Exception:  # the hold stands; reconciliation asks the vendor again
-                log.warning(
-                    "asking the vendor about %s failed; reconcile retries", outcome.reservation_id
-                )
+        if outcome.replayed:
+            return outcome
+        try:
+            if self.deliver is not None and outcome.notifications:
+                self.deliver(list(outcome.notifications))
+        except Exception:  # the hold stands; the notification outbox is retried by reconcile
+            log.warning(
+                "asking the vendor about %s failed; reconcile retries", outcome.reservation_id
+            )
         return outcome
 
     # -- what the API answered, for replays -------------------------------------------------
@@ -203,16 +220,6 @@ class ReservationService:
     def known_key(self, partner_id: str | None, key: str) -> bool:
         with UnitOfWork(self.db, readonly=True) as uow:
             return uow.idempotency.get(self.idempotency_scope(partner_id), key) is not None
-
-    def remember_response(
-        self, partner_id: str | None, key: str, status: int, body: dict[str, Any]
-    ) -> None:
-        """Keep the first answer to a keyed request, so a replay gets it verbatim."""
-        with UnitOfWork(self.db) as uow:
-            record = uow.idempotency.get(self.idempotency_scope(partner_id), key)
-            if record is not None and record.response_body is None:
-                record.response_status, record.response_body = status, body
-                uow.commit()
 
     def remembered_response(
         self, partner_id: str | None, key: str
@@ -261,7 +268,12 @@ class ReservationService:
             start, end = request.slot_start, request.slot_end
             # The same rules availability lists slots by, on fresh data (never the cache).
             schedule = load_schedule(
-                uow, vendor, start, end, slot_minutes=(end - start) // timedelta(minutes=1)
+                uow,
+                vendor,
+                start,
+                end,
+                slot_minutes=(end - start) // timedelta(minutes=1),
+                margin=timedelta(0),
             )
             refuse_unless_bookable(check_bookable(schedule, start, now=now), vendor.id)
             block_start = start - schedule.rules.buffer_before
@@ -298,7 +310,13 @@ class ReservationService:
                 reason="slot free; hold placed",
                 actor=actor,
             )
+            notifications: list[str] = []
+            if self.ask_vendor is not None:
+                notifications = self.ask_vendor(uow, reservation, now, actor="system:notify")
+            uow.flush()
+            document = document_within(uow, reservation)
             if request.idempotency_key:
+                # The answer a replay of this key gets, verbatim, stored with the hold itself.
                 uow.idempotency.add(
                     IdempotencyKey(
                         scope=scope,
@@ -307,10 +325,17 @@ class ReservationService:
                         reservation_id=reservation.id,
                         created_at=now,
                         expires_at=now + IDEMPOTENCY_RETENTION,
+                        response_status=CREATED,
+                        response_body=document,
                     )
                 )
             uow.commit()
-            return HoldOutcome(reservation_id=reservation.id, replayed=False)
+            return HoldOutcome(
+                reservation_id=reservation.id,
+                replayed=False,
+                notifications=tuple(notifications),
+                document=document,
+            )
 
     # -- vendor confirmation and cancellation ----------------------------------------------
 

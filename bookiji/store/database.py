@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,13 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine)
         self.read_engine: Engine = self.engine.execution_options(sqlite_begin="DEFERRED")
+        # SQLite has one writer at a time. Threads of this process queue for it here, in
+        # order, instead of in SQLite's busy handler, which sleeps in growing steps (up to
+        # 100 ms) and made the slowest writes under load wait for seconds. Other processes
+        # still meet the busy timeout. Re-entrant, like the nesting it replaces.
+        self.write_gate: contextlib.AbstractContextManager[Any] = (
+            threading.RLock() if self.is_sqlite else contextlib.nullcontext()
+        )
 
     @property
     def is_sqlite(self) -> bool:

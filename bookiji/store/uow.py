@@ -27,6 +27,9 @@ class UnitOfWork:
 
     def __enter__(self) -> UnitOfWork:
         engine = self.db.read_engine if self.readonly else self.db.engine
+        self._gate = None if self.readonly else self.db.write_gate
+        if self._gate is not None:
+            self._gate.__enter__()
         self.session = Session(engine, expire_on_commit=False, autoflush=True)
         self.vendors = VendorRepository(self.session)
         self.reservations = ReservationRepository(self.session)
@@ -44,7 +47,11 @@ class UnitOfWork:
     ) -> None:
         # close() rolls back whatever was not committed but, unlike rollback(), leaves the
         # loaded objects readable: services return rows read inside the unit of work.
-        self.session.close()
+        try:
+            self.session.close()
+        finally:
+            if self._gate is not None:
+                self._gate.__exit__(None, None, None)
 
     def flush(self) -> None:
         self.session.flush()

@@ -147,6 +147,14 @@ def test_create_replay_conflicts_and_isolation(api: Api) -> None:
         assert taken.status_code == 409 and error(taken)["code"] == "slot_unavailable"
 
         rid = body["reservationId"]
+        # The answer does not wait for the vendor to be told; the daemon tells it right after.
+        assert [n["status"] for n in body["vendorNotifications"]] == ["pending"]
+        deadline = time.monotonic() + 10
+        while (
+            notes := client.get(f"/v1/reservations/{rid}").json()["vendorNotifications"]
+        ) and notes[0]["status"] != "sent":
+            assert time.monotonic() < deadline, notes
+            time.sleep(0.05)
         assert client.get(f"/v1/reservations/{rid}").json()["reservationId"] == rid
         hidden = other.get(f"/v1/reservations/{rid}")
         assert hidden.status_code == 404 and error(hidden)["code"] == "not_found"

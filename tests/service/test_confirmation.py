@@ -60,7 +60,11 @@ def setup(
         answer_url="https://api.example",
     )  # fmt: skip
     reservations = ReservationService(
-        db, clock, ttls, on_hold=lambda rid: confirmation.request(rid, actor="system:notify")
+        db,
+        clock,
+        ttls,
+        ask_vendor=confirmation.ask_within,
+        deliver=lambda ids: [confirmation.deliver(i) for i in ids],
     )
     return reservations, confirmation
 

@@ -1,0 +1,91 @@
+"""When the database goes away under a running daemon, the API answers 503 with the error
+envelope (retryable), /readyz says not ready while /healthz stays up, and both recover on
+their own once the database is back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from bookiji.services.apikeys import ApiKeyService
+from bookiji.services.clock import SystemClock
+from bookiji.store.database import Database
+from tests.api.daemon_support import free_port, running_daemon, write_config
+from tests.conftest import _admin_connect, postgres_admin_url
+from tests.factories import add_vendor
+
+
+@pytest.fixture
+def postgres_url(backend: str, database_url: str) -> Iterator[str]:
+    if backend != "postgres":
+        pytest.skip("cutting the database off a running daemon is done on Postgres")
+    yield database_url
+
+
+def wait_for(check: Callable[[], bool], seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.1)
+
+
+def test_database_outage_is_503_and_recovers(postgres_url: str, tmp_path: Path) -> None:
+    db = Database(postgres_url)
+    add_vendor(db, "shop", max_advance_days=30)
+    keys = ApiKeyService(db, SystemClock())
+    keys.add_partner("acme", "Acme")
+    _, key = keys.create_key("acme")
+    db.dispose()
+    name = make_url(postgres_url).database
+    admin = postgres_admin_url()
+    assert admin is not None
+    start = (datetime.now(UTC) + timedelta(days=2)).replace(hour=0, minute=0, second=0)
+    window = {"startTime": start.isoformat(), "endTime": (start + timedelta(days=1)).isoformat()}
+
+    def cut_off(allow: bool) -> None:
+        with _admin_connect(admin) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allow).lower()}')
+            if not allow:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (name,),
+                )
+
+    port = free_port()
+    config = write_config(tmp_path / "bookiji.toml", postgres_url, port)
+    with running_daemon(config, tmp_path, port=port) as daemon, daemon.client(key) as client:
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/v1/vendors/shop/availability", params=window).status_code == 200
+        try:
+            cut_off(allow=False)
+            ready = client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["error"]["code"] == "service_unavailable"
+            answer = client.get("/v1/vendors/shop/availability", params=window)
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"] == {
+                "code": "service_unavailable",
+                "message": "the database is not reachable; retry later",
+                "retryable": True,
+                "details": {},
+            }
+            assert client.get("/healthz").status_code == 200  # the process itself is fine
+        finally:
+            cut_off(allow=True)
+
+        def recovered() -> bool:
+            try:
+                return client.get("/readyz").status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(recovered)
+        assert client.get("/v1/vendors/shop/availability", params=window).status_code == 200
+        assert daemon.stop() == 0
+    assert "Traceback" not in daemon.logs()
