@@ -16,11 +16,14 @@ from bookiji.services.clock import Clock, SystemClock
 from bookiji.services.confirmation import ConfirmationService, installation_key
 from bookiji.services.payments import PaymentService
 from bookiji.services.payments import PaymentSettings as PaymentPolicy
+from bookiji.services.pii import PiiService
 from bookiji.services.ports import Notifier, PaymentGateway
 from bookiji.services.reconcile import Reconciler
 from bookiji.services.reservations import ReservationService
+from bookiji.services.tracing import traced, traced_factory
 from bookiji.services.vendors import VendorService
 from bookiji.services.webhooks import WebhookService
+from bookiji.store import crypto
 from bookiji.store.database import Database
 
 
@@ -47,6 +50,7 @@ class Container:
     confirmation: ConfirmationService = field(init=False)
     apikeys: ApiKeyService = field(init=False)
     webhooks: WebhookService = field(init=False)
+    pii: PiiService = field(init=False)
     _key: bytes | None = field(default=None, init=False, repr=False)
     #: Where new holds' vendor notifications go once committed. None: sent inline (the CLI
     #: shows the outcome); the daemon hands them to a background sender instead, so a
@@ -64,8 +68,11 @@ class Container:
             freshness_ttl=timedelta(seconds=limits.freshness_ttl_seconds),
             max_window=timedelta(days=limits.max_window_days),
         )
-        self.calendars = CalendarService(self.db, self.clock, source_builder(self.settings))
-        self.gateway = build_gateway(self.settings, self.db, self.clock)
+        # Adapters reach outside the process: each call is a span (a no-op unless tracing).
+        self.calendars = CalendarService(
+            self.db, self.clock, traced_factory(source_builder(self.settings), "calendar")
+        )
+        self.gateway = traced(build_gateway(self.settings, self.db, self.clock), "payments")
         payment = self.settings.payments
         self.payments = PaymentService(
             self.db,
@@ -85,7 +92,7 @@ class Container:
             self.db,
             self.clock,
             ttls,
-            build_notifiers(self.settings),
+            {k: traced(v, "notify") for k, v in build_notifiers(self.settings).items()},
             (lambda: secret.encode()) if secret else self._installation_key,
             answer_url=notes.answer_url,
             on_confirmed=self._after_confirmation,
@@ -100,10 +107,13 @@ class Container:
             deliver=self._deliver_notifications,
         )
         self.apikeys = ApiKeyService(self.db, self.clock)
+        self.pii = PiiService(self.db)
         from bookiji.integrations.webhook_sender import HttpWebhookSender
 
         self._webhook_sender = HttpWebhookSender()
-        self.webhooks = WebhookService(self.db, self.clock, self._webhook_sender)
+        self.webhooks = WebhookService(
+            self.db, self.clock, traced(self._webhook_sender, "partner_webhook")
+        )
         self.reconciler = Reconciler(
             self.db,
             self.clock,
@@ -181,6 +191,10 @@ def build_gateway(settings: Settings, db: Database, clock: Clock) -> PaymentGate
 
 
 def build(settings: Settings, *, clock: Clock | None = None) -> Container:
+    try:
+        crypto.configure(crypto.keys_from(settings.pii_keys, settings.pii_keys_file))
+    except crypto.PiiKeyError as exc:
+        raise ConfigError(str(exc)) from None
     return Container(
         settings=settings, db=Database(settings.database_url), clock=clock or SystemClock()
     )

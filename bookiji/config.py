@@ -133,6 +133,14 @@ class ApiSettings(BaseModel):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
 
 
+class TracingSettings(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    otlp_endpoint: str | None = None
+    service_name: str = Field(default="bookiji", min_length=1, max_length=100)
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+
+
 class DaemonSettings(BaseModel):
     model_config = {"extra": "forbid"}
 
@@ -159,7 +167,12 @@ class Settings(BaseSettings):
     notifications: NotificationSettings = NotificationSettings()
     api: ApiSettings = ApiSettings()
     daemon: DaemonSettings = DaemonSettings()
+    tracing: TracingSettings = TracingSettings()
     redis_url: str | None = None
+    #: Fernet keys for sealed columns, newest first: comma-separated (env BOOKIJI_PII_KEYS),
+    #: or a file with one per line. See bookiji/store/crypto.py.
+    pii_keys: str | None = Field(default=None, repr=False)
+    pii_keys_file: str | None = None
 
     @field_validator("database_url")
     @classmethod

@@ -15,12 +15,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 from sqlalchemy.engine import make_url
 
 from bookiji.domain.states import StageTTLs
 from bookiji.services.clock import ManualClock
 from bookiji.store import migrate
 from bookiji.store.database import Database, normalize_url
+
+# One throw-away PII key per test run (never a key in the repo); daemons and CLI processes
+# started by the tests inherit it.
+os.environ.setdefault("BOOKIJI_PII_KEYS", Fernet.generate_key().decode())
 
 POSTGRES_ENV = "BOOKIJI_TEST_POSTGRES_URL"
 REDIS_ENV = "BOOKIJI_TEST_REDIS_URL"

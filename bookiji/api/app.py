@@ -42,6 +42,7 @@ from bookiji.services.documents import load_reservation_document
 from bookiji.services.holdcaps import ensure_hold_allowed
 from bookiji.services.ratelimit import RateLimiter
 from bookiji.services.reservations import HoldRequest
+from bookiji.services.tracing import span
 from bookiji.store import migrate
 from bookiji.store.uow import UnitOfWork
 
@@ -153,6 +154,10 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
 
     @app.exception_handler(Exception)
     def _crash(_request: Request, exc: Exception) -> JSONResponse:
+        cause = getattr(exc, "orig", None)
+        if isinstance(cause, BookijiError):  # raised inside a column type (sealed data)
+            log.error("%s: %s", cause.code, cause.message)
+            return _envelope(cause)
         log.error("unhandled %s", type(exc).__name__, exc_info=exc)
         return _envelope(BookijiError("internal error; it was logged"))
 
@@ -175,7 +180,12 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
                 PayloadTooLarge(f"the body is larger than {api.max_body_bytes} bytes")
             )
         else:
-            response = await call_next(request)
+            with span("http.request", method=request.method) as current:
+                response = await call_next(request)
+                route = getattr(request.scope.get("route"), "path", "unmatched")
+                current.update_name(f"{request.method} {route}")
+                current.set_attribute("http.route", route)
+                current.set_attribute("http.response.status_code", response.status_code)
         decision = getattr(request.state, "rate", None)
         if decision is not None:
             response.headers["RateLimit-Limit"] = str(decision.limit)
@@ -279,6 +289,7 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
             partner_id=partner,
             idempotency_key=key,
             metadata=body.metadata,
+            contact=body.requester.model_dump(exclude_none=True) if body.requester else None,
         )
         if key is None or not container.reservations.known_key(partner, key):
             ensure_hold_allowed(

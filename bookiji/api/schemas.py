@@ -12,12 +12,21 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=False)
 
 
+class RequesterContact(_Body):
+    """Personal data: stored encrypted, erased by `bookiji requesters forget`."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    email: str | None = Field(default=None, min_length=3, max_length=320)
+    phone: str | None = Field(default=None, min_length=4, max_length=32)
+
+
 class CreateReservation(_Body):
     vendorId: str = Field(min_length=1, max_length=64)
     slotStartTime: str = Field(description="RFC 3339 with offset")
     slotEndTime: str = Field(description="RFC 3339 with offset")
     requesterId: str = Field(min_length=1, max_length=200)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    requester: RequesterContact | None = None
     idempotencyKey: str | None = Field(default=None, min_length=1, max_length=255)
 
 

@@ -7,6 +7,7 @@ from datetime import datetime
 
 import typer
 
+from bookiji import telemetry
 from bookiji.bootstrap import Container, build
 from bookiji.config import Settings, load_settings
 from bookiji.domain.errors import BookijiError, ValidationFailed
@@ -35,7 +36,9 @@ class CliState:
 
     def container(self, *, require_schema: bool = True) -> Container:
         if self._container is None:
-            self._container = build(self.settings())
+            settings = self.settings()
+            telemetry.configure(settings)
+            self._container = build(settings)
             if require_schema and not migrate.is_at_head(self._container.db):
                 current = migrate.current_revision(self._container.db)
                 where = redact(self._container.db.url)
@@ -48,6 +51,7 @@ class CliState:
     def close(self) -> None:
         if self._container is not None:
             self._container.close()
+            telemetry.shutdown()
 
 
 def state(ctx: typer.Context) -> CliState:

@@ -30,7 +30,9 @@ from bookiji.services.clock import ManualClock
 from bookiji.services.documents import load_reservation_document, reservation_summary
 from bookiji.services.ports import VendorNotification
 from bookiji.services.reservations import HoldRequest
+from bookiji.services.tracing import unwrap
 from bookiji.store import migrate
+from bookiji.store.crypto import new_key
 from bookiji.store.uow import UnitOfWork
 
 ACTOR = "operator:demo"
@@ -76,10 +78,12 @@ def run_demo(workdir: Path, out: Console = console) -> dict[str, Any]:
 
     today = datetime.now(UTC).replace(hour=8, minute=0, second=0, microsecond=0)
     clock = ManualClock(today + timedelta(days=(1 - today.weekday()) % 7 or 7))  # a Tuesday
-    container = build(Settings(database_url=f"sqlite:///{workdir / 'demo.db'}"), clock=clock)
+    # A throw-away database gets a throw-away key for the personal data it seals.
+    settings = Settings(database_url=f"sqlite:///{workdir / 'demo.db'}", pii_keys=new_key())
+    container = build(settings, clock=clock)
     inbox = DemoInbox(out)
     container.confirmation.notifiers = {"console": inbox}
-    gateway = container.gateway
+    gateway = unwrap(container.gateway)
     assert isinstance(gateway, LocalGateway)
     db, holds, payments = container.db, container.reservations, container.payments
     try:

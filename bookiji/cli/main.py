@@ -21,9 +21,11 @@ from bookiji.cli import daemon as daemon_commands
 from bookiji.cli import db as db_commands
 from bookiji.cli import demo as demo_commands
 from bookiji.cli import partners as partner_commands
+from bookiji.cli import pii as pii_commands
 from bookiji.cli import reconcile as reconcile_commands
 from bookiji.cli import reservations as reservation_commands
 from bookiji.cli import setup as setup_commands
+from bookiji.cli import tui as tui_commands
 from bookiji.cli import vendors as vendor_commands
 from bookiji.cli import webhooks as webhook_commands
 from bookiji.cli.context import CliState
@@ -76,6 +78,8 @@ reconcile_commands.register(app)
 compensate_commands.register(app)
 daemon_commands.register(app)
 demo_commands.register(app)
+tui_commands.register(app)
+pii_commands.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         error_line(f"{exc.message} [{exc.code}]")
         code = 1
     except SQLAlchemyError as exc:
+        cause = getattr(exc, "orig", None)
+        if isinstance(cause, BookijiError):  # raised inside a column type (sealed data)
+            error_line(f"{cause.message} [{cause.code}]")
+            return 1
         # Driver messages can echo connection strings; say what failed, not the raw text.
         error_line(
             f"database error ({exc.__class__.__name__}); "

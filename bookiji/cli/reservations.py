@@ -98,9 +98,17 @@ def create(
     requester: str = typer.Option(..., "--requester", metavar="R", help="Requester id."),
     idempotency_key: str | None = typer.Option(None, "--idempotency-key", metavar="K"),
     metadata: str | None = typer.Option(None, "--metadata", metavar="JSON", help="A JSON object."),
+    contact_name: str | None = typer.Option(None, "--contact-name", help="Stored encrypted."),
+    contact_email: str | None = typer.Option(None, "--contact-email", help="Stored encrypted."),
+    contact_phone: str | None = typer.Option(None, "--contact-phone", help="Stored encrypted."),
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Hold a slot for a requester (INTENT_CREATED -> HELD)."""
+    contact = {
+        k: v
+        for k, v in (("name", contact_name), ("email", contact_email), ("phone", contact_phone))
+        if v is not None
+    }
     request = HoldRequest(
         vendor_id=vendor,
         slot_start=instant(start, option="--start"),
@@ -108,6 +116,7 @@ def create(
         requester_id=requester,
         idempotency_key=idempotency_key,
         metadata=_metadata(metadata),
+        contact=contact or None,
     )
     outcome = state(ctx).container().reservations.create_hold(request, actor=ACTOR)
     if not json_output:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -9,7 +10,7 @@ import typer
 from bookiji.cli.context import state
 from bookiji.cli.output import console, emit_json
 from bookiji.config import DEFAULT_CONFIG_FILE, DEFAULT_DATABASE_URL
-from bookiji.store import migrate
+from bookiji.store import crypto, migrate
 from bookiji.store.database import redact
 
 CONFIG_TEMPLATE = """\
@@ -17,6 +18,21 @@ CONFIG_TEMPLATE = """\
 # Environment variables BOOKIJI_* override this file (BOOKIJI_TTL__HOLD_MINUTES=5).
 database_url = "{database_url}"
 """
+
+KEY_FILE_LINES = """\
+# Keys for personal data and credentials at rest, newest first (bookiji pii new-key).
+# Keep this file out of backups of the database and readable only by Bookiji's user.
+{key}
+"""
+
+
+def _write_key_file(path: Path) -> Path:
+    if path.exists():
+        return path  # an earlier init's key: never replace one (data sealed with it)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(KEY_FILE_LINES.format(key=crypto.new_key()))
+    return path
 
 
 def register(app: typer.Typer) -> None:
@@ -29,10 +45,15 @@ def register(app: typer.Typer) -> None:
         cli = state(ctx)
         path = Path(cli.config_path) if cli.config_path else Path(DEFAULT_CONFIG_FILE)
         wrote = False
+        key_file: Path | None = None
         if not path.exists():
             url = cli.database_url or DEFAULT_DATABASE_URL
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(CONFIG_TEMPLATE.format(database_url=url), encoding="utf-8")
+            text = CONFIG_TEMPLATE.format(database_url=url)
+            if not os.environ.get(crypto.ENV_KEYS) and not os.environ.get(crypto.ENV_KEYS_FILE):
+                key_file = _write_key_file(path.parent / "bookiji-pii.keys")
+                text += f'pii_keys_file = "{key_file.resolve()}"\n'
+            path.write_text(text, encoding="utf-8")
             wrote = True
         cli.config_path = str(path)
         container = cli.container(require_schema=False)
@@ -47,8 +68,11 @@ def register(app: typer.Typer) -> None:
                     "database": redact(container.db.url),
                     "from": before,
                     "to": after,
+                    "piiKeyFile": str(key_file) if key_file else None,
                 }
             )
             return
         console.print(f"settings: {path} ({'written' if wrote else 'kept as it was'})")
+        if key_file is not None:
+            console.print(f"PII key: {key_file} (readable only by you; keep it out of backups)")
         console.print(f"database: {redact(container.db.url)} ({before or 'empty'} -> {after})")

@@ -15,6 +15,7 @@ from types import FrameType
 import schedule
 import uvicorn
 
+from bookiji import telemetry
 from bookiji.api import jsonlog
 from bookiji.api.app import create_app
 from bookiji.api.metrics import Metrics
@@ -37,6 +38,7 @@ class _Server(uvicorn.Server):
 
 def run_daemon(settings: Settings, *, host: str, port: int) -> int:
     jsonlog.configure("INFO")
+    telemetry.configure(settings)
     container = build(settings)
     sender = BackgroundSender(container.confirmation.deliver)
     container.notification_sink = sender.submit
@@ -83,5 +85,6 @@ def run_daemon(settings: Settings, *, host: str, port: int) -> int:
         sender.stop(timeout=min(3.0, settings.daemon.shutdown_grace_seconds))
         jobs_thread.join(timeout=settings.daemon.shutdown_grace_seconds)
         container.close()
+        telemetry.shutdown()
         log.info("daemon stopped", extra={"owner": runner.owner})
     return 0

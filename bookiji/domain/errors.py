@@ -125,3 +125,11 @@ class RateLimited(BookijiError):
 class HoldLimitReached(BookijiError):
     code = "hold_limit_reached"
     http_status = 409
+
+
+class EncryptionKeyProblem(BookijiError):
+    """The keys for personal data are missing or do not open what is stored: a setup
+    problem the operator fixes (BOOKIJI_PII_KEYS / pii_keys_file), not the caller."""
+
+    code = "encryption_key_problem"
+    http_status = 503

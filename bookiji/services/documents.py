@@ -35,6 +35,7 @@ def reservation_document(
         "reservationId": reservation.id,
         "vendorId": reservation.vendor_id,
         "requesterId": reservation.requester_id,
+        "requester": reservation.requester_contact,
         "partnerId": reservation.partner_id,
         "state": reservation.state,
         "stateDeadline": format_instant(reservation.state_deadline),

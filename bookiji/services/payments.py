@@ -44,6 +44,7 @@ from bookiji.services.compensation import (
 )
 from bookiji.services.ids import new_id
 from bookiji.services.ports import AuthorizationRequest, IntentView, PaymentGateway
+from bookiji.services.tracing import span
 from bookiji.store.database import Database
 from bookiji.store.models import (
     Booking,
@@ -446,13 +447,19 @@ class PaymentService:
         """Capture both authorizations and book, or fail with compensation. Returns the state.
 
         Safe to call again at any point (a crashed commit is resumed, never redone)."""
-        if not self._claim(reservation_id, actor):
-            with UnitOfWork(self.db, readonly=True) as uow:
-                return self._locked(uow, reservation_id).state
-        try:
-            return self._run_commit(reservation_id, actor)
-        finally:
-            self._release(reservation_id)
+        with span("commit", reservation_id=reservation_id) as current:
+            with span("commit.claim", reservation_id=reservation_id):
+                claimed = self._claim(reservation_id, actor)
+            if not claimed:
+                with UnitOfWork(self.db, readonly=True) as uow:
+                    state = self._locked(uow, reservation_id).state
+            else:
+                try:
+                    state = self._run_commit(reservation_id, actor)
+                finally:
+                    self._release(reservation_id)
+            current.set_attribute("bookiji.state", state)
+            return state
 
     def _lease_name(self, reservation_id: str) -> str:
         return f"commit:{reservation_id}"
@@ -509,7 +516,8 @@ class PaymentService:
         if S(reservation.state) is not S.COMMIT_IN_PROGRESS:
             return reservation.state
         if self._operation(reservation_id, Party.VENDOR, "capture") is None:
-            verdict = self._revalidate(reservation)
+            with span("commit.revalidate", reservation_id=reservation_id):
+                verdict = self._revalidate(reservation)
             if verdict is not None:
                 self.fail(
                     reservation_id,
@@ -523,7 +531,8 @@ class PaymentService:
             (Party.VENDOR, Failure.VENDOR_CAPTURE_FAILED),
             (Party.REQUESTER, Failure.REQUESTER_CAPTURE_FAILED),
         ):
-            error = self._capture(reservation_id, party)
+            with span(f"commit.capture_{party.value}", reservation_id=reservation_id):
+                error = self._capture(reservation_id, party)
             if error is not None:
                 if isinstance(error, PaymentProviderError) and error.retryable:
                     raise Unavailable(
@@ -541,7 +550,8 @@ class PaymentService:
                 )
                 return S.FAILED_COMMIT.value
         crashpoint("before_finalize")
-        return self._finalize(reservation_id, actor)
+        with span("commit.finalize", reservation_id=reservation_id):
+            return self._finalize(reservation_id, actor)
 
     def _revalidate(self, reservation: Reservation) -> str | None:
         """None if the slot is still bookable on fresh data, else why not."""

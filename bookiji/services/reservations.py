@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -71,17 +72,22 @@ class HoldRequest:
     partner_id: str | None = None
     idempotency_key: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    #: {name, email, phone}, all optional: personal data, stored sealed.
+    contact: Mapping[str, str] | None = None
 
     def fingerprint(self) -> str:
         """What makes two requests 'the same' for idempotency: everything but the key."""
+        request: dict[str, Any] = {
+            "vendorId": self.vendor_id,
+            "slotStartTime": format_instant(self.slot_start),
+            "slotEndTime": format_instant(self.slot_end),
+            "requesterId": self.requester_id,
+            "metadata": dict(self.metadata),
+        }
+        if self.contact:  # absent from older fingerprints, so only counted when given
+            request["requester"] = dict(self.contact)
         canonical = json.dumps(
-            {
-                "vendorId": self.vendor_id,
-                "slotStartTime": format_instant(self.slot_start),
-                "slotEndTime": format_instant(self.slot_end),
-                "requesterId": self.requester_id,
-                "metadata": dict(self.metadata),
-            },
+            request,
             sort_keys=True,
             separators=(",", ":"),
         )
@@ -130,8 +136,32 @@ def _validate_request(request: HoldRequest) -> None:
     else:
         if len(encoded.encode()) > MAX_METADATA_BYTES:
             problems.append(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
+    problems.extend(contact_problems(request.contact))
     if problems:
         raise ValidationFailed("; ".join(problems), details={"problems": problems})
+
+
+CONTACT_FIELDS = {"name": 200, "email": 320, "phone": 32}
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_PHONE = re.compile(r"\+?[0-9 ()-]{4,31}")
+
+
+def contact_problems(contact: Mapping[str, Any] | None) -> list[str]:
+    """What is wrong with a requester's contact details (never echoing the values)."""
+    if contact is None:
+        return []
+    problems = [f"requester.{k}: unknown field" for k in contact if k not in CONTACT_FIELDS]
+    for name, limit in CONTACT_FIELDS.items():
+        value = contact.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip() or len(value) > limit:
+            problems.append(f"requester.{name} must be 1-{limit} characters")
+        elif name == "email" and not _EMAIL.fullmatch(value):
+            problems.append("requester.email is not an email address")
+        elif name == "phone" and not _PHONE.fullmatch(value):
+            problems.append("requester.phone is not a phone number")
+    return problems
 
 
 def retry_transient(operation: Callable[[], T], *, attempts: int = 5) -> T:
@@ -292,6 +322,7 @@ class ReservationService:
                 price_amount=vendor.price,
                 deposit_amount=vendor.deposit,
                 meta=dict(request.metadata),
+                requester_contact=dict(request.contact) if request.contact else None,
                 idempotency_key=request.idempotency_key,
                 created_at=now,
                 updated_at=now,

@@ -39,7 +39,9 @@ class Database:
         self.url = normalize_url(url)
         parsed = make_url(self.url)
         self.dialect = parsed.get_backend_name()
-        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        # hide_parameters: error messages (and so logs) never carry the values of a statement,
+        # which may be personal data or secrets.
+        kwargs: dict[str, Any] = {"echo": echo, "future": True, "hide_parameters": True}
         if self.is_sqlite:
             database = parsed.database or ""
             if database and database != ":memory:":

@@ -23,6 +23,7 @@ from sqlalchemy import (
 from sqlmodel import Field, SQLModel
 
 from bookiji.domain.states import ReservationState
+from bookiji.store.crypto import SealedJSON, SealedText
 from bookiji.store.types import BigIntId, JSONDocument, UTCDateTime
 
 _STATE_LIST = ", ".join(f"'{s.value}'" for s in ReservationState)
@@ -87,7 +88,7 @@ class CalendarConnection(SQLModel, table=True):
     source: str = Field(sa_type=Text)
     name: str | None = Field(default=None, max_length=200)
     #: Encrypted credentials (refresh token) or a path to a credentials file; never printed.
-    credentials_ref: str | None = Field(default=None, sa_type=Text)
+    credentials_ref: str | None = Field(default=None, sa_type=SealedText)
     status: str = Field(default="never_synced", max_length=32)
     last_synced_at: datetime | None = _ts(nullable=True)
     last_attempt_at: datetime | None = _ts(nullable=True)
@@ -124,7 +125,7 @@ class Partner(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=64)
     name: str = Field(max_length=200)
     webhook_url: str | None = Field(default=None, sa_type=Text)
-    webhook_secret: str | None = Field(default=None, sa_type=Text)
+    webhook_secret: str | None = Field(default=None, sa_type=SealedText)
     created_at: datetime = _ts()
     disabled_at: datetime | None = _ts(nullable=True)
 
@@ -190,7 +191,11 @@ class Reservation(SQLModel, table=True):
     requester_payment_state: str = Field(default="not_started", max_length=32)
     requester_payment_ref: str | None = Field(default=None, max_length=255)
     meta: dict[str, Any] = Field(
-        default_factory=dict, sa_column=Column("metadata", JSONDocument, nullable=False)
+        default_factory=dict, sa_column=Column("metadata", SealedJSON, nullable=False)
+    )
+    #: How to reach the requester ({name, email, phone}), sealed; erased by `requesters forget`.
+    requester_contact: dict[str, Any] | None = Field(
+        default=None, sa_column=Column("requester_contact", SealedJSON, nullable=True)
     )
     idempotency_key: str | None = Field(default=None, max_length=255)
     created_at: datetime = _ts()
@@ -239,6 +244,7 @@ class IdempotencyKey(SQLModel, table=True):
     """(scope, key) -> the request it first answered. Scope is the partner id or 'operator'."""
 
     __tablename__: ClassVar[str] = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_reservation", "reservation_id"),)
 
     scope: str = Field(primary_key=True, max_length=64)
     key: str = Field(primary_key=True, max_length=255)
@@ -247,7 +253,8 @@ class IdempotencyKey(SQLModel, table=True):
         default=None, sa_column=Column(String(40), ForeignKey("reservations.id"), nullable=True)
     )
     response_status: int | None = None
-    response_body: dict[str, Any] | None = Field(default=None, sa_type=JSONDocument)
+    #: The stored answer carries the requester's data: sealed like the reservation's.
+    response_body: dict[str, Any] | None = Field(default=None, sa_type=SealedJSON)
     created_at: datetime = _ts()
     expires_at: datetime = _ts(index=True)
 
