@@ -3,15 +3,29 @@ fresh database per backend, a clock that moves only when told, and the seeded da
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import pytest_textual_snapshot
 
 from bookiji.bootstrap import Container, build
 from bookiji.config import Settings
 from bookiji.services.clock import ManualClock
 from tests.tui.seed import NOW, Seeded, seed
+
+# pytest-textual-snapshot 1.0 names its SVG files through `_file_extension`, which syrupy 5+
+# no longer reads (it reads `file_extension`): without this the SVGs are saved as `.raw`.
+pytest_textual_snapshot.SVGImageExtension.file_extension = "svg"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The HTML report of mismatched snapshots goes to the temp dir, not the checkout."""
+    if config.getoption("--snapshot-report") == "snapshot_report.html":
+        config.option.snapshot_report = str(
+            Path(tempfile.gettempdir()) / "bookiji-snapshot-report.html"
+        )
 
 
 @pytest.fixture(autouse=True)

@@ -171,7 +171,7 @@ def seed(db: Database) -> Seeded:
             uow.session.add(
                 Partner(
                     id=partner_id, name=name, webhook_url=f"https://{partner_id}.invalid/hooks",
-                    webhook_secret="whsec_c2VlZA==", created_at=created,
+                    created_at=created,
                 )
             )  # fmt: skip
         uow.session.flush()
