@@ -53,7 +53,12 @@ def run_daemon(settings: Settings, *, host: str, port: int) -> int:
     def run(name: str) -> None:
         if stop.is_set():
             return
-        report = runner.run(name)
+        try:
+            report = runner.run(name)
+        except Exception as exc:  # e.g. the database is down: try again next round
+            log.warning("job could not run", extra={"job": name, "error": type(exc).__name__})
+            metrics.observe_job(name, 1)
+            return
         if report is not None:
             metrics.observe_job(name, len(report.errors))
 

@@ -462,30 +462,30 @@ class ReservationService:
                 due = uow.reservations.due_for_expiry(now, limit=batch_size)
                 if not due:
                     break
+                moves = []
+                deadlines = {}
                 for reservation in due:
                     target = expiry_target(S(reservation.state), reservation.state_deadline, now)
                     if target is None:
                         continue
                     deadline = reservation.state_deadline
                     assert deadline is not None
-                    from_state = reservation.state
-                    transitions.apply(
-                        uow,
-                        reservation,
-                        target,
-                        now=now,
-                        ttls=self.ttls,
-                        reason=f"deadline {format_instant(deadline)} passed in {from_state}",
-                        actor="system:expiry",
-                    )
+                    deadlines[reservation.id] = (reservation.state, deadline)
+                    reason = f"deadline {format_instant(deadline)} passed in {reservation.state}"
+                    moves.append(transitions.Move(reservation, target, reason))
+                for move in transitions.apply_many(
+                    uow, moves, now=now, ttls=self.ttls, actor="system:expiry"
+                ):
+                    reservation = move.reservation
+                    from_state, deadline = deadlines[reservation.id]
                     failure = (
                         Failure.VENDOR_TIMEOUT
-                        if target is S.FAILED_VENDOR_TIMEOUT
+                        if move.target is S.FAILED_VENDOR_TIMEOUT
                         else Failure.EXPIRED
                     )
                     planned.extend(a.id for a in plan_into(uow, reservation, failure, now))
                     done.append(
-                        ExpiredReservation(reservation.id, from_state, target.value, deadline)
+                        ExpiredReservation(reservation.id, from_state, move.target.value, deadline)
                     )
                 uow.commit()
             batches += 1

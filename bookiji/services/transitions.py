@@ -6,8 +6,12 @@ three are committed or none is. Every other service goes through `apply`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from sqlalchemy import insert
 
 from bookiji.domain.states import (
     PlannedTransition,
@@ -27,6 +31,45 @@ def event_type(state: ReservationState) -> str:
     return f"reservation.{state.value.lower()}"
 
 
+def _rows(
+    reservation: Reservation,
+    planned: PlannedTransition,
+    *,
+    now: datetime,
+    reason: str,
+    actor: str,
+    details: dict[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The log row and the outbox event of one transition."""
+    from_state = planned.from_state.value if planned.from_state else None
+    log_row = {
+        "reservation_id": reservation.id,
+        "from_state": from_state,
+        "to_state": planned.to_state.value,
+        "reason": reason,
+        "actor": actor,
+        "at": now,
+        "details": details or {},
+    }
+    event = {
+        "event_id": new_id("evt"),
+        "type": event_type(planned.to_state),
+        "reservation_id": reservation.id,
+        "partner_id": reservation.partner_id,
+        "payload": {
+            "reservationId": reservation.id,
+            "vendorId": reservation.vendor_id,
+            "from": from_state,
+            "to": planned.to_state.value,
+            "reason": reason,
+            "at": format_instant(now),
+            "stateDeadline": format_instant(planned.deadline),
+        },
+        "created_at": now,
+    }
+    return log_row, event
+
+
 def _record(
     uow: UnitOfWork,
     reservation: Reservation,
@@ -37,35 +80,11 @@ def _record(
     actor: str,
     details: dict[str, Any] | None,
 ) -> None:
-    uow.transitions.add(
-        ReservationTransition(
-            reservation_id=reservation.id,
-            from_state=planned.from_state.value if planned.from_state else None,
-            to_state=planned.to_state.value,
-            reason=reason,
-            actor=actor,
-            at=now,
-            details=details or {},
-        )
+    log_row, event = _rows(
+        reservation, planned, now=now, reason=reason, actor=actor, details=details
     )
-    uow.outbox.add(
-        OutboxEvent(
-            event_id=new_id("evt"),
-            type=event_type(planned.to_state),
-            reservation_id=reservation.id,
-            partner_id=reservation.partner_id,
-            payload={
-                "reservationId": reservation.id,
-                "vendorId": reservation.vendor_id,
-                "from": planned.from_state.value if planned.from_state else None,
-                "to": planned.to_state.value,
-                "reason": reason,
-                "at": format_instant(now),
-                "stateDeadline": format_instant(planned.deadline),
-            },
-            created_at=now,
-        )
-    )
+    uow.transitions.add(ReservationTransition(**log_row))
+    uow.outbox.add(OutboxEvent(**event))
 
 
 def start(
@@ -117,3 +136,47 @@ def apply(
     reservation.updated_at = now
     _record(uow, reservation, planned, now=now, reason=reason, actor=actor, details=details)
     return True
+
+
+@dataclass(frozen=True)
+class Move:
+    reservation: Reservation
+    target: ReservationState
+    reason: str
+
+
+def apply_many(
+    uow: UnitOfWork, moves: Sequence[Move], *, now: datetime, ttls: StageTTLs, actor: str
+) -> list[Move]:
+    """`apply` for a batch (the expiry sweep): the same table, the same rows, but the log
+    rows and events go in with one multi-row INSERT each. Returns the moves that happened."""
+    logs: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    done: list[Move] = []
+    for move in moves:
+        reservation = move.reservation
+        planned = plan_transition(
+            ReservationState(reservation.state),
+            move.target,
+            now=now,
+            deadline=reservation.state_deadline,
+            ttls=ttls,
+        )
+        if planned is None:
+            continue
+        if is_active(planned.to_state) != is_active(ReservationState(reservation.state)):
+            uow.touch_schedule(reservation.vendor_id)
+        reservation.state = planned.to_state.value
+        reservation.state_deadline = planned.deadline
+        reservation.updated_at = now
+        log_row, event = _rows(
+            reservation, planned, now=now, reason=move.reason, actor=actor, details=None
+        )
+        logs.append(log_row)
+        events.append(event)
+        done.append(move)
+    if done:
+        uow.flush()  # the reservations' UPDATEs (with their version checks) first
+        uow.session.execute(insert(ReservationTransition), logs)
+        uow.session.execute(insert(OutboxEvent), events)
+    return done

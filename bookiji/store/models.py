@@ -165,6 +165,7 @@ class Reservation(SQLModel, table=True):
         Index("ix_reservations_state_deadline", "state", "state_deadline"),
         Index("ix_reservations_partner_created", "partner_id", "created_at"),
         Index("ix_reservations_created", "created_at"),
+        Index("ix_reservations_state_created", "state", "created_at"),
     )
     # Optimistic concurrency: every UPDATE carries `WHERE version = :seen` and bumps it, so a
     # writer working from a stale read fails instead of overwriting a newer state.

@@ -64,8 +64,8 @@ class UnitOfWork:
     def commit(self) -> None:
         if self.readonly:
             raise RuntimeError("a read-only unit of work cannot commit")
-        for vendor_id in sorted(self._touched_schedules):  # sorted: a stable lock order
-            self.vendors.bump_schedule_version(vendor_id)
+        if self._touched_schedules:
+            self.vendors.bump_schedule_versions(sorted(self._touched_schedules))
         self._touched_schedules.clear()
         self.session.commit()
 

@@ -1,6 +1,6 @@
 """When the database goes away under a running daemon, the API answers 503 with the error
-envelope (retryable), /readyz says not ready while /healthz stays up, and both recover on
-their own once the database is back."""
+envelope (retryable), /readyz says not ready while /healthz stays up, and the API and the
+scheduled jobs recover on their own once the database is back."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy.engine import make_url
+from sqlmodel import col, select
 
 from bookiji.services.apikeys import ApiKeyService
 from bookiji.services.clock import SystemClock
 from bookiji.store.database import Database
+from bookiji.store.models import JobRun
+from bookiji.store.uow import UnitOfWork
 from tests.api.daemon_support import free_port, running_daemon, write_config
 from tests.conftest import _admin_connect, postgres_admin_url
 from tests.factories import add_vendor
@@ -76,8 +79,10 @@ def test_database_outage_is_503_and_recovers(postgres_url: str, tmp_path: Path) 
                 "details": {},
             }
             assert client.get("/healthz").status_code == 200  # the process itself is fine
+            time.sleep(1.5)  # let the jobs (every 0.5 s here) meet the outage too
         finally:
             cut_off(allow=True)
+        restored = datetime.now(UTC)
 
         def recovered() -> bool:
             try:
@@ -87,5 +92,22 @@ def test_database_outage_is_503_and_recovers(postgres_url: str, tmp_path: Path) 
 
         wait_for(recovered)
         assert client.get("/v1/vendors/shop/availability", params=window).status_code == 200
+
+        def expiry_ran_again() -> bool:
+            db = Database(postgres_url)
+            try:
+                with UnitOfWork(db, readonly=True) as uow:
+                    return (
+                        uow.session.exec(
+                            select(JobRun).where(
+                                col(JobRun.name) == "expiry", col(JobRun.started_at) > restored
+                            )
+                        ).first()
+                        is not None
+                    )
+            finally:
+                db.dispose()
+
+        wait_for(expiry_ran_again)  # the job thread survived the outage
         assert daemon.stop() == 0
     assert "Traceback" not in daemon.logs()
