@@ -84,9 +84,9 @@ PLANS = [
            ("09:36", S.VENDOR_AUTHORIZED, "vendor deposit authorized", "system:payments"),
            ("09:36", S.AWAITING_REQUESTER_AUTH, "awaiting the requester's payment",
             "system:payments"),
-           ("09:40", S.AUTHORIZED_BOTH, "requester payment authorized", "partner:acme"),
-           ("09:40", S.COMMIT_IN_PROGRESS, "committing", "partner:acme"),
-           ("09:40", S.COMMITTED, "both captured; booked", "partner:acme")],
+           ("10:26", S.AUTHORIZED_BOTH, "requester payment authorized", "partner:acme"),
+           ("10:26", S.COMMIT_IN_PROGRESS, "committing", "partner:acme"),
+           ("10:26", S.COMMITTED, "both captured; booked", "partner:acme")],
           None, ("captured", "pi_3QvA1studioDeposit01"), ("captured", "pi_3QvA1studioPrice001")),
     _Plan(IDS.failed_commit, "dr-lee", "globex", "bob@example.com", _at("15:00") + timedelta(2),
           [("09:45", S.INTENT_CREATED, "hold requested", "partner:globex"),
@@ -97,16 +97,16 @@ PLANS = [
            ("09:50", S.VENDOR_AUTHORIZED, "vendor deposit authorized", "system:payments"),
            ("09:50", S.AWAITING_REQUESTER_AUTH, "awaiting the requester's payment",
             "system:payments"),
-           ("10:02", S.AUTHORIZED_BOTH, "requester payment authorized", "partner:globex"),
-           ("10:02", S.COMMIT_IN_PROGRESS, "committing", "partner:globex"),
-           ("10:03", S.FAILED_COMMIT, "requester capture failed: card_declined",
+           ("10:24", S.AUTHORIZED_BOTH, "requester payment authorized", "partner:globex"),
+           ("10:24", S.COMMIT_IN_PROGRESS, "committing", "partner:globex"),
+           ("10:25", S.FAILED_COMMIT, "requester capture failed: card_declined",
             "partner:globex")],
           None, ("captured", "pi_3QvB2leeDeposit00001"), ("released", "pi_3QvB2leePrice000001")),
     _Plan(IDS.cancelled, "studio-a", "globex", "carol@example.com", _at("11:00") + timedelta(3),
           [("10:05", S.INTENT_CREATED, "hold requested", "partner:globex"),
            ("10:05", S.HELD, "slot free; hold placed", "partner:globex"),
            ("10:05", S.AWAITING_VENDOR_CONFIRMATION, "vendor asked to confirm", "system:notify"),
-           ("10:09", S.CANCELLED, "requester changed plans", "partner:globex")],
+           ("10:27", S.CANCELLED, "requester changed plans", "partner:globex")],
           None),
     _Plan(IDS.stuck_commit, "yoga-loft", "acme", "dan@example.com", _at("01:00") + timedelta(2),
           [("10:06", S.INTENT_CREATED, "hold requested", "partner:acme"),
@@ -221,7 +221,7 @@ def seed(db: Database) -> Seeded:
 
 def _money_trouble(uow: UnitOfWork) -> None:
     """The failed commit's refund keeps failing, and its webhook is a dead letter."""
-    at = _at("10:03")
+    at = _at("10:25")
     uow.session.add_all(
         [
             CompensationAction(
@@ -229,7 +229,7 @@ def _money_trouble(uow: UnitOfWork) -> None:
                 kind="refund_capture", party="vendor", amount=2000, currency="usd",
                 status="pending", attempts=3, last_error="provider unavailable (503)",
                 next_attempt_at=_at("10:43"), idempotency_key=f"bkj:{IDS.failed_commit}:vendor:r",
-                created_at=at, updated_at=_at("10:23"),
+                created_at=at, updated_at=_at("10:29"),
             ),
             CompensationAction(
                 id="cmp_0b2d4f6a8c1e3a5c7e9b1d3f", reservation_id=IDS.failed_commit,
@@ -245,7 +245,7 @@ def _money_trouble(uow: UnitOfWork) -> None:
                                        "last_error": "HTTP 500 from endpoint"}),
         ("evt_2b4d6f8a0c1e3b5d7f9a1c3e", IDS.committed, "acme", "reservation.committed",
          {"status": "delivered", "attempts": 1, "last_status": 200,
-          "delivered_at": _at("09:40")}),
+          "delivered_at": _at("10:26")}),
     ]  # fmt: skip
     for seq, (event_id, reservation_id, partner_id, event_type, fields) in enumerate(events, 1):
         uow.session.add(

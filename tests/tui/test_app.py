@@ -34,7 +34,8 @@ from tests.tui.support import (
 )
 
 pytestmark = pytest.mark.anyio
-BIG = (160, 48)
+BIG = (160, 48)  # both panes, full ids in the feed
+COMPACT = (100, 30)  # one pane at a time: cheaper to draw, enough for one reservation
 ALL_STEPS = sum(len(plan.steps) for plan in PLANS)
 
 
@@ -165,7 +166,7 @@ async def test_filters_by_text_state_vendor_and_partner_from_the_keyboard(
     container: Container, seeded: Seeded
 ) -> None:
     app = make_app(container)
-    async with app.run_test(size=BIG) as pilot:
+    async with app.run_test(size=COMPACT) as pilot:
         await loaded(pilot)
         assert len(rows(app, "#reservations")) == len(PLANS)
         await pilot.press("slash", *"BOB@")
@@ -241,7 +242,7 @@ async def test_opening_a_reservation_shows_slot_money_history_compensations_and_
     container: Container, seeded: Seeded
 ) -> None:
     app = make_app(container)
-    async with app.run_test(size=BIG) as pilot:
+    async with app.run_test(size=COMPACT) as pilot:
         await loaded(pilot)
         await open_reservation(pilot, "7f9b", IDS.failed_commit)
         assert text(app, "#detail-head") == f"{IDS.failed_commit}  FAILED_COMMIT"
@@ -287,7 +288,7 @@ async def test_the_countdown_follows_the_clock_to_the_deadline_and_past_it(
     container: Container, seeded: Seeded, now_clock: ManualClock
 ) -> None:
     app = make_app(container)
-    async with app.run_test(size=BIG) as pilot:
+    async with app.run_test(size=COMPACT) as pilot:
         await loaded(pilot)
         await open_reservation(pilot, "8b1d", IDS.awaiting_vendor)  # deadline 10:33
         assert text(app, "#countdown") == "Deadline 2026-12-01 10:33 UTC: in 3m 00s"
@@ -304,7 +305,7 @@ async def test_cancel_says_what_it_will_do_and_does_nothing_until_confirmed(
     container: Container, seeded: Seeded
 ) -> None:
     app = make_app(container)
-    async with app.run_test(size=BIG, notifications=True) as pilot:
+    async with app.run_test(size=COMPACT, notifications=True) as pilot:
         await loaded(pilot)
         await open_reservation(pilot, "4f2a", IDS.held)
         await pilot.press("c")
@@ -345,7 +346,7 @@ async def test_force_compensation_releases_the_authorized_deposit_after_confirma
         rid, "vendor", payment_method="pm_card_visa", actor="test"
     ).intent_id
     app = make_app(container)
-    async with app.run_test(size=BIG, notifications=True) as pilot:
+    async with app.run_test(size=COMPACT, notifications=True) as pilot:
         await loaded(pilot)
         await open_reservation(pilot, rid[4:12].upper(), rid)
         assert "authorized" in text(app, "#detail-payments")
@@ -372,7 +373,7 @@ async def test_retrying_a_dead_webhook_puts_it_back_in_the_queue(
     container: Container, seeded: Seeded
 ) -> None:
     app = make_app(container)
-    async with app.run_test(size=BIG, notifications=True) as pilot:
+    async with app.run_test(size=COMPACT, notifications=True) as pilot:
         await loaded(pilot)
         await open_reservation(pilot, "7f9b", IDS.failed_commit)
         await pilot.press("w")
@@ -408,7 +409,7 @@ async def test_reconcile_now_runs_the_jobs_and_expires_what_is_past_its_deadline
     ).reservation_id
     now_clock.advance(timedelta(minutes=11))  # past the 10 minute hold
     app = make_app(container)
-    async with app.run_test(size=BIG, notifications=True) as pilot:
+    async with app.run_test(size=COMPACT, notifications=True) as pilot:
         await loaded(pilot)
         await open_reservation(pilot, rid[-8:], rid)
         assert text(app, "#countdown").endswith("overdue by 1m 00s")
@@ -434,7 +435,7 @@ async def test_an_action_that_fails_is_a_notification_and_the_app_carries_on(
     container: Container, seeded: Seeded, now_clock: ManualClock
 ) -> None:
     app = make_app(container)
-    async with app.run_test(size=BIG, notifications=True) as pilot:
+    async with app.run_test(size=COMPACT, notifications=True) as pilot:
         await loaded(pilot)
         await open_reservation(pilot, "4f2a", IDS.held)
         await pilot.press("c")
@@ -490,7 +491,7 @@ async def test_the_search_box_takes_keys_without_triggering_bindings(
     container: Container, seeded: Seeded
 ) -> None:
     app = make_app(container)
-    async with app.run_test(size=BIG) as pilot:
+    async with app.run_test(size=COMPACT) as pilot:
         await loaded(pilot)
         await pilot.press("slash", *"fpr")  # letters that are bindings elsewhere
         assert app.screen.query_one("#search", Input).value == "fpr"
