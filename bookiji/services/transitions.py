@@ -70,19 +70,8 @@ def _rows(
     return log_row, event
 
 
-def _record(
-    uow: UnitOfWork,
-    reservation: Reservation,
-    planned: PlannedTransition,
-    *,
-    now: datetime,
-    reason: str,
-    actor: str,
-    details: dict[str, Any] | None,
-) -> None:
-    log_row, event = _rows(
-        reservation, planned, now=now, reason=reason, actor=actor, details=details
-    )
+def _record(uow: UnitOfWork, rows: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    log_row, event = rows
     uow.transitions.add(ReservationTransition(**log_row))
     uow.outbox.add(OutboxEvent(**event))
 
@@ -101,7 +90,7 @@ def start(
     uow.touch_schedule(reservation.vendor_id)
     reservation.state = planned.to_state.value
     reservation.state_deadline = planned.deadline
-    _record(uow, reservation, planned, now=now, reason=reason, actor=actor, details=None)
+    _record(uow, _rows(reservation, planned, now=now, reason=reason, actor=actor, details=None))
 
 
 def apply(
@@ -134,7 +123,7 @@ def apply(
     reservation.state = planned.to_state.value
     reservation.state_deadline = planned.deadline
     reservation.updated_at = now
-    _record(uow, reservation, planned, now=now, reason=reason, actor=actor, details=details)
+    _record(uow, _rows(reservation, planned, now=now, reason=reason, actor=actor, details=details))
     return True
 
 

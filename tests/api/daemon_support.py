@@ -85,3 +85,20 @@ def running_daemon(
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
+
+
+def seed_partner(database_url: str, partner: str = "acme", **vendor: object) -> str:
+    """A vendor `shop` (with `vendor` overrides) and a partner with a full-scope key; the key."""
+    from bookiji.services.apikeys import ApiKeyService
+    from bookiji.services.clock import SystemClock
+    from bookiji.store.database import Database
+    from tests.factories import add_vendor
+
+    db = Database(database_url)
+    try:
+        add_vendor(db, "shop", **vendor)
+        keys = ApiKeyService(db, SystemClock())
+        keys.add_partner(partner, partner.title())
+        return keys.create_key(partner)[1]
+    finally:
+        db.dispose()

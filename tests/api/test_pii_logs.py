@@ -8,11 +8,7 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bookiji.services.apikeys import ApiKeyService
-from bookiji.services.clock import SystemClock
-from bookiji.store.database import Database
-from tests.api.daemon_support import SCRIPT, free_port, running_daemon, write_config
-from tests.factories import add_vendor
+from tests.api.daemon_support import SCRIPT, free_port, running_daemon, seed_partner, write_config
 
 CONTACT = {"name": "Zelda Quixote", "email": "zelda.q@example.org", "phone": "+44 7700 900321"}
 METADATA = {"passport": "P-99X-4471"}
@@ -20,12 +16,7 @@ SEEDED = ("Zelda", "Quixote", "zelda.q@example.org", "7700 900321", "P-99X-4471"
 
 
 def test_seeded_personal_data_never_reaches_logs(database_url: str, tmp_path: Path) -> None:
-    db = Database(database_url)
-    add_vendor(db, "shop", slot_interval_minutes=60, max_advance_days=30)
-    keys = ApiKeyService(db, SystemClock())
-    keys.add_partner("acme", "Acme")
-    _, key = keys.create_key("acme")
-    db.dispose()
+    key = seed_partner(database_url, slot_interval_minutes=60, max_advance_days=30)
     day = (datetime.now(UTC) + timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
 
     def body(hour: int, **extra: object) -> dict[str, object]:

@@ -22,11 +22,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from bookiji.bootstrap import build
 from bookiji.config import Settings
 from bookiji.services import tracing
-from bookiji.services.apikeys import ApiKeyService
-from bookiji.services.clock import ManualClock, SystemClock
+from bookiji.services.clock import ManualClock
 from bookiji.services.reservations import HoldRequest
 from bookiji.store.database import Database
-from tests.api.daemon_support import free_port, running_daemon, write_config
+from tests.api.daemon_support import free_port, running_daemon, seed_partner, write_config
 from tests.conftest import T0
 from tests.factories import add_vendor
 
@@ -153,12 +152,7 @@ def collector() -> Iterator[Collector]:
 def test_the_daemon_exports_request_spans_over_otlp(
     collector: Collector, database_url: str, tmp_path: Path
 ) -> None:
-    db = Database(database_url)
-    add_vendor(db, "shop", slot_interval_minutes=60, max_advance_days=30)
-    keys = ApiKeyService(db, SystemClock())
-    keys.add_partner("acme", "Acme")
-    _, key = keys.create_key("acme")
-    db.dispose()
+    key = seed_partner(database_url, slot_interval_minutes=60, max_advance_days=30)
     port = free_port()
     config = write_config(
         tmp_path / "bookiji.toml",

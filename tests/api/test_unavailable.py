@@ -14,14 +14,11 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlmodel import col, select
 
-from bookiji.services.apikeys import ApiKeyService
-from bookiji.services.clock import SystemClock
 from bookiji.store.database import Database
 from bookiji.store.models import JobRun
 from bookiji.store.uow import UnitOfWork
-from tests.api.daemon_support import free_port, running_daemon, write_config
+from tests.api.daemon_support import free_port, running_daemon, seed_partner, write_config
 from tests.conftest import _admin_connect, postgres_admin_url
-from tests.factories import add_vendor
 
 
 @pytest.fixture
@@ -39,12 +36,7 @@ def wait_for(check: Callable[[], bool], seconds: float = 15) -> None:
 
 
 def test_database_outage_is_503_and_recovers(postgres_url: str, tmp_path: Path) -> None:
-    db = Database(postgres_url)
-    add_vendor(db, "shop", max_advance_days=30)
-    keys = ApiKeyService(db, SystemClock())
-    keys.add_partner("acme", "Acme")
-    _, key = keys.create_key("acme")
-    db.dispose()
+    key = seed_partner(postgres_url, max_advance_days=30)
     name = make_url(postgres_url).database
     admin = postgres_admin_url()
     assert admin is not None
