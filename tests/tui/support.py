@@ -16,7 +16,7 @@ from bookiji.bootstrap import Container
 from bookiji.tui.app import DashboardApp
 
 #: Fast timers for tests; the feed keeps the production interval where timing is the point.
-FAST = {"poll_interval": 0.2, "refresh_interval": 0.4, "tick_interval": 0.1}
+FAST = {"poll_interval": 0.3, "refresh_interval": 1.0, "tick_interval": 0.2}
 
 
 def make_app(container: Container, **options: Any) -> DashboardApp:

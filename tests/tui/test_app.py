@@ -4,10 +4,12 @@ both databases in test_queries.py and the live feed across processes in test_liv
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 from textual.pilot import Pilot
 from textual.widgets import Input
 
@@ -496,3 +498,28 @@ async def test_the_search_box_takes_keys_without_triggering_bindings(
         await pilot.press("slash", *"fpr")  # letters that are bindings elsewhere
         assert app.screen.query_one("#search", Input).value == "fpr"
         assert not app.screen.query_one(FeedPanel).paused
+
+
+async def test_database_io_never_runs_on_the_ui_thread(
+    container: Container, seeded: Seeded
+) -> None:
+    """Every statement of a session (load, poll, open, confirm, cancel) comes from a worker."""
+    threads: set[int] = set()
+
+    def record(*_: Any) -> None:
+        threads.add(threading.get_ident())
+
+    event.listen(container.db.engine, "before_cursor_execute", record)
+    try:
+        app = make_app(container)
+        async with app.run_test(size=COMPACT) as pilot:
+            ui_thread = threading.get_ident()
+            await loaded(pilot)
+            await open_reservation(pilot, "4f2a", IDS.held)
+            await pilot.press("c")
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), "dialog")
+            await pilot.press("y")
+            await wait_for(pilot, lambda: "CANCELLED" in text(app, "#detail-head"), "cancelled")
+    finally:
+        event.remove(container.db.engine, "before_cursor_execute", record)
+    assert threads and ui_thread not in threads
