@@ -19,14 +19,20 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlmodel import Field, SQLModel
 
-from bookiji.domain.states import ReservationState
+from bookiji.domain.states import EXPIRY_TARGET, ReservationState
 from bookiji.store.crypto import SealedJSON, SealedText
 from bookiji.store.types import BigIntId, JSONDocument, UTCDateTime
 
 _STATE_LIST = ", ".join(f"'{s.value}'" for s in ReservationState)
+#: The states a deadline moves on (written out, so the expiry query and its partial index
+#: carry the very same predicate and both databases can match them).
+EXPIRABLE_PREDICATE = "state IN ({})".format(
+    ", ".join(f"'{s.value}'" for s in sorted(EXPIRY_TARGET, key=lambda s: s.value))
+)
 
 
 def _ts(*, nullable: bool = False, index: bool = False) -> Any:
@@ -166,6 +172,12 @@ class Reservation(SQLModel, table=True):
         Index("ix_reservations_partner_created", "partner_id", "created_at"),
         Index("ix_reservations_created", "created_at"),
         Index("ix_reservations_state_created", "state", "created_at"),
+        Index(
+            "ix_reservations_expiry_due",
+            "state_deadline",
+            postgresql_where=text(EXPIRABLE_PREDICATE),
+            sqlite_where=text(EXPIRABLE_PREDICATE),
+        ),
     )
     # Optimistic concurrency: every UPDATE carries `WHERE version = :seen` and bumps it, so a
     # writer working from a stale read fails instead of overwriting a newer state.

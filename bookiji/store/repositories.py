@@ -7,9 +7,11 @@ from datetime import datetime
 
 from sqlalchemy import and_, delete, func, text, update
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
-from bookiji.domain.states import ACTIVE_STATES, EXPIRY_TARGET
+from bookiji.domain.states import ACTIVE_STATES
 from bookiji.store.models import (
+    EXPIRABLE_PREDICATE,
     IdempotencyKey,
     OutboxEvent,
     Reservation,
@@ -18,7 +20,24 @@ from bookiji.store.models import (
 )
 
 _ACTIVE = sorted(s.value for s in ACTIVE_STATES)
-_EXPIRABLE = sorted(s.value for s in EXPIRY_TARGET)
+
+
+EXPIRY_INDEX = "ix_reservations_expiry_due"
+
+
+def due_for_expiry_query(now: datetime, limit: int) -> SelectOfScalar[Reservation]:
+    """Postgres reads it from the partial index of expirable deadlines, oldest first, and
+    stops at `limit`; SQLite reads each state's due range of (state, state_deadline)."""
+    return (
+        select(Reservation)
+        .where(
+            text(EXPIRABLE_PREDICATE),  # as the partial index says, literally
+            col(Reservation.state_deadline) <= now,
+        )
+        .order_by(col(Reservation.state_deadline))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
 
 
 class VendorRepository:
@@ -121,17 +140,7 @@ class ReservationRepository:
         Locked with SKIP LOCKED on Postgres so two sweepers split the work instead of
         colliding; SQLite serialises writers anyway.
         """
-        stmt = (
-            select(Reservation)
-            .where(
-                col(Reservation.state).in_(_EXPIRABLE),
-                col(Reservation.state_deadline) <= now,
-            )
-            .order_by(col(Reservation.state_deadline))
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        return self.session.exec(stmt).all()
+        return self.session.exec(due_for_expiry_query(now, limit)).all()
 
     def count_by_state(self) -> dict[str, int]:
         stmt = select(Reservation.state, func.count()).group_by(col(Reservation.state))
