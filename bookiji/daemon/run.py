@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from types import FrameType
 
 import schedule
@@ -29,9 +31,13 @@ log = logging.getLogger("bookiji.daemon")
 
 class _Server(uvicorn.Server):
     """uvicorn re-raises a caught SIGTERM after its graceful shutdown (so the process dies
-    of the signal); a drained daemon should instead finish its jobs and exit 0."""
+    of the signal); a drained daemon should instead finish its jobs and exit 0. The first
+    signal also tells the jobs to stop, so they wind down while requests drain."""
+
+    on_exit: Callable[[], None] = staticmethod(lambda: None)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.on_exit()
         super().handle_exit(sig, frame)
         self._captured_signals.clear()
 
@@ -81,14 +87,25 @@ def run_daemon(settings: Settings, *, host: str, port: int) -> int:
             timeout_graceful_shutdown=int(settings.daemon.shutdown_grace_seconds),
         )
     )
+    grace = settings.daemon.shutdown_grace_seconds
+    deadline = [float("inf")]
+
+    def begin_shutdown() -> None:
+        if not stop.is_set():
+            deadline[0] = time.monotonic() + grace
+            stop.set()
+
+    server.on_exit = begin_shutdown
     log.info("daemon starting", extra={"host": host, "port": port, "owner": runner.owner})
     jobs_thread.start()
     try:
         server.run()
     finally:
-        stop.set()
-        sender.stop(timeout=min(3.0, settings.daemon.shutdown_grace_seconds))
-        jobs_thread.join(timeout=settings.daemon.shutdown_grace_seconds)
+        begin_shutdown()
+        # Everything shares one grace period from the signal (the unit's stop timeout is
+        # longer): requests drained meanwhile, the job in flight, queued notifications.
+        jobs_thread.join(timeout=max(0.1, deadline[0] - time.monotonic()))
+        sender.stop(timeout=max(0.1, deadline[0] - time.monotonic()))
         container.close()
         telemetry.shutdown()
         log.info("daemon stopped", extra={"owner": runner.owner})
