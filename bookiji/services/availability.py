@@ -87,19 +87,24 @@ def load_schedule(
     )
     labels = {c.id: calendar_label(c) for c in calendars}
     blockers: list[Blocker] = []
-    busy_rows = uow.session.execute(
-        sa_select(
-            col(BusyInterval.start_at),
-            col(BusyInterval.end_at),
-            col(BusyInterval.connection_id),
-            col(BusyInterval.summary),
-            col(BusyInterval.tentative),
-        ).where(
-            col(BusyInterval.vendor_id) == vendor.id,
-            col(BusyInterval.start_at) < reach_hi,
-            col(BusyInterval.end_at) > reach_lo,
-        )
-    ).all()
+    # Busy periods belong to a connection (disconnecting deletes them): none without one.
+    busy_rows = (
+        []
+        if not calendars
+        else uow.session.execute(
+            sa_select(
+                col(BusyInterval.start_at),
+                col(BusyInterval.end_at),
+                col(BusyInterval.connection_id),
+                col(BusyInterval.summary),
+                col(BusyInterval.tentative),
+            ).where(
+                col(BusyInterval.vendor_id) == vendor.id,
+                col(BusyInterval.start_at) < reach_hi,
+                col(BusyInterval.end_at) > reach_lo,
+            )
+        ).all()
+    )
     for start_at, end_at, connection_id, summary, tentative in busy_rows:
         what = f" '{summary}'" if summary else ""
         label = f"{labels.get(connection_id, connection_id)}{what}"

@@ -12,12 +12,14 @@ compensation rows, which are executed right after and retried until done.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from bookiji.domain.compensation import Failure, Money, Party, plan
@@ -30,7 +32,7 @@ from bookiji.domain.errors import (
     Unavailable,
     ValidationFailed,
 )
-from bookiji.domain.states import TRANSITIONS, ReservationState, StageTTLs
+from bookiji.domain.states import FINAL_STATES, TRANSITIONS, ReservationState, StageTTLs
 from bookiji.services import transitions
 from bookiji.services.availability import check_bookable, load_schedule
 from bookiji.services.calendars import CalendarService
@@ -46,6 +48,7 @@ from bookiji.services.ids import new_id
 from bookiji.services.ports import AuthorizationRequest, IntentView, PaymentGateway
 from bookiji.services.tracing import span
 from bookiji.store.database import Database
+from bookiji.store.errors import is_unique_violation
 from bookiji.store.models import (
     Booking,
     CompensationAction,
@@ -163,27 +166,35 @@ class PaymentService:
     def _begin_operation(
         self, reservation_id: str, party: Party, kind: str, amount: int
     ) -> PaymentOperation:
-        """Record (or find) the operation before calling the provider."""
+        """Record (or find) the operation before calling the provider. Two workers starting
+        the same one both get its row (the second insert loses on the unique key and reads
+        the winner's); the provider's idempotency key makes their calls one."""
         key = operation_key(reservation_id, party, kind)
-        now = self.clock.now()
-        with UnitOfWork(self.db) as uow:
-            op = uow.session.exec(
-                select(PaymentOperation).where(col(PaymentOperation.idempotency_key) == key)
-            ).first()
-            if op is None:
-                op = PaymentOperation(
-                    id=new_id("op"),
-                    reservation_id=reservation_id,
-                    party=party.value,
-                    kind=kind,
-                    idempotency_key=key,
-                    amount=amount,
-                    started_at=now,
-                )
-                uow.session.add(op)
-            op.attempts += 1
-            uow.commit()
-            return op
+        for attempt in range(2):
+            now = self.clock.now()
+            try:
+                with UnitOfWork(self.db) as uow:
+                    op = uow.session.exec(
+                        select(PaymentOperation).where(col(PaymentOperation.idempotency_key) == key)
+                    ).first()
+                    if op is None:
+                        op = PaymentOperation(
+                            id=new_id("op"),
+                            reservation_id=reservation_id,
+                            party=party.value,
+                            kind=kind,
+                            idempotency_key=key,
+                            amount=amount,
+                            started_at=now,
+                        )
+                        uow.session.add(op)
+                    op.attempts += 1
+                    uow.commit()
+                    return op
+            except IntegrityError as exc:
+                if attempt or not is_unique_violation(exc, "payment_operations"):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _finish_operation(
         self,
@@ -406,9 +417,15 @@ class PaymentService:
         intent_id = error.details.get("intentId")
         with UnitOfWork(self.db) as uow:
             reservation = self._locked(uow, reservation_id)
-            if S(reservation.state) is not target:
-                set_money(reservation, party, Money.FAILED, intent_id)
-                uow.commit()
+            money = party_money(reservation, party)
+            # FAILED but not yet moved: a run that stopped between the two steps; finish it.
+            awaited = money in (Money.NOT_STARTED, Money.PENDING, Money.FAILED)
+            if not awaited or S(reservation.state) in FINAL_STATES:
+                # News about an authorization we no longer wait for (e.g. Stripe's
+                # `canceled` after our compensation released it): it changes nothing.
+                return self._outcome(reservation, party)
+            set_money(reservation, party, Money.FAILED, intent_id)
+            uow.commit()
         if S(reservation.state) is not target:
             self.fail(
                 reservation_id,
@@ -447,9 +464,12 @@ class PaymentService:
         """Capture both authorizations and book, or fail with compensation. Returns the state.
 
         Safe to call again at any point (a crashed commit is resumed, never redone)."""
+        # The lease belongs to this call, not to the process: in a daemon the partner's
+        # request and the provider's webhook can both reach here for the same reservation.
+        claim = f"{self.worker}:{secrets.token_hex(6)}"
         with span("commit", reservation_id=reservation_id) as current:
             with span("commit.claim", reservation_id=reservation_id):
-                claimed = self._claim(reservation_id, actor)
+                claimed = self._claim(reservation_id, actor, claim)
             if not claimed:
                 with UnitOfWork(self.db, readonly=True) as uow:
                     state = self._locked(uow, reservation_id).state
@@ -457,14 +477,14 @@ class PaymentService:
                 try:
                     state = self._run_commit(reservation_id, actor)
                 finally:
-                    self._release(reservation_id)
+                    self._release(reservation_id, claim)
             current.set_attribute("bookiji.state", state)
             return state
 
     def _lease_name(self, reservation_id: str) -> str:
         return f"commit:{reservation_id}"
 
-    def _claim(self, reservation_id: str, actor: str) -> bool:
+    def _claim(self, reservation_id: str, actor: str, claim: str) -> bool:
         """AUTHORIZED_BOTH -> COMMIT_IN_PROGRESS, and this worker's lease on the commit."""
         now = self.clock.now()
         with UnitOfWork(self.db) as uow:
@@ -482,22 +502,22 @@ class PaymentService:
                     details={"state": state.value},
                 )
             lease = uow.session.get(JobLease, self._lease_name(reservation_id))
-            if lease is not None and lease.expires_at > now and lease.owner != self.worker:
-                return False  # another worker is committing it right now
+            if lease is not None and lease.expires_at > now and lease.owner != claim:
+                return False  # another worker (or thread) is committing it right now
             if lease is None:
-                lease = JobLease(name=self._lease_name(reservation_id), owner=self.worker,
+                lease = JobLease(name=self._lease_name(reservation_id), owner=claim,
                                  acquired_at=now, expires_at=now)  # fmt: skip
                 uow.session.add(lease)
-            lease.owner, lease.acquired_at = self.worker, now
+            lease.owner, lease.acquired_at = claim, now
             lease.expires_at = now + self.settings.commit_lease
             self._move(uow, reservation, S.COMMIT_IN_PROGRESS, actor, "committing")
             uow.commit()
             return True
 
-    def _release(self, reservation_id: str) -> None:
+    def _release(self, reservation_id: str, claim: str) -> None:
         with UnitOfWork(self.db) as uow:
             lease = uow.session.get(JobLease, self._lease_name(reservation_id))
-            if lease is not None and lease.owner == self.worker:
+            if lease is not None and lease.owner == claim:
                 uow.session.delete(lease)
                 uow.commit()
 

@@ -38,9 +38,6 @@ from bookiji.store.uow import UnitOfWork
 from tests.factories import add_vendor
 from tests.fakes.stripe_server import StripeServer
 
-COMMIT_CLAIMED_TWICE = f"commit-claimed-twice: {KNOWN_BUGS['commit-claimed-twice']}"
-LATE_STRIPE_EVENT = f"late-stripe-event: {KNOWN_BUGS['late-stripe-event']}"
-OPERATION_RACE = f"payment-operation-race: {KNOWN_BUGS['payment-operation-race']}"
 WEBHOOK_BATCH_STRANDED = f"webhook-batch-stranded: {KNOWN_BUGS['webhook-batch-stranded']}"
 JOB_OUTLIVES_LEASE = f"job-outlives-lease: {KNOWN_BUGS['job-outlives-lease']}"
 
@@ -75,7 +72,6 @@ def confirmed_hold(container: Container) -> str:
     return rid
 
 
-@pytest.mark.xfail(strict=True, reason=COMMIT_CLAIMED_TWICE)
 def test_a_commit_in_flight_is_left_alone_by_another_thread_of_the_same_daemon(
     database_url: str,
 ) -> None:
@@ -105,7 +101,6 @@ def test_a_commit_in_flight_is_left_alone_by_another_thread_of_the_same_daemon(
         assert load_reservation_document(container.db, rid)["state"] == "COMMITTED"
 
 
-@pytest.mark.xfail(strict=True, reason=LATE_STRIPE_EVENT)
 def test_a_late_canceled_event_leaves_a_released_deposit_released(database_url: str) -> None:
     """The partner cancels; the compensation cancels the vendor's deposit at Stripe, which
     then sends payment_intent.canceled. Handling that news about a reservation that is
@@ -131,7 +126,6 @@ def test_a_late_canceled_event_leaves_a_released_deposit_released(database_url: 
         assert (after["payment"]["vendorDeposit"]["state"], refused) == ("released", None)
 
 
-@pytest.mark.xfail(strict=True, reason=OPERATION_RACE)
 def test_two_workers_starting_the_same_deposit_authorization_both_succeed(
     backend: str, database_url: str
 ) -> None:
