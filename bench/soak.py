@@ -136,20 +136,7 @@ FAULTS: dict[str, tuple[dict[str, Any], int]] = {
 
 #: Product bugs this soak found, each reproduced deterministically in tests/soak/test_findings.py.
 #: A breach matching one is labelled with its id; it is still a breach (exit code 1).
-KNOWN_BUGS = {
-    "job-outlives-lease": (
-        "a job run that takes longer than daemon.job_lease_seconds (money_sweep asks Stripe "
-        "about every reservation touched in 7 days; one slow Stripe call can take 2 min) "
-        "loses its lease without noticing, and another daemon starts the same job while it "
-        "still runs: JobRunner never renews a lease"
-    ),
-    "webhook-batch-stranded": (
-        "a daemon killed in the middle of a partner-webhook batch strands the rest of it: "
-        "WebhookService._claim leases the n-th row of a batch for n x send_timeout (30 s), "
-        "so its unsent rows, and every later event of their reservations, wait up to "
-        "batch x 30 s (50 min for 100 rows) before another daemon may send them"
-    ),
-}
+KNOWN_BUGS: dict[str, str] = {}
 #: SQLAlchemy's page for IntegrityError, the last line of a logged exception.
 INTEGRITY_ERROR = "sqlalche.me/e/21/gkpj"
 

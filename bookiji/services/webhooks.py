@@ -9,11 +9,16 @@ Three steps, each safe to run from several processes at once:
   makes two concurrent fan-outs insert each row once.
 * `deliver_due` claims due rows in a short transaction (`FOR UPDATE SKIP LOCKED` on
   Postgres, the BEGIN IMMEDIATE writer lock on SQLite), counts the attempt and pushes
-  `next_attempt_at` out by a lease, commits, and only then sends: network time never holds
-  a lock. The lease keeps other workers off a row while it is in flight; a worker that dies
-  mid-send loses nothing, because the row becomes due again when the lease runs out. Only
-  the earliest pending row of each (partner, reservation) is claimable, so a later event
-  waits while an earlier one is retried (a dead one no longer blocks).
+  `next_attempt_at` out by a lease of one send timeout, commits, and only then sends the
+  rows one by one: network time never holds a lock. Just before each send, a short
+  conditional UPDATE (the row still pending with this worker's attempt count) renews the
+  row's lease to a full send timeout from then, and the lease of the rows still waiting in
+  the batch along with it once half of theirs has gone; a row found claimed by another
+  worker meanwhile is skipped. The lease keeps other workers off a row while it is in
+  flight or waiting its turn; a worker that dies mid-batch loses nothing, because its rows
+  become due again at most one send timeout after it last renewed them. Only the earliest
+  pending row of each (partner, reservation) is claimable, so a later event waits while an
+  earlier one is retried (a dead one no longer blocks).
 * The outcome is written in a second transaction: 2xx delivered; anything else waits
   `min(max_delay, base_delay * 2**(attempts-1))` times a jitter in [0.5, 1.5), and after
   `max_attempts` attempts (or a failure that can never succeed) the row is dead. Dead rows
@@ -34,7 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import exists, func, or_
+from sqlalchemy import and_, exists, func, or_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import aliased
@@ -127,7 +132,8 @@ class DeliveryResult:
 
 @dataclass(frozen=True)
 class _Claim:
-    """A row this worker owns until `lease`, as long as `attempts` is still `token`."""
+    """A row this worker claimed, leased until `lease` (renewed before it is sent), and
+    owns for as long as its `attempts` is still `token`."""
 
     delivery_id: str
     token: int
@@ -192,8 +198,8 @@ class WebhookService:
         rng: random.Random | None = None,
         send_timeout: timedelta = timedelta(seconds=30),
     ) -> None:
-        """`send_timeout` bounds one send (the HTTP sender's own timeout is shorter): the
-        claim on the n-th row of a batch lasts n of them, since rows are sent one by one."""
+        """`send_timeout` bounds one send (the HTTP sender's own timeout is shorter): it is
+        the lease of a claimed row, renewed before the row is sent (see `deliver_due`)."""
         if max_attempts < 1 or batch < 1:
             raise ValueError("max_attempts and batch must be at least 1")
         if base_delay <= timedelta(0) or max_delay < base_delay:
@@ -281,15 +287,25 @@ class WebhookService:
     # -- delivery ---------------------------------------------------------------------------
 
     def deliver_due(self, limit: int | None = None) -> list[DeliveryResult]:
-        """Claim, send and record up to `limit` (default `batch`) due deliveries."""
+        """Claim, send and record up to `limit` (default `batch`) due deliveries.
+
+        Rows are sent one by one, each under a lease renewed to a full send timeout just
+        before its send; the rows waiting their turn get theirs renewed with it whenever
+        half of it has gone, so a long batch keeps its rows while a killed worker holds
+        them back one send timeout at most. A row that is no longer this worker's (its
+        lease ran out and another worker claimed it) is left to that worker."""
         claims = self._claim(limit or self.batch)
         results: list[DeliveryResult] = []
+        waiting_until = claims[0].lease if claims else self.clock.now()
         for index, claim in enumerate(claims):
-            if self.clock.now() >= claim.lease:
-                # Too slow: this row (and the rest) may be claimed by someone else by now.
-                self._release(claims[index:])
-                break
-            results.append(self._attempt(claim))
+            now = self.clock.now()
+            if now + self.send_timeout / 2 >= waiting_until:
+                renew: Sequence[_Claim] = claims[index:]
+                waiting_until = now + self.send_timeout
+            else:
+                renew = [claim]
+            if claim.delivery_id in self._renew(renew, now + self.send_timeout):
+                results.append(self._attempt(claim))
         return results
 
     def _claim(self, limit: int) -> list[_Claim]:
@@ -339,8 +355,8 @@ class WebhookService:
                 ).all()
             }
             claims = []
-            for index, row in enumerate(rows):
-                lease = now + self.send_timeout * (index + 1)
+            lease = now + self.send_timeout
+            for row in rows:
                 row.attempts += 1
                 row.next_attempt_at = lease
                 event, partner = events.get(row.event_id), partners.get(row.partner_id)
@@ -434,21 +450,27 @@ class WebhookService:
                 next_attempt_at=row.next_attempt_at,
             )
 
-    def _release(self, claims: Sequence[_Claim]) -> None:
-        """Give back claims not attempted: the attempt is uncounted and the row due now,
-        unless another worker has claimed it since."""
-        now = self.clock.now()
+    def _renew(self, claims: Sequence[_Claim], until: datetime) -> set[str]:
+        """Extend the lease of the claimed rows still this worker's (pending, attempt count
+        unchanged since the claim) to `until`, in one short transaction; their ids."""
+        d = WebhookDelivery
+        mine = or_(
+            *(
+                and_(col(d.id) == claim.delivery_id, col(d.attempts) == claim.token)
+                for claim in claims
+            )
+        )
+        stmt = (
+            update(d)
+            .where(col(d.status) == PENDING, mine)
+            .values(next_attempt_at=until)
+            .returning(col(d.id))
+            .execution_options(synchronize_session=False)
+        )
         with UnitOfWork(self.db) as uow:
-            for claim in claims:
-                row = uow.session.exec(
-                    select(WebhookDelivery)
-                    .where(col(WebhookDelivery.id) == claim.delivery_id)
-                    .with_for_update()
-                ).one()
-                if row.status == PENDING and row.attempts == claim.token:
-                    row.attempts -= 1
-                    row.next_attempt_at = now
+            kept = {str(delivery_id) for delivery_id in uow.session.execute(stmt).scalars()}
             uow.commit()
+        return kept
 
     # -- operators --------------------------------------------------------------------------
 

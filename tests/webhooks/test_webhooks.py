@@ -16,7 +16,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,7 +38,7 @@ from bookiji.integrations.webhook_sender import HttpWebhookSender
 from bookiji.services.clock import ManualClock
 from bookiji.services.ports import WebhookSendFailed
 from bookiji.services.reservations import HoldRequest, ReservationService
-from bookiji.services.webhooks import WebhookService, backoff_delay
+from bookiji.services.webhooks import DeliveryResult, WebhookService, backoff_delay
 from bookiji.store.database import Database
 from bookiji.store.models import OutboxEvent, Partner, WebhookDelivery
 from bookiji.store.uow import UnitOfWork
@@ -679,6 +679,116 @@ def test_concurrent_workers_never_send_a_delivery_twice(
         in_outbox = [e.event_id for e in expected if e.reservation_id == reservation]
         assert [i for i in order if i in in_outbox] == in_outbox
     assert {d.status for d in deliveries(db)} == {"delivered"}
+
+
+class HookSender:
+    """A stub sender answering 204 that runs `during(call number)` inside each send (the
+    time a send takes, what happens elsewhere meanwhile); records the message ids."""
+
+    def __init__(self, during: Callable[[int], None] = lambda _: None) -> None:
+        self.during = during
+        self.sent: list[str] = []
+
+    def send(self, url: str, secret: str, *, message_id: str, **_: object) -> int:
+        self.sent.append(message_id)
+        self.during(len(self.sent))
+        return 204
+
+
+class Died(BaseException):
+    """SIGKILL as far as the worker is concerned: no handler or cleanup runs."""
+
+
+def partner_with_holds(db: Database, clock: ManualClock, n: int) -> list[str]:
+    """n reservations of partner p1; the first event of each (what one batch claims)."""
+    add_partner(db, clock, "p1", "http://127.0.0.1:9/hooks")
+    bookings = Bookings(db, clock)
+    reservations = [bookings.hold("p1") for _ in range(n)]
+    firsts = {}
+    for event in events(db, "p1"):
+        firsts.setdefault(event.reservation_id, event.event_id)
+    return [firsts[r] for r in reservations]
+
+
+def test_a_batch_sent_for_longer_than_a_send_timeout_keeps_its_rows(
+    db: Database, live_clock: ManualClock
+) -> None:
+    """Each send takes two thirds of the send timeout, a batch of five five times that: the
+    rows waiting their turn and the row in flight stay this worker's, so another worker
+    coming round during every send claims none of them (only the next event of a
+    reservation whose first one this worker delivered already)."""
+    firsts = partner_with_holds(db, live_clock, 5)
+    other = HookSender()
+    peer = WebhookService(db, live_clock, other)
+    found_by_peer: list[list[DeliveryResult]] = []
+
+    def during(_: int) -> None:
+        live_clock.advance(timedelta(seconds=20))
+        found_by_peer.append(peer.deliver_due())
+
+    worker = WebhookService(db, live_clock, HookSender(during))
+    assert worker.send_timeout == timedelta(seconds=30)
+    worker.fan_out()
+    results = worker.deliver_due()
+    assert [(r.event_id, r.status, r.attempts) for r in results] == [
+        (e, "delivered", 1) for e in firsts
+    ]
+    assert len(found_by_peer) == 5
+    assert {r.event_id for found in found_by_peer for r in found} & set(firsts) == set()
+    assert set(other.sent) & set(firsts) == set()
+
+
+def test_a_worker_killed_later_in_a_batch_holds_the_rest_one_send_timeout_at_most(
+    db: Database, live_clock: ManualClock
+) -> None:
+    """Killed in its third send, a minute into the batch: the rest of the batch, renewed on
+    the way, is still held right after the kill, and another worker's one send timeout
+    after it."""
+    firsts = partner_with_holds(db, live_clock, 5)
+
+    def during(call: int) -> None:
+        live_clock.advance(timedelta(seconds=20))
+        if call == 3:
+            raise Died
+
+    worker = WebhookService(db, live_clock, HookSender(during))
+    worker.fan_out()
+    with pytest.raises(Died):
+        worker.deliver_due()
+    other = HookSender()
+    peer = WebhookService(db, live_clock, other)
+    rest = set(firsts[2:])  # the row in flight and the two waiting their turn
+    assert {r.event_id for r in peer.deliver_due()} & rest == set()
+    live_clock.advance(worker.send_timeout)
+    results = [r for r in peer.deliver_due() if r.event_id in rest]
+    assert sorted(r.event_id for r in results) == sorted(rest)
+    assert {(r.status, r.attempts) for r in results} == {("delivered", 2)}
+    assert other.sent.count(firsts[2]) == 1
+
+
+def test_a_worker_whose_send_overran_leaves_the_rest_to_who_took_it_over(
+    db: Database, live_clock: ManualClock
+) -> None:
+    """The first send outlasts the send timeout; meanwhile another worker claims and sends
+    the batch (the lease ran out). The slow worker then sends none of the rest again."""
+    firsts = partner_with_holds(db, live_clock, 4)
+    other = HookSender()
+    peer = WebhookService(db, live_clock, other)
+    taken_over: list[DeliveryResult] = []
+
+    def during(call: int) -> None:
+        if call == 1:
+            live_clock.advance(timedelta(seconds=31))
+            taken_over.extend(peer.deliver_due())
+
+    slow = HookSender(during)
+    worker = WebhookService(db, live_clock, slow)
+    worker.fan_out()
+    results = worker.deliver_due()
+    assert sorted(r.event_id for r in taken_over) == sorted(firsts) == sorted(other.sent)
+    # At least once: the row whose send overran went twice; nothing else did.
+    assert slow.sent == [firsts[0]] and [r.event_id for r in results] == [firsts[0]]
+    assert {d.status for d in deliveries(db) if d.event_id in firsts} == {"delivered"}
 
 
 def test_a_timeout_is_a_retryable_failed_attempt(db: Database, live_clock: ManualClock) -> None:
