@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from bookiji.domain.compensation import Failure, Money, Party, plan
+from bookiji.domain.compensation import Action, Failure, Money, Party, plan
 from bookiji.domain.errors import (
     BookijiError,
     InvalidTransition,
@@ -355,6 +355,9 @@ class PaymentService:
                     reservation.updated_at = self.clock.now()
                 uow.commit()
                 return self._outcome(reservation, party, intent.client_secret)
+        if intent.status == "canceled" and self._record_released(intent.reservation_id, party):
+            with UnitOfWork(self.db, readonly=True) as uow:
+                return self._outcome(self._locked(uow, intent.reservation_id), party)
         if intent.status in ("requires_payment_method", "canceled"):
             error = PaymentDeclined(
                 f"authorization failed ({intent.error_code or intent.status})",
@@ -409,6 +412,33 @@ class PaymentService:
             with UnitOfWork(self.db, readonly=True) as uow:
                 outcome = self._outcome(self._locked(uow, reservation_id), party)
         return outcome
+
+    def _record_released(self, reservation_id: str, party: Party) -> bool:
+        """The provider says an authorization we are unwinding is cancelled: that is the
+        outcome of our pending cancel_authorization, so record it now (the action's own
+        retry would learn the same later). False when nothing was being unwound."""
+        now = self.clock.now()
+        with UnitOfWork(self.db) as uow:
+            reservation = self._locked(uow, reservation_id)
+            if party_money(reservation, party) is not Money.AUTHORIZED:
+                return False
+            pending = uow.session.exec(
+                select(CompensationAction).where(
+                    col(CompensationAction.reservation_id) == reservation_id,
+                    col(CompensationAction.party) == party.value,
+                    col(CompensationAction.kind) == Action.CANCEL_AUTHORIZATION.value,
+                    col(CompensationAction.status) == "pending",
+                )
+            ).all()
+            if not pending:
+                return False
+            for action in pending:
+                action.status, action.completed_at, action.updated_at = "done", now, now
+                action.last_error = None
+            set_money(reservation, party, Money.RELEASED)
+            reservation.updated_at = now
+            uow.commit()
+        return True
 
     def _record_declined(
         self, reservation_id: str, party: Party, error: BookijiError, actor: str

@@ -25,6 +25,7 @@ from bookiji.domain.errors import InvalidTransition
 from bookiji.domain.states import StageTTLs
 from bookiji.integrations.stripe_gateway import parse_webhook
 from bookiji.services.apikeys import ApiKeyService
+from bookiji.services.audit import audit
 from bookiji.services.clock import ManualClock
 from bookiji.services.documents import load_reservation_document
 from bookiji.services.jobs import JobRunner
@@ -120,6 +121,33 @@ def test_a_late_canceled_event_leaves_a_released_deposit_released(database_url: 
             refused = exc.message
         after = load_reservation_document(container.db, rid)
         assert (after["payment"]["vendorDeposit"]["state"], refused) == ("released", None)
+
+
+def test_the_canceled_event_completes_a_release_whose_answer_was_lost(
+    database_url: str,
+) -> None:
+    """The partner cancels; Stripe cancels the deposit but the answer is lost (a 500 after
+    applying), so the compensation waits to retry and the database still says `authorized`.
+    Stripe's payment_intent.canceled is that outcome: it completes the release at once
+    (the 60 s soak's audit saw a cancelled reservation still 'authorized' at its end)."""
+    with stripe_container(database_url) as (container, server):
+        rid = confirmed_hold(container)
+        server.fail_next("POST", "/cancel", status=500, after_apply=True, count=4)  # every try
+        container.reservations.cancel(rid, actor="partner:acme", reason="changed plans")
+        document = load_reservation_document(container.db, rid)
+        deposit = document["payment"]["vendorDeposit"]
+        assert (document["state"], deposit["state"]) == ("CANCELLED", "authorized")
+        assert [a["status"] for a in document["compensationActions"]] == ["pending"]
+
+        event_ = server.events_of("payment_intent.canceled", deposit["paymentIntentId"])[-1]
+        payload, signature = server.signed_event(event_)
+        _kind, intent = parse_webhook(payload, signature, server.webhook_secret)
+        assert intent is not None
+        container.payments.apply_intent(intent, actor="stripe:webhook")
+        after = load_reservation_document(container.db, rid)
+        assert after["payment"]["vendorDeposit"]["state"] == "released"
+        assert [a["status"] for a in after["compensationActions"]] == ["done"]
+        assert audit(container.db, container.gateway) == []
 
 
 def test_two_workers_starting_the_same_deposit_authorization_both_succeed(
