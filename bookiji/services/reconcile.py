@@ -219,7 +219,7 @@ class Reconciler:
             ).all()
         for reservation_id in ids:
             try:
-                truth = self._provider_money(reservation_id)
+                seen, truth = self._provider_money(reservation_id)
             except PaymentProviderError as exc:
                 report.errors.append(f"{reservation_id}: {exc.message}")
                 continue
@@ -228,7 +228,9 @@ class Reconciler:
                 reservation = uow.reservations.get(reservation_id, for_update=True)
                 assert reservation is not None
                 for party, (money, intent_id) in truth.items():
-                    if money in LIVE:
+                    # Only over what we saw before asking: a compensation that released the
+                    # money meanwhile is newer news than the provider's answer we hold.
+                    if money in LIVE and party_money(reservation, party) is seen[party]:
                         set_money(reservation, party, money, intent_id)
                 created = plan_into(uow, reservation, Failure.OPERATOR_FORCED, now)
                 uow.commit()
@@ -239,10 +241,14 @@ class Reconciler:
                 )
         return report
 
-    def _provider_money(self, reservation_id: str) -> dict[Party, tuple[Money, str]]:
+    def _provider_money(
+        self, reservation_id: str
+    ) -> tuple[dict[Party, Money], dict[Party, tuple[Money, str]]]:
+        """What the database said before asking, and what the provider says."""
         with UnitOfWork(self.db, readonly=True) as uow:
             reservation = uow.reservations.get(reservation_id)
         assert reservation is not None
+        seen = {party: party_money(reservation, party) for party in Party}
         intents = {
             ref: self.payments.gateway.retrieve(ref)
             for ref in (party_ref(reservation, p) for p in Party)
@@ -257,7 +263,7 @@ class Reconciler:
             money = money_of(intent)
             if money in LIVE:
                 truth[Party(intent.party)] = (money, intent.id)
-        return truth
+        return seen, truth
 
     def compensations(self) -> JobReport:
         """Pending compensation actions whose next attempt is due."""

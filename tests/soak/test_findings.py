@@ -150,6 +150,36 @@ def test_the_canceled_event_completes_a_release_whose_answer_was_lost(
         assert audit(container.db, container.gateway) == []
 
 
+def test_a_release_made_while_the_sweep_asked_the_provider_is_not_undone(
+    database_url: str,
+) -> None:
+    """`stale_authorizations` asks Stripe about a cancelled reservation whose deposit is
+    still 'authorized' (its release is waiting to retry). While it waits for the answer, the
+    compensation's retry releases the deposit. The sweep must not write its older answer
+    ('authorized') over that (the 60 s soak ended with such a reservation: authorized in the
+    database, released at Stripe, nothing left to release it)."""
+    with stripe_container(database_url) as (container, server):
+        rid = confirmed_hold(container)
+        server.fail_next("POST", "/cancel", status=500, count=4)  # every try, not applied
+        container.reservations.cancel(rid, actor="partner:acme", reason="changed plans")
+        document = load_reservation_document(container.db, rid)
+        assert document["payment"]["vendorDeposit"]["state"] == "authorized"
+        (action,) = document["compensationActions"]
+        reconciler = container.reconciler
+        ask = reconciler._provider_money
+
+        def asked_while_released(reservation_id: str) -> Any:
+            answer = ask(reservation_id)  # Stripe: still requires_capture
+            container.payments.compensations.run(ids=[action["id"]])  # the retry, meanwhile
+            return answer
+
+        reconciler._provider_money = asked_while_released  # type: ignore[method-assign]
+        reconciler.stale_authorizations()
+        after = load_reservation_document(container.db, rid)
+        assert after["payment"]["vendorDeposit"]["state"] == "released"
+        assert audit(container.db, container.gateway) == []
+
+
 def test_two_workers_starting_the_same_deposit_authorization_both_succeed(
     backend: str, database_url: str
 ) -> None:
