@@ -18,8 +18,16 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info).splitlines()[-1]
+        if record.exc_info and record.exc_info[1] is not None:
+            # The error's own first line (a driver error's kind: "deadlock detected") and
+            # where it was raised; statement parameters are never in it (hide_parameters).
+            error = record.exc_info[1]
+            first = (str(error).strip().splitlines() or [""])[0][:300]
+            trace = self.formatException(record.exc_info).splitlines()
+            entry["exception"] = f"{type(error).__name__}: {first} | {trace[-1][:200]}"
+            frames = [line.strip() for line in trace if line.strip().startswith("File ")]
+            if frames:
+                entry["raised_at"] = frames[-1][:300]
         return json.dumps(entry, default=str)
 
 

@@ -177,13 +177,15 @@ class CompensationRunner:
         with UnitOfWork(self.db) as uow:
             action = uow.session.get(CompensationAction, action_id)
             assert action is not None
+            # The reservation's row first, then the action's: the order every writer of both
+            # uses (the provider's webhook completing a release does too), so none deadlock.
+            reservation = uow.reservations.get(action.reservation_id, for_update=True)
+            assert reservation is not None
             action.updated_at = now
             action.last_error = error
             if outcome == "done":
                 action.status = "done"
                 action.completed_at = now
-                reservation = uow.reservations.get(action.reservation_id, for_update=True)
-                assert reservation is not None
                 set_money(reservation, Party(action.party), money_after(Action(action.kind)))
                 reservation.updated_at = now
             elif outcome == "retry":
