@@ -8,6 +8,7 @@ reservation creates: throughput and p50/p95/p99 latency, and each as a share of 
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bookiji.services.apikeys import ApiKeyService
 from bookiji.services.clock import SystemClock
 from bookiji.store import migrate
+from bookiji.store.crypto import new_key
 from bookiji.store.database import Database
 from tests.api.daemon_support import free_port, running_daemon, write_config
 from tests.factories import add_vendor
@@ -72,6 +74,8 @@ def pct(samples: list[float], q: float) -> float:
 
 def main() -> None:
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 4.0
+    # A throw-away key for the partner's sealed webhook secret (the daemon inherits it).
+    os.environ.setdefault("BOOKIJI_PII_KEYS", new_key())
     workdir = Path(tempfile.mkdtemp(prefix="bookiji-load-"))
     url = f"sqlite:///{workdir / 'load.db'}"
     db = Database(url)
