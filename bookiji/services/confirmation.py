@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, or_, select
 
 from bookiji.domain.errors import BookijiError, InvalidTransition, NotFound
@@ -26,6 +27,7 @@ from bookiji.services.clock import Clock
 from bookiji.services.ids import new_id
 from bookiji.services.ports import NotificationFailed, Notifier, VendorNotification
 from bookiji.store.database import Database
+from bookiji.store.errors import is_unique_violation
 from bookiji.store.models import (
     AppSecret,
     ConfirmationToken,
@@ -51,16 +53,25 @@ def _b64(raw: bytes) -> str:
 
 
 def installation_key(db: Database, clock: Clock) -> bytes:
-    """The token key stored for this database, created on first use."""
-    with UnitOfWork(db) as uow:
-        row = uow.session.get(AppSecret, TOKEN_KEY_NAME)
-        if row is None:
-            row = AppSecret(
-                name=TOKEN_KEY_NAME, value=secrets.token_urlsafe(32), created_at=clock.now()
-            )
-            uow.session.add(row)
-            uow.commit()
-        return row.value.encode()
+    """The token key stored for this database, created on first use. Two processes (or
+    threads) using it first at once both end up with the one that was stored."""
+    for _attempt in range(2):
+        try:
+            with UnitOfWork(db) as uow:
+                row = uow.session.get(AppSecret, TOKEN_KEY_NAME)
+                if row is None:
+                    row = AppSecret(
+                        name=TOKEN_KEY_NAME,
+                        value=secrets.token_urlsafe(32),
+                        created_at=clock.now(),
+                    )
+                    uow.session.add(row)
+                    uow.commit()
+                return row.value.encode()
+        except IntegrityError as exc:
+            if not is_unique_violation(exc, "app_secrets"):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover - the second read finds it
 
 
 @dataclass(frozen=True)

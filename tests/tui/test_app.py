@@ -64,6 +64,13 @@ def footer(app: Any) -> str:
     return screen_text(app).splitlines()[app.size.height - 1]
 
 
+async def ask(pilot: Pilot[Any], app: Any, key: str) -> str:
+    """Press an action's key; the confirmation dialog's text."""
+    await pilot.press(key)
+    await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), "dialog")
+    return dialog(app)
+
+
 async def open_reservation(pilot: Pilot[Any], fragment: str, reservation_id: str) -> None:
     """Search by part of the id, enter to the rows, enter to open."""
     await pilot.press("slash", *fragment, "enter")
@@ -310,9 +317,7 @@ async def test_cancel_says_what_it_will_do_and_does_nothing_until_confirmed(
     async with app.run_test(size=COMPACT, notifications=True) as pilot:
         await loaded(pilot)
         await open_reservation(pilot, "4f2a", IDS.held)
-        await pilot.press("c")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), "dialog")
-        shown = dialog(app)
+        shown = await ask(pilot, app, "c")
         assert f"Cancel {IDS.held}?" in shown
         assert "moves from HELD to CANCELLED" in shown
         assert "No money is held, so nothing is released or refunded." in shown
@@ -352,9 +357,7 @@ async def test_force_compensation_releases_the_authorized_deposit_after_confirma
         await loaded(pilot)
         await open_reservation(pilot, rid[4:12].upper(), rid)
         assert "authorized" in text(app, "#detail-payments")
-        await pilot.press("f")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), "dialog")
-        shown = dialog(app)
+        shown = await ask(pilot, app, "f")
         assert f"{rid} moves from AWAITING_REQUESTER_AUTH to CANCELLED." in shown
         assert f"release the authorization of the vendor deposit: 10.00 GBP ({intent})" in shown
         await pilot.press("y")
@@ -378,9 +381,7 @@ async def test_retrying_a_dead_webhook_puts_it_back_in_the_queue(
     async with app.run_test(size=COMPACT, notifications=True) as pilot:
         await loaded(pilot)
         await open_reservation(pilot, "7f9b", IDS.failed_commit)
-        await pilot.press("w")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), "dialog")
-        shown = dialog(app)
+        shown = await ask(pilot, app, "w")
         assert "evt_1a3c5e7b9d0f2a4c6e8b0d2f (reservation.failed_commit)" in shown
         assert "is dead after 8 attempt(s) (last error: HTTP 500 from endpoint)" in shown
         assert "goes back to pending with its attempts reset" in shown
@@ -415,9 +416,7 @@ async def test_reconcile_now_runs_the_jobs_and_expires_what_is_past_its_deadline
         await loaded(pilot)
         await open_reservation(pilot, rid[-8:], rid)
         assert text(app, "#countdown").endswith("overdue by 1m 00s")
-        await pilot.press("n")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), "dialog")
-        shown = dialog(app)
+        shown = await ask(pilot, app, "n")
         assert "as `bookiji reconcile --once` does" in shown
         assert "expiry: expire reservations past their deadline" in shown
         await pilot.press("y")
@@ -440,8 +439,7 @@ async def test_an_action_that_fails_is_a_notification_and_the_app_carries_on(
     async with app.run_test(size=COMPACT, notifications=True) as pilot:
         await loaded(pilot)
         await open_reservation(pilot, "4f2a", IDS.held)
-        await pilot.press("c")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), "dialog")
+        await ask(pilot, app, "c")
         # While support reads the dialog, the hold times out (the daemon's expiry job).
         now_clock.advance(timedelta(minutes=9))
         container.reservations.expire_due()
@@ -477,8 +475,7 @@ async def test_the_mouse_opens_a_reservation_and_answers_the_dialog(
         await wait_for(pilot, lambda: isinstance(app.screen, DetailScreen), "detail")
         await loaded(pilot)
         assert text(app, "#detail-head").startswith(IDS.awaiting_vendor)
-        await pilot.press("c")
-        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), "dialog")
+        await ask(pilot, app, "c")
         await pilot.click("#no")
         await wait_for(pilot, lambda: isinstance(app.screen, DetailScreen), "dismissed")
         assert stored(container, IDS.awaiting_vendor)[0] == "AWAITING_VENDOR_CONFIRMATION"
@@ -516,8 +513,7 @@ async def test_database_io_never_runs_on_the_ui_thread(
             ui_thread = threading.get_ident()
             await loaded(pilot)
             await open_reservation(pilot, "4f2a", IDS.held)
-            await pilot.press("c")
-            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), "dialog")
+            await ask(pilot, app, "c")
             await pilot.press("y")
             await wait_for(pilot, lambda: "CANCELLED" in text(app, "#detail-head"), "cancelled")
     finally:
