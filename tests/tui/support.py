@@ -38,18 +38,21 @@ async def loaded(pilot: Pilot[Any]) -> None:
     await wait_for(pilot, lambda: getattr(pilot.app.screen, "loaded", False), "first load")
 
 
-async def settled(pilot: Pilot[Any], timeout: float = 5.0) -> None:
-    """Wait until what is drawn stops changing (tables size their columns after the rows
-    arrive), so a screenshot shows the finished screen."""
+async def settled(pilot: Pilot[Any], timeout: float = 15.0, quiet: float = 0.5) -> None:
+    """Wait until what is drawn has not changed for `quiet` seconds (tables size their
+    columns after the rows arrive; on a busy machine a worker's answer can come late), so a
+    screenshot shows the finished screen."""
     deadline = time.monotonic() + timeout
-    previous, same = "", 0
-    while same < 3:
+    previous, since = "", time.monotonic()
+    while True:
         if time.monotonic() > deadline:
             raise AssertionError("the screen did not settle")
-        await pilot.pause()
+        await pilot.pause(0.05)
         current = pilot.app.export_screenshot()
-        same = same + 1 if current == previous else 0
-        previous = current
+        if current != previous:
+            previous, since = current, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
 
 
 def screen_text(app: DashboardApp) -> str:
