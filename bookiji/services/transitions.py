@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert, update
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.exc import StaleDataError
 
 from bookiji.domain.states import (
     PlannedTransition,
@@ -141,6 +143,7 @@ def apply_many(
     rows and events go in with one multi-row INSERT each. Returns the moves that happened."""
     logs: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
     done: list[Move] = []
     for move in moves:
         reservation = move.reservation
@@ -155,9 +158,22 @@ def apply_many(
             continue
         if is_active(planned.to_state) != is_active(ReservationState(reservation.state)):
             uow.touch_schedule(reservation.vendor_id)
-        reservation.state = planned.to_state.value
-        reservation.state_deadline = planned.deadline
-        reservation.updated_at = now
+        assert reservation.version is not None
+        updates.append(
+            {
+                "b_id": reservation.id,
+                "b_version": reservation.version,
+                "b_state": planned.to_state.value,
+                "b_deadline": planned.deadline,
+                "b_now": now,
+                "b_next": reservation.version + 1,
+            }
+        )
+        # What the UPDATE below writes, as the session's committed view of the row.
+        for name, value in (("state", planned.to_state.value),
+                            ("state_deadline", planned.deadline), ("updated_at", now),
+                            ("version", reservation.version + 1)):  # fmt: skip
+            set_committed_value(reservation, name, value)
         log_row, event = _rows(
             reservation, planned, now=now, reason=move.reason, actor=actor, details=None
         )
@@ -165,7 +181,27 @@ def apply_many(
         events.append(event)
         done.append(move)
     if done:
-        uow.flush()  # the reservations' UPDATEs (with their version checks) first
+        # One executemany for the whole batch, each row still checked against the version
+        # it was read at (the sweep also holds the rows locked).
+        result = uow.session.execute(_BATCH_UPDATE, updates)
+        if result.rowcount != len(updates):  # type: ignore[attr-defined]
+            raise StaleDataError(
+                f"{len(updates) - result.rowcount} of {len(updates)} reservations "  # type: ignore[attr-defined]
+                "changed while the batch was being applied"
+            )
         uow.session.execute(insert(ReservationTransition), logs)
         uow.session.execute(insert(OutboxEvent), events)
     return done
+
+
+_TABLE = Reservation.__table__  # type: ignore[attr-defined]
+_BATCH_UPDATE = (
+    update(_TABLE)
+    .where(_TABLE.c.id == bindparam("b_id"), _TABLE.c.version == bindparam("b_version"))
+    .values(
+        state=bindparam("b_state"),
+        state_deadline=bindparam("b_deadline"),
+        updated_at=bindparam("b_now"),
+        version=bindparam("b_next"),
+    )
+)
