@@ -166,7 +166,7 @@ def event_payload(event: OutboxEvent) -> dict[str, object]:
     }
 
 
-def _view(row: WebhookDelivery, event_type: str | None) -> DeliveryView:
+def delivery_view(row: WebhookDelivery, event_type: str | None) -> DeliveryView:
     return DeliveryView(
         id=row.id,
         event_id=row.event_id,
@@ -503,7 +503,7 @@ class WebhookService:
                     row.last_status = None
                     row.last_error = None
             uow.commit()
-            return [_view(row, event.type) for row in rows]
+            return [delivery_view(row, event.type) for row in rows]
 
     def send_test(self, partner_id: str) -> int:
         """POST a synthetic `webhook.test` event, signed like the real ones and not stored;
@@ -563,4 +563,6 @@ class WebhookService:
             col(WebhookDelivery.event_seq).desc(), col(WebhookDelivery.partner_id)
         ).limit(limit)
         with UnitOfWork(self.db, readonly=True) as uow:
-            return [_view(row, event_type) for row, event_type in uow.session.exec(stmt).all()]
+            return [
+                delivery_view(row, event_type) for row, event_type in uow.session.exec(stmt).all()
+            ]

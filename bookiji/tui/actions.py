@@ -23,7 +23,8 @@ from bookiji.domain.compensation import Action, Failure, Money, plan
 from bookiji.domain.errors import InvalidTransition, ValidationFailed
 from bookiji.domain.states import TRANSITIONS, ReservationState
 from bookiji.domain.timeutil import format_instant
-from bookiji.tui.queries import DeliveryRow, ReservationDetail
+from bookiji.services.webhooks import DeliveryView
+from bookiji.tui.queries import ReservationDetail
 
 S = ReservationState
 ACTOR = "operator:tui"
@@ -170,7 +171,7 @@ class SupportActions:
 
     # -- webhooks ----------------------------------------------------------------------------
 
-    def webhook_plan(self, detail: ReservationDetail, delivery: DeliveryRow) -> Plan:
+    def webhook_plan(self, detail: ReservationDetail, delivery: DeliveryView) -> Plan:
         if delivery.status == "pending":
             when = format_instant(delivery.next_attempt_at) or "now"
             raise ValidationFailed(
@@ -194,7 +195,7 @@ class SupportActions:
         ]
         return Plan("Retry webhook delivery?", lines, "Send again")
 
-    def retry_webhook(self, delivery: DeliveryRow) -> Outcome:
+    def retry_webhook(self, delivery: DeliveryView) -> Outcome:
         rows = self.container.webhooks.replay(delivery.event_id, partner_id=delivery.partner_id)
         states = ", ".join(f"{r.partner_id}: {r.status}" for r in rows)
         return Outcome(f"{delivery.event_id} queued again ({states}), due now")

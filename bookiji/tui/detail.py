@@ -13,10 +13,11 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
+from bookiji.services.webhooks import DeliveryView
 from bookiji.tui.actions import PARTY_MONEY, Outcome, Plan, money
 from bookiji.tui.dialogs import ConfirmScreen
 from bookiji.tui.format import countdown, parse, short_instant, slot_in
-from bookiji.tui.queries import DeliveryRow, ReservationDetail
+from bookiji.tui.queries import ReservationDetail
 from bookiji.tui.widgets import state_class
 from bookiji.tui.work import Context, notify_error, run_db
 
@@ -283,7 +284,7 @@ class DetailScreen(Screen[None]):
                 lambda plan: actions.force_compensate(detail.id, refund=plan.refund),
             )
 
-    def selected_delivery(self) -> DeliveryRow | None:
+    def selected_delivery(self) -> DeliveryView | None:
         detail = self.detail
         if detail is None or not detail.deliveries:
             return None

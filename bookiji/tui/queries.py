@@ -24,6 +24,7 @@ from sqlmodel import col, select
 from bookiji.domain.states import EXPIRY_TARGET, TERMINAL_FAILURES, ReservationState
 from bookiji.services.clock import Clock
 from bookiji.services.documents import load_reservation_document
+from bookiji.services.webhooks import DeliveryView, delivery_view
 from bookiji.store.database import Database
 from bookiji.store.models import (
     CompensationAction,
@@ -144,20 +145,6 @@ class ReservationRow:
 
 
 @dataclass(frozen=True)
-class DeliveryRow:
-    id: str
-    event_id: str
-    event_type: str | None
-    partner_id: str
-    status: str
-    attempts: int
-    next_attempt_at: datetime | None
-    last_status: int | None
-    last_error: str | None
-    delivered_at: datetime | None
-
-
-@dataclass(frozen=True)
 class ReservationDetail:
     """One reservation as the detail screen shows it: the document the CLI and the API
     show (`reservations show --json`), its vendor's timezone and its webhook deliveries."""
@@ -165,7 +152,7 @@ class ReservationDetail:
     document: dict[str, Any]
     vendor_name: str
     vendor_timezone: str
-    deliveries: list[DeliveryRow] = field(default_factory=list)
+    deliveries: list[DeliveryView] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -388,21 +375,7 @@ class DashboardQueries:
                 .where(col(WebhookDelivery.reservation_id) == reservation_id)
                 .order_by(col(WebhookDelivery.event_seq), col(WebhookDelivery.partner_id))
             ).all()
-            deliveries = [
-                DeliveryRow(
-                    id=d.id,
-                    event_id=d.event_id,
-                    event_type=event_type,
-                    partner_id=d.partner_id,
-                    status=d.status,
-                    attempts=d.attempts,
-                    next_attempt_at=d.next_attempt_at,
-                    last_status=d.last_status,
-                    last_error=d.last_error,
-                    delivered_at=d.delivered_at,
-                )
-                for d, event_type in rows
-            ]
+            deliveries = [delivery_view(d, event_type) for d, event_type in rows]
         return ReservationDetail(
             document=document,
             vendor_name=vendor.name if vendor is not None else document["vendorId"],
