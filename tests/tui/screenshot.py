@@ -19,7 +19,7 @@ from bookiji.store import migrate
 from bookiji.store.database import Database
 from bookiji.tui.app import DashboardApp
 from tests.tui.seed import NOW, seed
-from tests.tui.support import loaded, settled
+from tests.tui.support import STILL, loaded, settled
 
 TARGET = Path(__file__).resolve().parents[2] / "docs" / "dashboard.svg"
 SIZE = (140, 42)
@@ -34,7 +34,7 @@ async def render(size: tuple[int, int] = SIZE) -> str:
         db.dispose()
         container = build(Settings(database_url=url), clock=ManualClock(NOW))
         try:
-            app = DashboardApp(container, source="sqlite:///bookiji.db")
+            app = DashboardApp(container, source="sqlite:///bookiji.db", **STILL)
             async with app.run_test(size=size) as pilot:
                 await loaded(pilot)
                 await settled(pilot)

@@ -17,6 +17,9 @@ from bookiji.tui.app import DashboardApp
 
 #: Fast timers for tests; the feed keeps the production interval where timing is the point.
 FAST = {"poll_interval": 0.3, "refresh_interval": 1.0, "tick_interval": 0.2}
+#: For pictures: draw once from the first loads and never refresh, so a capture can never
+#: land in the middle of a periodic reload on a busy machine.
+STILL = {"poll_interval": 3600.0, "refresh_interval": 3600.0, "tick_interval": 3600.0}
 
 
 def make_app(container: Container, **options: Any) -> DashboardApp:

@@ -15,7 +15,7 @@ from bookiji.bootstrap import Container
 from bookiji.tui.detail import DetailScreen
 from tests.tui.screenshot import TARGET, render
 from tests.tui.seed import IDS, Seeded
-from tests.tui.support import column, loaded, make_app, settled, wait_for
+from tests.tui.support import STILL, column, loaded, make_app, settled, wait_for
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((160, 48), id="160x48")]
 
@@ -45,12 +45,12 @@ async def detail_screen(pilot: Pilot[Any]) -> None:
 
 @pytest.mark.parametrize("size", SIZES)
 def test_main_screen(snap_compare: Any, container: Container, seeded: Seeded, size: Any) -> None:
-    assert snap_compare(make_app(container), terminal_size=size, run_before=main_screen)
+    assert snap_compare(make_app(container, **STILL), terminal_size=size, run_before=main_screen)
 
 
 @pytest.mark.parametrize("size", SIZES)
 def test_detail_screen(snap_compare: Any, container: Container, seeded: Seeded, size: Any) -> None:
-    assert snap_compare(make_app(container), terminal_size=size, run_before=detail_screen)
+    assert snap_compare(make_app(container, **STILL), terminal_size=size, run_before=detail_screen)
 
 
 def test_the_readme_shows_the_dashboard_as_it_draws_today() -> None:
