@@ -103,7 +103,7 @@ class Container:
             ttls,
             run_compensations=lambda ids: self.payments.compensations.run(ids=ids),
             on_confirmed=self._after_confirmation,
-            ask_vendor=self.confirmation.ask_within,
+            ask_vendor=self.confirmation.plan_ask,
             deliver=self._deliver_notifications,
         )
         self.apikeys = ApiKeyService(self.db, self.clock)
@@ -127,8 +127,7 @@ class Container:
         if self.notification_sink is not None:
             self.notification_sink(ids)
             return
-        for notification_id in ids:
-            self.confirmation.deliver(notification_id)
+        self.confirmation.deliver_many(ids)
 
     def _after_confirmation(self, reservation_id: str) -> None:
         self.payments.after_confirmation(reservation_id, actor="system:payments")

@@ -39,7 +39,7 @@ from bookiji.domain.errors import (
 from bookiji.domain.timeutil import format_instant, parse_instant
 from bookiji.services.apikeys import ApiPrincipal
 from bookiji.services.documents import load_reservation_document
-from bookiji.services.holdcaps import ensure_hold_allowed
+from bookiji.services.holdcaps import HoldCaps
 from bookiji.services.ratelimit import RateLimiter
 from bookiji.services.reservations import HoldRequest
 from bookiji.services.tracing import span
@@ -95,6 +95,7 @@ class MethodNotAllowed(BookijiError):
 def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
     settings = container.settings
     api = settings.api
+    caps = HoldCaps(api.max_active_holds_per_requester, api.max_active_holds_per_partner)
     metrics = metrics or Metrics(container)
     limiter = RateLimiter(
         settings.redis_url or "memory://",
@@ -254,7 +255,11 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    @app.get("/v1/vendors/{vendor_id}/availability", tags=["availability"])
+    @app.get(
+        "/v1/vendors/{vendor_id}/availability",
+        tags=["availability"],
+        response_model=dict[str, Any],
+    )
     def availability(
         vendor_id: str,
         startTime: str = Query(..., description="RFC 3339 with offset"),
@@ -262,14 +267,15 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
         slotDuration: int | None = Query(None, description="minutes, 5-1440"),
         includeConfidence: bool = Query(True),
         _: ApiPrincipal = authorized("availability:read", "read"),
-    ) -> dict[str, Any]:
-        return container.availability.availability(
+    ) -> Response:
+        body = container.availability.availability_json(
             vendor_id,
             parse_instant(startTime, field="startTime"),
             parse_instant(endTime, field="endTime"),
             slot_minutes=slotDuration,
             include_confidence=includeConfidence,
         )
+        return Response(body, media_type="application/json")
 
     @app.post("/v1/reservations", status_code=201, tags=["reservations"])
     def create_reservation(
@@ -291,15 +297,7 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
             metadata=body.metadata,
             contact=body.requester.model_dump(exclude_none=True) if body.requester else None,
         )
-        if key is None or not container.reservations.known_key(partner, key):
-            ensure_hold_allowed(
-                container.db,
-                partner_id=partner,
-                requester_id=body.requesterId,
-                max_active_per_requester=api.max_active_holds_per_requester,
-                max_active_per_partner=api.max_active_holds_per_partner,
-            )
-        outcome = container.reservations.create_hold(request, actor=f"partner:{partner}")
+        outcome = container.reservations.create_hold(request, actor=f"partner:{partner}", caps=caps)
         if outcome.replayed and key is not None:
             stored = container.reservations.remembered_response(partner, key)
             if stored is None:

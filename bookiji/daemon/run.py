@@ -46,7 +46,7 @@ def run_daemon(settings: Settings, *, host: str, port: int) -> int:
     jsonlog.configure("INFO")
     telemetry.configure(settings)
     container = build(settings)
-    sender = BackgroundSender(container.confirmation.deliver)
+    sender = BackgroundSender(container.confirmation.deliver_many)
     container.notification_sink = sender.submit
     sender.start()
     metrics = Metrics(container)

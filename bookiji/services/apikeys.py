@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
-from sqlalchemy import or_, update
+from sqlalchemy import bindparam, or_, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import col, select
 
@@ -213,6 +214,24 @@ def _validate_webhook_url(url: str | None) -> str | None:
     return url
 
 
+# Every request runs it: the key's own columns and whether its partner is disabled, built
+# once, and never the partner's row (its sealed webhook secret would be decrypted each time).
+_BY_PREFIX = (
+    sa_select(
+        col(PartnerApiKey.id),
+        col(PartnerApiKey.partner_id),
+        col(PartnerApiKey.key_hash),
+        col(PartnerApiKey.scopes),
+        col(PartnerApiKey.revoked_at),
+        col(PartnerApiKey.expires_at),
+        col(PartnerApiKey.last_used_at),
+        col(Partner.disabled_at),
+    )
+    .join(Partner, col(Partner.id) == col(PartnerApiKey.partner_id))
+    .where(col(PartnerApiKey.prefix) == bindparam("prefix"))
+)
+
+
 class ApiKeyService:
     def __init__(
         self,
@@ -387,21 +406,16 @@ class ApiKeyService:
         prefix = match.group("prefix")
         now = self.clock.now()
         with UnitOfWork(self.db, readonly=True) as uow:
-            row = uow.session.exec(
-                select(PartnerApiKey, Partner)
-                .join(Partner, col(Partner.id) == col(PartnerApiKey.partner_id))
-                .where(col(PartnerApiKey.prefix) == prefix)
-            ).first()
-        if row is None:
+            key = uow.session.execute(_BY_PREFIX, {"prefix": prefix}).first()
+        if key is None:
             raise self._refuse(prefix, "unknown prefix")
-        key, partner = row
         if not self._verified(prefix, plaintext, key.key_hash, now):
             raise self._refuse(prefix, "wrong secret")
         if key.revoked_at is not None:
             raise self._refuse(prefix, "revoked")
         if key.expires_at is not None and now >= key.expires_at:
             raise self._refuse(prefix, "expired")
-        if partner.disabled_at is not None:
+        if key.disabled_at is not None:
             raise self._refuse(prefix, "partner disabled")
         if key.last_used_at is None or now - key.last_used_at >= self.touch_interval:
             self._touch(key.id, now)

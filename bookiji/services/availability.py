@@ -8,13 +8,16 @@ that could change it. Hold creation never reads this cache.
 
 from __future__ import annotations
 
+import json
 import threading
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import bindparam
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
@@ -56,6 +59,39 @@ class VendorSchedule:
     version: int
 
 
+# Built once: a hold runs these on every create, and building the expressions cost more
+# than running them.
+_CALENDARS = (
+    select(CalendarConnection)
+    .where(col(CalendarConnection.vendor_id) == bindparam("vendor"))
+    .order_by(col(CalendarConnection.created_at), col(CalendarConnection.id))
+)
+_BUSY = sa_select(
+    col(BusyInterval.start_at),
+    col(BusyInterval.end_at),
+    col(BusyInterval.connection_id),
+    col(BusyInterval.summary),
+    col(BusyInterval.tentative),
+).where(
+    col(BusyInterval.vendor_id) == bindparam("vendor"),
+    col(BusyInterval.start_at) < bindparam("hi"),
+    col(BusyInterval.end_at) > bindparam("lo"),
+)
+_HOLDS = sa_select(
+    col(Reservation.block_start),
+    col(Reservation.block_end),
+    col(Reservation.id),
+    col(Reservation.state),
+    col(Reservation.slot_start),
+    col(Reservation.slot_end),
+).where(
+    col(Reservation.vendor_id) == bindparam("vendor"),
+    col(Reservation.block_start) < bindparam("hi"),
+    col(Reservation.block_end) > bindparam("lo"),
+    col(Reservation.state).in_(_ACTIVE),
+)
+
+
 def load_schedule(
     uow: UnitOfWork,
     vendor: Vendor,
@@ -78,51 +114,21 @@ def load_schedule(
     buffers = max(rules.buffer_before, rules.buffer_after)
     reach_lo = start - buffers - rules.slot - margin
     reach_hi = end + buffers + margin
-    calendars = list(
-        uow.session.exec(
-            select(CalendarConnection)
-            .where(col(CalendarConnection.vendor_id) == vendor.id)
-            .order_by(col(CalendarConnection.created_at), col(CalendarConnection.id))
-        ).all()
-    )
+    calendars = list(uow.session.exec(_CALENDARS, params={"vendor": vendor.id}).all())
     labels = {c.id: calendar_label(c) for c in calendars}
     blockers: list[Blocker] = []
     # Busy periods belong to a connection (disconnecting deletes them): none without one.
     busy_rows = (
         []
         if not calendars
-        else uow.session.execute(
-            sa_select(
-                col(BusyInterval.start_at),
-                col(BusyInterval.end_at),
-                col(BusyInterval.connection_id),
-                col(BusyInterval.summary),
-                col(BusyInterval.tentative),
-            ).where(
-                col(BusyInterval.vendor_id) == vendor.id,
-                col(BusyInterval.start_at) < reach_hi,
-                col(BusyInterval.end_at) > reach_lo,
-            )
-        ).all()
+        else uow.session.execute(_BUSY, {"vendor": vendor.id, "lo": reach_lo, "hi": reach_hi}).all()
     )
     for start_at, end_at, connection_id, summary, tentative in busy_rows:
         what = f" '{summary}'" if summary else ""
         label = f"{labels.get(connection_id, connection_id)}{what}"
         blockers.append(Blocker(start_at, end_at, "calendar", label, tentative))
     hold_rows = uow.session.execute(
-        sa_select(
-            col(Reservation.block_start),
-            col(Reservation.block_end),
-            col(Reservation.id),
-            col(Reservation.state),
-            col(Reservation.slot_start),
-            col(Reservation.slot_end),
-        ).where(
-            col(Reservation.vendor_id) == vendor.id,
-            col(Reservation.block_start) < reach_hi,
-            col(Reservation.block_end) > reach_lo,
-            col(Reservation.state).in_(_ACTIVE),
-        )
+        _HOLDS, {"vendor": vendor.id, "lo": reach_lo, "hi": reach_hi}
     ).all()
     for block_start, block_end, reservation_id, state, slot_start, slot_end in hold_rows:
         if reservation_id == exclude_reservation:
@@ -162,6 +168,30 @@ class _Entry:
     version: int
     expires: datetime
     document: dict[str, Any]
+    starts: list[datetime] = field(default_factory=list)  # of the slots, in order
+    #: The answer as JSON, per number of slots the passing of time has cut from the front.
+    encoded: dict[int, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.starts = [datetime.fromisoformat(s["startTime"]) for s in self.document["slots"]]
+
+    def cut(self, earliest: datetime) -> int:
+        """How many leading slots start before `earliest` (the slots are in time order)."""
+        return bisect_left(self.starts, earliest)
+
+    def answer(self, cut: int) -> dict[str, Any]:
+        return {**self.document, "slots": self.document["slots"][cut:], "cached": True}
+
+    def answer_json(self, cut: int) -> bytes:
+        body = self.encoded.get(cut)
+        if body is None:
+            body = self.encoded[cut] = to_json(self.answer(cut))
+        return body
+
+
+def to_json(document: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON, as the API serves every document."""
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class AnswerCache:
@@ -173,7 +203,7 @@ class AnswerCache:
         self._entries: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[Any, ...], version: int, now: datetime) -> dict[str, Any] | None:
+    def get(self, key: tuple[Any, ...], version: int, now: datetime) -> _Entry | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -182,13 +212,14 @@ class AnswerCache:
                 del self._entries[key]
                 return None
             self._entries.move_to_end(key)
-            return entry.document
+            return entry
 
     def put(self, key: tuple[Any, ...], version: int, now: datetime, doc: dict[str, Any]) -> None:
         if self.ttl <= timedelta(0):
             return
+        entry = _Entry(version, now + self.ttl, doc)
         with self._lock:
-            self._entries[key] = _Entry(version, now + self.ttl, doc)
+            self._entries[key] = entry
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
@@ -251,16 +282,68 @@ class AvailabilityService:
         include_confidence: bool = True,
     ) -> dict[str, Any]:
         """The availability document (`GET /v1/vendors/{id}/availability`)."""
+        window = (start, end, slot_minutes, interval_minutes, include_confidence)
+        found = self._cached(vendor_id, *window)
+        if found is not None:
+            entry, cut = found
+            return entry.answer(cut)
+        return self._compute(vendor_id, *window)
+
+    def availability_json(
+        self,
+        vendor_id: str,
+        start: datetime,
+        end: datetime,
+        *,
+        slot_minutes: int | None = None,
+        interval_minutes: int | None = None,
+        include_confidence: bool = True,
+    ) -> bytes:
+        """`availability` as the API sends it. A cached answer is encoded once per cut, so a
+        hot vendor costs one small read per request."""
+        window = (start, end, slot_minutes, interval_minutes, include_confidence)
+        found = self._cached(vendor_id, *window)
+        if found is not None:
+            entry, cut = found
+            return entry.answer_json(cut)
+        return to_json(self._compute(vendor_id, *window))
+
+    def _cached(
+        self,
+        vendor_id: str,
+        start: datetime,
+        end: datetime,
+        slot_minutes: int | None,
+        interval_minutes: int | None,
+        include_confidence: bool,
+    ) -> tuple[_Entry, int] | None:
+        """A cached answer still valid for the vendor's schedule version, and how many of its
+        slots the passing of time has ruled out since (the vendor's minimum notice)."""
         self._validate(start, end, slot_minutes, interval_minutes)
         now = self.clock.now()
         key = (vendor_id, start, end, slot_minutes, interval_minutes, include_confidence)
         with UnitOfWork(self.db, readonly=True) as uow:
-            version = uow.vendors.schedule_version(vendor_id)
-            if version is None:
-                raise NotFound(f"unknown vendor {vendor_id!r}", details={"vendorId": vendor_id})
-            cached = self.cache.get(key, version, now)
-            if cached is not None:
-                return self._from_cache(cached, vendor_id, now, uow)
+            current = uow.vendors.version_and_notice(vendor_id)
+        if current is None:
+            raise NotFound(f"unknown vendor {vendor_id!r}", details={"vendorId": vendor_id})
+        version, notice_minutes = current
+        entry = self.cache.get(key, version, now)
+        if entry is None:
+            return None
+        return entry, entry.cut(now + timedelta(minutes=notice_minutes))
+
+    def _compute(
+        self,
+        vendor_id: str,
+        start: datetime,
+        end: datetime,
+        slot_minutes: int | None,
+        interval_minutes: int | None,
+        include_confidence: bool,
+    ) -> dict[str, Any]:
+        now = self.clock.now()
+        key = (vendor_id, start, end, slot_minutes, interval_minutes, include_confidence)
+        with UnitOfWork(self.db, readonly=True) as uow:
             vendor = self._vendor(uow, vendor_id)
             schedule = load_schedule(
                 uow,
@@ -311,15 +394,6 @@ class AvailabilityService:
         }
         self.cache.put(key, schedule.version, now, document)
         return document
-
-    def _from_cache(
-        self, cached: dict[str, Any], vendor_id: str, now: datetime, uow: UnitOfWork
-    ) -> dict[str, Any]:
-        """A cached answer, minus slots the passing of time has ruled out since."""
-        vendor = self._vendor(uow, vendor_id)
-        earliest = now + timedelta(minutes=vendor.min_notice_minutes)
-        slots = [s for s in cached["slots"] if datetime.fromisoformat(s["startTime"]) >= earliest]
-        return {**cached, "slots": slots, "cached": True}
 
     def explain(
         self, vendor_id: str, at: datetime, *, slot_minutes: int | None = None

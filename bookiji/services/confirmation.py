@@ -13,9 +13,10 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, or_, select
@@ -72,6 +73,29 @@ def installation_key(db: Database, clock: Clock) -> bytes:
             if not is_unique_violation(exc, "app_secrets"):
                 raise
     raise AssertionError("unreachable")  # pragma: no cover - the second read finds it
+
+
+ASK_REASON = "vendor asked to confirm"
+M = TypeVar("M", VendorNotificationRow, Reservation, Vendor, ConfirmationToken)
+
+
+def _by_id(uow: UnitOfWork, model: type[M], ids: Iterable[str]) -> dict[str, M]:
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    key = model.id
+    return {row.id: row for row in uow.session.exec(select(model).where(col(key).in_(wanted)))}
+
+
+@dataclass(frozen=True)
+class VendorAsk:
+    token: dict[str, Any]  # a confirmation_tokens row
+    notifications: list[dict[str, Any]]  # vendor_notifications rows
+    channels: list[str]
+
+    @property
+    def ids(self) -> list[str]:
+        return [row["id"] for row in self.notifications]
 
 
 @dataclass(frozen=True)
@@ -146,41 +170,45 @@ class ConfirmationService:
                 raise NotFound(f"no reservation {reservation_id!r}")
             ids = self.ask_within(uow, reservation, now, actor=actor)
             uow.commit()
-        return [self.deliver(i) for i in ids]
+        return self.deliver_many(ids)
+
+    def plan_ask(
+        self, vendor: Vendor, reservation_id: str, expires_at: datetime, now: datetime
+    ) -> VendorAsk:
+        """The rows that ask a vendor to answer: a token and one outbox row per channel
+        (nothing is sent yet). The caller inserts them in the transaction that moves the
+        reservation to AWAITING_VENDOR_CONFIRMATION."""
+        token = {"id": new_id("tok"), "reservation_id": reservation_id, "expires_at": expires_at,
+                 "used_at": None, "created_at": now}  # fmt: skip
+        channels = self._channels(vendor)
+        rows = [
+            {"id": new_id("ntf"), "reservation_id": reservation_id, "vendor_id": vendor.id,
+             "channel": channel, "destination": destination, "token_id": token["id"],
+             "status": "pending", "attempts": 0, "next_attempt_at": now, "last_error": None,
+             "created_at": now, "sent_at": None}
+            for channel, destination in channels
+        ]  # fmt: skip
+        return VendorAsk(token, rows, [c for c, _ in channels])
 
     def ask_within(
         self, uow: UnitOfWork, reservation: Reservation, now: datetime, *, actor: str
     ) -> list[str]:
-        """Inside the caller's transaction: the token, one notification row per channel (an
-        outbox: nothing is sent yet) and HELD -> AWAITING_VENDOR_CONFIRMATION. Returns the
-        notification ids to `deliver` once the transaction has committed."""
+        """Inside the caller's transaction: the rows of `plan_ask` and HELD ->
+        AWAITING_VENDOR_CONFIRMATION. Returns the notification ids to `deliver` once the
+        transaction has committed."""
         if S(reservation.state) is not S.HELD:
             return []
         vendor = uow.vendors.get(reservation.vendor_id)
         assert vendor is not None and reservation.state_deadline is not None
-        token = ConfirmationToken(
-            id=new_id("tok"),
-            reservation_id=reservation.id,
-            expires_at=reservation.state_deadline,
-            created_at=now,
-        )
-        uow.session.add(token)
-        channels = self._channels(vendor)
-        ids = []
-        for channel, destination in channels:
-            row = VendorNotificationRow(
-                id=new_id("ntf"), reservation_id=reservation.id, vendor_id=vendor.id,
-                channel=channel, destination=destination, token_id=token.id,
-                next_attempt_at=now, created_at=now,
-            )  # fmt: skip
-            uow.session.add(row)
-            ids.append(row.id)
+        ask = self.plan_ask(vendor, reservation.id, reservation.state_deadline, now)
+        uow.session.add(ConfirmationToken(**ask.token))
+        for row in ask.notifications:
+            uow.session.add(VendorNotificationRow(**row))
         transitions.apply(
             uow, reservation, S.AWAITING_VENDOR_CONFIRMATION, now=now, ttls=self.ttls,
-            reason="vendor asked to confirm", actor=actor,
-            details={"channels": [c for c, _ in channels]},
+            reason=ASK_REASON, actor=actor, details={"channels": ask.channels},
         )  # fmt: skip
-        return ids
+        return ask.ids
 
     def deliver_due(self, *, limit: int = 100) -> list[Delivery]:
         now = self.clock.now()
@@ -197,20 +225,44 @@ class ConfirmationService:
                 .order_by(col(VendorNotificationRow.created_at))
                 .limit(limit)
             ).all()
-        return [self.deliver(i) for i in ids]
+        return self.deliver_many(ids)
 
     def deliver(self, notification_id: str) -> Delivery:
+        delivered = self.deliver_many([notification_id])
+        if not delivered:
+            raise NotFound(f"no notification {notification_id!r}")
+        return delivered[0]
+
+    def deliver_many(self, ids: Sequence[str]) -> list[Delivery]:
+        """Send these notifications: one read for all of them, then one write recording every
+        outcome, so a burst of new holds does not cost a commit per vendor message."""
         with UnitOfWork(self.db, readonly=True) as uow:
-            row = uow.session.get(VendorNotificationRow, notification_id)
-            assert row is not None
-            reservation = uow.reservations.get(row.reservation_id)
-            vendor = uow.vendors.get(row.vendor_id)
-            token = uow.session.get(ConfirmationToken, row.token_id)
-        assert reservation is not None and vendor is not None and token is not None
-        if row.status != "pending":
-            return Delivery(row.id, row.reservation_id, row.channel, row.status, row.last_error)
-        if S(reservation.state) is not S.AWAITING_VENDOR_CONFIRMATION:
-            return self._record(row.id, "obsolete", None)  # answered or expired meanwhile
+            rows = _by_id(uow, VendorNotificationRow, ids)
+            reservations = _by_id(uow, Reservation, {r.reservation_id for r in rows.values()})
+            vendors = _by_id(uow, Vendor, {r.vendor_id for r in rows.values()})
+            tokens = _by_id(uow, ConfirmationToken, {r.token_id for r in rows.values()})
+        done: dict[str, Delivery] = {}
+        outcomes: list[tuple[str, str, str | None]] = []
+        for row in (rows[i] for i in dict.fromkeys(ids) if i in rows):
+            reservation, vendor = reservations[row.reservation_id], vendors[row.vendor_id]
+            if row.status != "pending":
+                done[row.id] = Delivery(
+                    row.id, row.reservation_id, row.channel, row.status, row.last_error
+                )
+            elif S(reservation.state) is not S.AWAITING_VENDOR_CONFIRMATION:
+                outcomes.append((row.id, "obsolete", None))  # answered or expired meanwhile
+            else:
+                outcomes.append(self._send(row, reservation, vendor, tokens[row.token_id]))
+        done.update(self._record(outcomes))
+        return [done[i] for i in dict.fromkeys(ids) if i in done]
+
+    def _send(
+        self,
+        row: VendorNotificationRow,
+        reservation: Reservation,
+        vendor: Vendor,
+        token: ConfirmationToken,
+    ) -> tuple[str, str, str | None]:
         notification = VendorNotification(
             reservation_id=reservation.id,
             vendor_id=vendor.id,
@@ -231,29 +283,36 @@ class ConfirmationService:
         try:
             notifier.send(row.destination, notification)
         except NotificationFailed as exc:
-            return self._record(row.id, "retry" if exc.retryable else "failed", exc.message)
-        return self._record(row.id, "sent", None)
+            return row.id, "retry" if exc.retryable else "failed", exc.message
+        return row.id, "sent", None
 
-    def _record(self, notification_id: str, outcome: str, error: str | None) -> Delivery:
+    def _record(self, outcomes: list[tuple[str, str, str | None]]) -> dict[str, Delivery]:
+        if not outcomes:
+            return {}
         now = self.clock.now()
+        done = {}
         with UnitOfWork(self.db) as uow:
-            row = uow.session.get(VendorNotificationRow, notification_id)
-            assert row is not None
-            row.attempts += 1
-            row.last_error = error
-            if outcome == "retry":
-                row.next_attempt_at = now + min(
-                    MAX_BACKOFF, timedelta(seconds=5 * 2 ** min(row.attempts, 10))
-                )
-            else:
-                row.status = outcome
-                row.next_attempt_at = None
-                if outcome == "sent":
-                    row.sent_at = now
+            rows = _by_id(uow, VendorNotificationRow, [i for i, _, _ in outcomes])
+            for notification_id, outcome, error in outcomes:
+                row = rows[notification_id]
+                row.attempts += 1
+                row.last_error = error
+                if outcome == "retry":
+                    row.next_attempt_at = now + min(
+                        MAX_BACKOFF, timedelta(seconds=5 * 2 ** min(row.attempts, 10))
+                    )
+                else:
+                    row.status = outcome
+                    row.next_attempt_at = None
+                    if outcome == "sent":
+                        row.sent_at = now
+                done[row.id] = Delivery(row.id, row.reservation_id, row.channel, row.status, error)
             uow.commit()
+        for notification_id, outcome, _ in outcomes:
             if outcome == "failed":
+                row = rows[notification_id]
                 log.warning("notification %s to vendor %s failed for good", row.id, row.vendor_id)
-            return Delivery(row.id, row.reservation_id, row.channel, row.status, error)
+        return done
 
     # -- answering ---------------------------------------------------------------------------
 

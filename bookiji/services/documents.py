@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from datetime import datetime
+from types import SimpleNamespace
+from typing import Any, Protocol
 
 from sqlmodel import col, select
 
@@ -13,7 +15,6 @@ from bookiji.store.database import Database
 from bookiji.store.models import (
     CompensationAction,
     Reservation,
-    ReservationTransition,
     Vendor,
     VendorNotificationRow,
 )
@@ -24,11 +25,98 @@ def _party(amount: int, state: str, reference: str | None) -> dict[str, Any]:
     return {"amount": amount, "state": state, "paymentIntentId": reference}
 
 
+class ReservationView(Protocol):
+    """What a document reads of a reservation: a stored row, or a new hold's fields before
+    anything is read back (the hold answers from memory)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def vendor_id(self) -> str: ...
+    @property
+    def requester_id(self) -> str: ...
+    @property
+    def requester_contact(self) -> dict[str, Any] | None: ...
+    @property
+    def partner_id(self) -> str | None: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def state_deadline(self) -> datetime | None: ...
+    @property
+    def slot_start(self) -> datetime: ...
+    @property
+    def slot_end(self) -> datetime: ...
+    @property
+    def block_start(self) -> datetime: ...
+    @property
+    def block_end(self) -> datetime: ...
+    @property
+    def currency(self) -> str: ...
+    @property
+    def deposit_amount(self) -> int: ...
+    @property
+    def vendor_payment_state(self) -> str: ...
+    @property
+    def vendor_payment_ref(self) -> str | None: ...
+    @property
+    def price_amount(self) -> int: ...
+    @property
+    def requester_payment_state(self) -> str: ...
+    @property
+    def requester_payment_ref(self) -> str | None: ...
+    @property
+    def meta(self) -> dict[str, Any]: ...
+    @property
+    def idempotency_key(self) -> str | None: ...
+    @property
+    def version(self) -> int | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def updated_at(self) -> datetime: ...
+
+
+class StepView(Protocol):
+    @property
+    def from_state(self) -> str | None: ...
+    @property
+    def to_state(self) -> str: ...
+    @property
+    def at(self) -> datetime: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def actor(self) -> str: ...
+    @property
+    def details(self) -> dict[str, Any]: ...
+
+
+class NotificationView(Protocol):
+    @property
+    def channel(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def last_error(self) -> str | None: ...
+    @property
+    def next_attempt_at(self) -> datetime | None: ...
+    @property
+    def sent_at(self) -> datetime | None: ...
+
+
+def view(row: dict[str, Any]) -> Any:
+    """A row not read back from the database, seen through the attributes a document reads."""
+    return SimpleNamespace(**row)
+
+
 def reservation_document(
-    reservation: Reservation,
-    history: Sequence[ReservationTransition],
+    reservation: ReservationView,
+    history: Sequence[StepView],
     compensations: Sequence[CompensationAction] = (),
-    notifications: Sequence[VendorNotificationRow] = (),
+    notifications: Sequence[NotificationView] = (),
 ) -> dict[str, Any]:
     """`GET /v1/reservations/{id}`: camelCase, RFC 3339 UTC times, full state history."""
     return {

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func
-from sqlmodel import col, select
+from sqlalchemy import ColumnElement, Select, bindparam, case, func
+from sqlalchemy import select as sa_select
+from sqlmodel import col
 
 from bookiji.domain.errors import HoldLimitReached
 from bookiji.domain.states import ACTIVE_STATES, FINAL_STATES, ReservationState
@@ -49,21 +50,26 @@ def count_active_holds(
         return _count(uow, partner_id, requester_id)
 
 
+def _counting(of_partner: ColumnElement[bool]) -> Select[int, int]:
+    """Both counts in one pass over the (partner_id, state, requester_id) index."""
+    mine = case((col(Reservation.requester_id) == bindparam("requester"), 1))
+    return sa_select(func.count(), func.count(mine)).where(
+        of_partner, col(Reservation.state).in_(_HOLDING)
+    )
+
+
+_OF_PARTNER = _counting(col(Reservation.partner_id) == bindparam("partner"))
+_OF_OPERATOR = _counting(col(Reservation.partner_id).is_(None))
+
+
 def _count(uow: UnitOfWork, partner_id: str | None, requester_id: str) -> HoldCounts:
-    of_partner = (
-        col(Reservation.partner_id).is_(None)
-        if partner_id is None
-        else col(Reservation.partner_id) == partner_id
-    )
-    base = (
-        select(func.count())
-        .select_from(Reservation)
-        .where(of_partner, col(Reservation.state).in_(_HOLDING))
-    )
-    partner_count = uow.session.exec(base).one()
-    requester_count = uow.session.exec(
-        base.where(col(Reservation.requester_id) == requester_id)
-    ).one()
+    if partner_id is None:
+        row = uow.session.execute(_OF_OPERATOR, {"requester": requester_id}).one()
+    else:
+        row = uow.session.execute(
+            _OF_PARTNER, {"partner": partner_id, "requester": requester_id}
+        ).one()
+    partner_count, requester_count = row
     return HoldCounts(requester=int(requester_count), partner=int(partner_count))
 
 

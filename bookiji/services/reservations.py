@@ -36,11 +36,21 @@ from bookiji.services import transitions
 from bookiji.services.availability import check_bookable, load_schedule, refuse_unless_bookable
 from bookiji.services.clock import Clock
 from bookiji.services.compensation import plan_into
-from bookiji.services.documents import document_within
+from bookiji.services.confirmation import ASK_REASON, VendorAsk
+from bookiji.services.documents import reservation_document, view
+from bookiji.services.holdcaps import HoldCaps
 from bookiji.services.ids import new_id
 from bookiji.store.database import Database
 from bookiji.store.errors import is_overlap_violation, is_transient, is_unique_violation
-from bookiji.store.models import IdempotencyKey, Reservation
+from bookiji.store.models import (
+    ConfirmationToken,
+    IdempotencyKey,
+    OutboxEvent,
+    Reservation,
+    ReservationTransition,
+    Vendor,
+    VendorNotificationRow,
+)
 from bookiji.store.uow import UnitOfWork
 
 S = ReservationState
@@ -53,9 +63,11 @@ CREATED = 201  # the status a replayed create answers with, as the API first did
 
 
 class AskVendor(Protocol):
+    """The rows that ask the vendor to confirm (`ConfirmationService.plan_ask`)."""
+
     def __call__(
-        self, uow: UnitOfWork, reservation: Reservation, now: datetime, *, actor: str
-    ) -> list[str]: ...
+        self, vendor: Vendor, reservation_id: str, expires_at: datetime, now: datetime
+    ) -> VendorAsk: ...
 
 
 MAX_METADATA_BYTES = 16 * 1024
@@ -210,15 +222,19 @@ class ReservationService:
 
     # -- holds -------------------------------------------------------------------------
 
-    def create_hold(self, request: HoldRequest, *, actor: str) -> HoldOutcome:
-        """INTENT_CREATED -> HELD, or the original reservation for a replayed key."""
+    def create_hold(
+        self, request: HoldRequest, *, actor: str, caps: HoldCaps | None = None
+    ) -> HoldOutcome:
+        """INTENT_CREATED -> HELD (-> AWAITING_VENDOR_CONFIRMATION when the vendor is asked),
+        or the original reservation for a replayed key. `caps` refuses a new hold beyond the
+        requester's or partner's holds in flight (a replay is never refused)."""
         _validate_request(request)
         scope = request.partner_id or OPERATOR_SCOPE
         fingerprint = request.fingerprint()
         try:
             outcome = retry_transient(
                 lambda: self._create_hold(
-                    request, scope=scope, fingerprint=fingerprint, actor=actor
+                    request, scope=scope, fingerprint=fingerprint, actor=actor, caps=caps
                 )
             )
         except IntegrityError as exc:
@@ -247,10 +263,6 @@ class ReservationService:
     def idempotency_scope(self, partner_id: str | None) -> str:
         return partner_id or OPERATOR_SCOPE
 
-    def known_key(self, partner_id: str | None, key: str) -> bool:
-        with UnitOfWork(self.db, readonly=True) as uow:
-            return uow.idempotency.get(self.idempotency_scope(partner_id), key) is not None
-
     def remembered_response(
         self, partner_id: str | None, key: str
     ) -> tuple[int, dict[str, Any]] | None:
@@ -278,8 +290,16 @@ class ReservationService:
         return HoldOutcome(reservation_id=record.reservation_id, replayed=True)
 
     def _create_hold(
-        self, request: HoldRequest, *, scope: str, fingerprint: str, actor: str
+        self,
+        request: HoldRequest,
+        *,
+        scope: str,
+        fingerprint: str,
+        actor: str,
+        caps: HoldCaps | None,
     ) -> HoldOutcome:
+        """One transaction of a few plain INSERTs: the row goes in once, in its final state,
+        and the answer is built from what was written instead of read back."""
         now = self.clock.now()
         with UnitOfWork(self.db) as uow:
             # Lock first, then look: a request with the same key that held the lock before
@@ -289,6 +309,8 @@ class ReservationService:
                 record = uow.idempotency.get(scope, request.idempotency_key)
                 if record is not None:
                     return self._answer_replay(record, request.idempotency_key, fingerprint)
+            if caps is not None:  # counted under the same lock as the insert: exact
+                caps.ensure(uow, partner_id=request.partner_id, requester_id=request.requester_id)
             vendor = uow.vendors.get(request.vendor_id)
             if vendor is None:
                 raise NotFound(
@@ -306,65 +328,77 @@ class ReservationService:
                 margin=timedelta(0),
             )
             refuse_unless_bookable(check_bookable(schedule, start, now=now), vendor.id)
-            block_start = start - schedule.rules.buffer_before
-            block_end = end + schedule.rules.buffer_after
-            reservation = Reservation(
-                id=new_id("res"),
-                vendor_id=vendor.id,
-                requester_id=request.requester_id,
-                partner_id=request.partner_id,
-                slot_start=start,
-                slot_end=end,
-                block_start=block_start,
-                block_end=block_end,
-                state=S.INTENT_CREATED.value,
-                currency=vendor.currency,
-                price_amount=vendor.price,
-                deposit_amount=vendor.deposit,
-                meta=dict(request.metadata),
-                requester_contact=dict(request.contact) if request.contact else None,
-                idempotency_key=request.idempotency_key,
-                created_at=now,
-                updated_at=now,
-            )
-            transitions.start(
-                uow, reservation, now=now, ttls=self.ttls, reason="hold requested", actor=actor
-            )
-            uow.reservations.add(reservation)
-            uow.flush()  # the row must exist before rows that reference it
-            transitions.apply(
-                uow,
-                reservation,
-                S.HELD,
+            reservation_id = new_id("res")
+            owner = transitions.Owner(reservation_id, vendor.id, request.partner_id)
+            birth = transitions.plan_birth(
+                owner,
+                [
+                    transitions.Step(S.INTENT_CREATED, "hold requested", actor),
+                    transitions.Step(S.HELD, "slot free; hold placed", actor),
+                ],
                 now=now,
                 ttls=self.ttls,
-                reason="slot free; hold placed",
-                actor=actor,
             )
-            notifications: list[str] = []
-            if self.ask_vendor is not None:
-                notifications = self.ask_vendor(uow, reservation, now, actor="system:notify")
-            uow.flush()
-            document = document_within(uow, reservation)
+            ask = None
+            if self.ask_vendor is not None and birth.deadline is not None:
+                ask = self.ask_vendor(vendor, reservation_id, birth.deadline, now)
+                birth = transitions.plan_birth(
+                    owner,
+                    [transitions.Step(S.AWAITING_VENDOR_CONFIRMATION, ASK_REASON,
+                                      "system:notify", {"channels": ask.channels})],
+                    now=now, ttls=self.ttls, after=birth,
+                )  # fmt: skip
+            fields = {
+                "id": reservation_id,
+                "vendor_id": vendor.id,
+                "requester_id": request.requester_id,
+                "partner_id": request.partner_id,
+                "slot_start": start,
+                "slot_end": end,
+                "block_start": start - schedule.rules.buffer_before,
+                "block_end": end + schedule.rules.buffer_after,
+                "state": birth.state.value,
+                "state_deadline": birth.deadline,
+                "version": 1,
+                "currency": vendor.currency,
+                "price_amount": vendor.price,
+                "deposit_amount": vendor.deposit,
+                "vendor_payment_state": "not_started",
+                "vendor_payment_ref": None,
+                "requester_payment_state": "not_started",
+                "requester_payment_ref": None,
+                "meta": dict(request.metadata),
+                "requester_contact": dict(request.contact) if request.contact else None,
+                "idempotency_key": request.idempotency_key,
+                "created_at": now,
+                "updated_at": now,
+            }
+            uow.insert(Reservation, {("metadata" if k == "meta" else k): v
+                                     for k, v in fields.items()})  # fmt: skip
+            uow.insert(ReservationTransition, birth.logs)
+            uow.insert(OutboxEvent, birth.events)
+            if ask is not None:
+                uow.insert(ConfirmationToken, ask.token)
+                uow.insert(VendorNotificationRow, ask.notifications)
+            uow.touch_schedule(vendor.id)
+            document = reservation_document(
+                view(fields),
+                [view(row) for row in birth.logs],
+                notifications=[view(row) for row in ask.notifications] if ask else [],
+            )
             if request.idempotency_key:
                 # The answer a replay of this key gets, verbatim, stored with the hold itself.
-                uow.idempotency.add(
-                    IdempotencyKey(
-                        scope=scope,
-                        key=request.idempotency_key,
-                        request_hash=fingerprint,
-                        reservation_id=reservation.id,
-                        created_at=now,
-                        expires_at=now + IDEMPOTENCY_RETENTION,
-                        response_status=CREATED,
-                        response_body=document,
-                    )
-                )
+                uow.insert(IdempotencyKey, {
+                    "scope": scope, "key": request.idempotency_key,
+                    "request_hash": fingerprint, "reservation_id": reservation_id,
+                    "created_at": now, "expires_at": now + IDEMPOTENCY_RETENTION,
+                    "response_status": CREATED, "response_body": document,
+                })  # fmt: skip
             uow.commit()
             return HoldOutcome(
-                reservation_id=reservation.id,
+                reservation_id=reservation_id,
                 replayed=False,
-                notifications=tuple(notifications),
+                notifications=tuple(ask.ids) if ask else (),
                 document=document,
             )
 

@@ -33,8 +33,21 @@ def event_type(state: ReservationState) -> str:
     return f"reservation.{state.value.lower()}"
 
 
+@dataclass(frozen=True)
+class Owner:
+    """Whose transition it is: what the log row and the event name."""
+
+    reservation_id: str
+    vendor_id: str
+    partner_id: str | None
+
+    @classmethod
+    def of(cls, reservation: Reservation) -> Owner:
+        return cls(reservation.id, reservation.vendor_id, reservation.partner_id)
+
+
 def _rows(
-    reservation: Reservation,
+    owner: Owner,
     planned: PlannedTransition,
     *,
     now: datetime,
@@ -45,7 +58,7 @@ def _rows(
     """The log row and the outbox event of one transition."""
     from_state = planned.from_state.value if planned.from_state else None
     log_row = {
-        "reservation_id": reservation.id,
+        "reservation_id": owner.reservation_id,
         "from_state": from_state,
         "to_state": planned.to_state.value,
         "reason": reason,
@@ -56,11 +69,11 @@ def _rows(
     event = {
         "event_id": new_id("evt"),
         "type": event_type(planned.to_state),
-        "reservation_id": reservation.id,
-        "partner_id": reservation.partner_id,
+        "reservation_id": owner.reservation_id,
+        "partner_id": owner.partner_id,
         "payload": {
-            "reservationId": reservation.id,
-            "vendorId": reservation.vendor_id,
+            "reservationId": owner.reservation_id,
+            "vendorId": owner.vendor_id,
             "from": from_state,
             "to": planned.to_state.value,
             "reason": reason,
@@ -92,7 +105,8 @@ def start(
     uow.touch_schedule(reservation.vendor_id)
     reservation.state = planned.to_state.value
     reservation.state_deadline = planned.deadline
-    _record(uow, _rows(reservation, planned, now=now, reason=reason, actor=actor, details=None))
+    owner = Owner.of(reservation)
+    _record(uow, _rows(owner, planned, now=now, reason=reason, actor=actor, details=None))
 
 
 def apply(
@@ -125,8 +139,64 @@ def apply(
     reservation.state = planned.to_state.value
     reservation.state_deadline = planned.deadline
     reservation.updated_at = now
-    _record(uow, _rows(reservation, planned, now=now, reason=reason, actor=actor, details=details))
+    owner = Owner.of(reservation)
+    _record(uow, _rows(owner, planned, now=now, reason=reason, actor=actor, details=details))
     return True
+
+
+@dataclass(frozen=True)
+class Step:
+    """One transition of a path planned before its reservation exists."""
+
+    target: ReservationState
+    reason: str
+    actor: str
+    details: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Birth:
+    """Where a new reservation's first transitions leave it, with their log rows and events."""
+
+    state: ReservationState
+    deadline: datetime | None
+    logs: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+
+
+def plan_birth(
+    owner: Owner,
+    steps: Sequence[Step],
+    *,
+    now: datetime,
+    ttls: StageTTLs,
+    after: Birth | None = None,
+) -> Birth:
+    """nothing -> INTENT_CREATED -> each step's target (or on from `after`), checked against
+    the table and computed in memory, so a new reservation is inserted once, in its final
+    state, with all its log rows and events (a hold's hot path)."""
+    if after is None:
+        first, *rest = steps
+        if first.target is not ReservationState.INTENT_CREATED:
+            raise ValueError("a reservation's life starts in INTENT_CREATED")
+        planned = initial_transition(now=now, ttls=ttls)
+        log_row, event = _rows(owner, planned, now=now, reason=first.reason, actor=first.actor,
+                               details=first.details)  # fmt: skip
+        after = Birth(planned.to_state, planned.deadline, [log_row], [event])
+        steps = rest
+    state, deadline = after.state, after.deadline
+    logs, events = list(after.logs), list(after.events)
+    for step in steps:
+        moved = plan_transition(state, step.target, now=now, deadline=deadline, ttls=ttls)
+        if moved is None:
+            continue
+        state, deadline = moved.to_state, moved.deadline
+        log_row, event = _rows(
+            owner, moved, now=now, reason=step.reason, actor=step.actor, details=step.details
+        )
+        logs.append(log_row)
+        events.append(event)
+    return Birth(state, deadline, logs, events)
 
 
 @dataclass(frozen=True)
@@ -175,7 +245,7 @@ def apply_many(
                             ("version", reservation.version + 1)):  # fmt: skip
             set_committed_value(reservation, name, value)
         log_row, event = _rows(
-            reservation, planned, now=now, reason=move.reason, actor=actor, details=None
+            Owner.of(reservation), planned, now=now, reason=move.reason, actor=actor, details=None
         )
         logs.append(log_row)
         events.append(event)

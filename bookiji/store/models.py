@@ -172,6 +172,7 @@ class Reservation(SQLModel, table=True):
         Index("ix_reservations_partner_created", "partner_id", "created_at"),
         Index("ix_reservations_created", "created_at"),
         Index("ix_reservations_state_created", "state", "created_at"),
+        Index("ix_reservations_partner_state", "partner_id", "state", "requester_id"),
         Index(
             "ix_reservations_expiry_due",
             "state_deadline",

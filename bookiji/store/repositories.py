@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import and_, delete, func, text, update
+from sqlalchemy import and_, bindparam, delete, func, text, update
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -40,6 +41,18 @@ def due_for_expiry_query(now: datetime, limit: int) -> SelectOfScalar[Reservatio
     )
 
 
+_VENDORS = Vendor.__table__  # type: ignore[attr-defined]
+_BUMP_ONE = (
+    update(_VENDORS)
+    .where(_VENDORS.c.id == bindparam("vendor"))
+    .values(schedule_version=_VENDORS.c.schedule_version + 1)
+)
+
+_VERSION_AND_NOTICE = sa_select(_VENDORS.c.schedule_version, _VENDORS.c.min_notice_minutes).where(
+    _VENDORS.c.id == bindparam("vendor")
+)
+
+
 class VendorRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -60,6 +73,9 @@ class VendorRepository:
         """One statement per 500 vendors, in id order (a stable lock order), so a sweep that
         touches thousands of vendors does not pay a round trip for each."""
         ordered = sorted(set(vendor_ids))
+        if len(ordered) == 1:  # every hold: a plain statement, built once
+            self.session.connection().execute(_BUMP_ONE, {"vendor": ordered[0]})
+            return
         for first in range(0, len(ordered), 500):
             self.session.execute(
                 update(Vendor)
@@ -67,6 +83,11 @@ class VendorRepository:
                 .values(schedule_version=col(Vendor.schedule_version) + 1)
                 .execution_options(synchronize_session=False)
             )
+
+    def version_and_notice(self, vendor_id: str) -> tuple[int, int] | None:
+        """What a cached availability answer is checked against on every read."""
+        row = self.session.connection().execute(_VERSION_AND_NOTICE, {"vendor": vendor_id}).first()
+        return None if row is None else (row[0], row[1])
 
     def schedule_version(self, vendor_id: str) -> int | None:
         return self.session.exec(

@@ -7,8 +7,9 @@ writes nothing. Rows read inside stay readable (detached) after the block.
 from __future__ import annotations
 
 from types import TracebackType
+from typing import Any
 
-from sqlmodel import Session
+from sqlmodel import Session, SQLModel
 
 from bookiji.store.database import Database
 from bookiji.store.repositories import (
@@ -55,6 +56,13 @@ class UnitOfWork:
 
     def flush(self) -> None:
         self.session.flush()
+
+    def insert(self, model: type[SQLModel], rows: dict[str, Any] | list[dict[str, Any]]) -> None:
+        """Plain INSERTs of rows keyed by column name, without the ORM's per-object
+        bookkeeping: for a hot path that writes rows it never reads back (a new hold)."""
+        if rows:
+            table = model.__table__  # type: ignore[attr-defined]
+            self.session.connection().execute(table.insert(), rows)
 
     def touch_schedule(self, vendor_id: str) -> None:
         """Note that this transaction changes what the vendor can offer; committing bumps the

@@ -63,7 +63,7 @@ def setup(
         db,
         clock,
         ttls,
-        ask_vendor=confirmation.ask_within,
+        ask_vendor=confirmation.plan_ask,
         deliver=lambda ids: [confirmation.deliver(i) for i in ids],
     )
     return reservations, confirmation
