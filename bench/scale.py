@@ -8,8 +8,10 @@ and the expiry sweep of expired holds (1,000 at the small size, `--sweep` (100,0
 large one), then the ratios large/small. Then hold-creation throughput with 1 and 16 writer
 processes beside the database's own ceiling measured in the same run: single-row insert
 transactions through the same engine (SQLite: WAL, synchronous=FULL, BEGIN IMMEDIATE;
-Postgres: synchronous_commit on). SQLite always; Postgres when BOOKIJI_TEST_POSTGRES_URL (an
-admin URL; a scratch database is created and dropped) or --postgres-url is given.
+Postgres: synchronous_commit on), and the floor: the very rows a hold writes, copied from a real
+one and inserted with no reads or service code around them. SQLite always; Postgres when
+BOOKIJI_TEST_POSTGRES_URL (an admin URL; a scratch database is created and dropped) or
+--postgres-url is given.
 
 Run: .venv/bin/python bench/scale.py [--rows 1000000] [--sweep 100000] [--backend sqlite]
 """
@@ -35,16 +37,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from sqlalchemy import text
+from sqlalchemy import bindparam, text, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.engine import make_url
 
 from bookiji.bootstrap import Container, build
 from bookiji.config import Settings
 from bookiji.services.clock import ManualClock
+from bookiji.services.ids import new_id
 from bookiji.services.reservations import HoldRequest
 from bookiji.store import migrate
 from bookiji.store.database import Database, normalize_url
-from bookiji.store.models import Reservation, Vendor
+from bookiji.store.models import (
+    ConfirmationToken,
+    OutboxEvent,
+    Reservation,
+    ReservationTransition,
+    Vendor,
+    VendorNotificationRow,
+)
 from bookiji.store.uow import UnitOfWork
 from tests.factories import vendor_spec
 
@@ -249,7 +260,72 @@ def _ceiling_writer(url: str, writer: int, epoch: int) -> Callable[[int], object
     return one
 
 
-WRITERS = {"holds": _hold_writer, "ceiling": _ceiling_writer}
+def _rows_writer(url: str, writer: int, epoch: int) -> Callable[[int], object]:
+    """The rows one hold writes (a copy of a real one's), inserted with no reads and no
+    service code around them: the floor a hold cannot go below on this database."""
+    db = Database(url)
+    res, log, out = (m.__table__ for m in (Reservation, ReservationTransition, OutboxEvent))  # type: ignore[attr-defined]
+    tok, note = (m.__table__ for m in (ConfirmationToken, VendorNotificationRow))  # type: ignore[attr-defined]
+    with db.engine.connect() as conn:
+        row = dict(
+            conn.execute(
+                sa_select(res).where(res.c.state == "AWAITING_VENDOR_CONFIRMATION").limit(1)
+            )
+            .mappings()
+            .one()
+        )
+        children = [
+            [
+                dict(r)
+                for r in conn.execute(
+                    sa_select(t).where(t.c.reservation_id == row["id"])
+                ).mappings()
+            ]
+            for t in (log, out, tok, note)
+        ]
+    vendors = Vendor.__table__  # type: ignore[attr-defined]
+    bump = (
+        update(vendors)
+        .where(vendors.c.id == bindparam("v"))
+        .values(schedule_version=vendors.c.schedule_version + 1)
+    )
+
+    def one(done: int) -> None:
+        vendor = vendor_id((writer * 625 + done) % VENDORS)
+        start = NOW + timedelta(days=900 + 30 * epoch, hours=done // 625 * 2 + 1)
+        rid, token = new_id("res"), new_id("tok")
+        logs, events, tokens, notes = (
+            [{**c, "reservation_id": rid} for c in group] for group in children
+        )
+        for r in logs + events:
+            r.pop("id", None)
+        for event in events:
+            event["event_id"] = new_id("evt")
+        for t in tokens:
+            t["id"] = token
+        for n in notes:
+            n.update(id=new_id("ntf"), token_id=token, vendor_id=vendor)
+        with db.write_gate, db.engine.begin() as conn:
+            conn.execute(
+                res.insert(),
+                {
+                    **row,
+                    "id": rid,
+                    "vendor_id": vendor,
+                    "slot_start": start,
+                    "slot_end": start + timedelta(hours=1),
+                    "block_start": start,
+                    "block_end": start + timedelta(hours=1),
+                },
+            )
+            for table, rows in ((log, logs), (out, events), (tok, tokens), (note, notes)):
+                conn.execute(table.insert(), rows)
+            conn.execute(bump, {"v": vendor})
+
+    return one
+
+
+WRITERS = {"holds": _hold_writer, "ceiling": _ceiling_writer, "rows": _rows_writer}
 
 
 def _writer(kind: str, url: str, writer: int, epoch: int, seconds: float, ready: Any,
@@ -283,7 +359,7 @@ def rate(kind: str, url: str, writers: int, seconds: float) -> float:
     return total / seconds
 
 
-def throughput(url: str, seconds: float) -> list[tuple[int, float, float]]:
+def throughput(url: str, seconds: float) -> list[tuple[int, float, float, float]]:
     db = Database(url)
     with db.engine.begin() as conn:
         conn.execute(text("CREATE TABLE bench_ceiling (id INTEGER PRIMARY KEY "
@@ -294,7 +370,8 @@ def throughput(url: str, seconds: float) -> list[tuple[int, float, float]]:
     for writers in (1, 16):
         ceiling = rate("ceiling", url, writers, seconds)
         holds = rate("holds", url, writers, seconds)
-        out.append((writers, holds, ceiling))
+        rows = rate("rows", url, writers, seconds)
+        out.append((writers, holds, ceiling, rows))
     return out
 
 
@@ -358,10 +435,12 @@ def run_backend(label: str, url: str, rows: int, sweep: int, seconds: float) -> 
             f"expiry sweep at {size:,} rows: {figures.swept:,} holds in "
             f"{figures.sweep_seconds:.1f} s ({figures.swept / figures.sweep_seconds:,.0f}/s)"
         )
-    for writers, holds, ceiling in throughput(url, seconds):
+    for writers, holds, ceiling, rows in throughput(url, seconds):
         console.print(
             f"hold creation, {writers:>2} writer(s): {holds:,.0f}/s; database ceiling "
-            f"(single-row insert transactions) {ceiling:,.0f}/s; {holds / ceiling:.0%}"
+            f"(single-row insert transactions) {ceiling:,.0f}/s; {holds / ceiling:.0%}; "
+            f"a hold's rows alone (no reads, no service code) {rows:,.0f}/s, "
+            f"{rows / ceiling:.0%} of the ceiling"
         )
     console.print()
 

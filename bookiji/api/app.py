@@ -8,7 +8,6 @@ limits all run before any service is called).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bookiji.api.edge import Edge
 from bookiji.api.metrics import Metrics
 from bookiji.api.schemas import (
     Authorization,
@@ -42,7 +42,6 @@ from bookiji.services.documents import load_reservation_document
 from bookiji.services.holdcaps import HoldCaps
 from bookiji.services.ratelimit import RateLimiter
 from bookiji.services.reservations import HoldRequest
-from bookiji.services.tracing import span
 from bookiji.store import migrate
 from bookiji.store.uow import UnitOfWork
 
@@ -162,54 +161,16 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
         log.error("unhandled %s", type(exc).__name__, exc_info=exc)
         return _envelope(BookijiError("internal error; it was logged"))
 
-    # -- every request: size limit, rate headers, one log line, metrics -------------------------
+    # -- every request: size limit, rate headers, one log line, metrics (bookiji/api/edge.py) --
 
-    @app.middleware("http")
-    async def _edge(request: Request, call_next: Any) -> Response:
-        began = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > api.max_body_bytes:
-            response: Response = _envelope(
-                PayloadTooLarge(f"the body is larger than {api.max_body_bytes} bytes")
-            )
-        elif (
-            length is None
-            and request.method in ("POST", "PUT", "PATCH")
-            and (len(await request.body()) > api.max_body_bytes)
-        ):
-            response = _envelope(
-                PayloadTooLarge(f"the body is larger than {api.max_body_bytes} bytes")
-            )
-        else:
-            with span("http.request", method=request.method) as current:
-                response = await call_next(request)
-                route = getattr(request.scope.get("route"), "path", "unmatched")
-                current.update_name(f"{request.method} {route}")
-                current.set_attribute("http.route", route)
-                current.set_attribute("http.response.status_code", response.status_code)
-        decision = getattr(request.state, "rate", None)
-        if decision is not None:
-            response.headers["RateLimit-Limit"] = str(decision.limit)
-            response.headers["RateLimit-Remaining"] = str(decision.remaining)
-            response.headers["RateLimit-Reset"] = str(decision.reset_after)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        elapsed = time.perf_counter() - began
-        metrics.observe_request(request.method, path, response.status_code, elapsed)
-        log.info(
-            "request",
-            extra={
-                "method": request.method,
-                "route": path,
-                "status": response.status_code,
-                "duration_ms": round(elapsed * 1000, 2),
-                "partner_id": getattr(request.state, "partner_id", None),
-                "reservation_id": request.path_params.get("reservation_id")
-                if hasattr(request, "path_params")
-                else None,
-            },
-        )
-        return response
+    app.add_middleware(
+        Edge,
+        max_body_bytes=api.max_body_bytes,
+        too_large=lambda: _envelope(
+            PayloadTooLarge(f"the body is larger than {api.max_body_bytes} bytes")
+        ),
+        metrics=metrics,
+    )
 
     # -- authentication, scopes, rate limits -------------------------------------------------
 

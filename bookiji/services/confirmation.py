@@ -13,11 +13,13 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
+from sqlalchemy import Row, bindparam, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, or_, select
 
@@ -76,15 +78,42 @@ def installation_key(db: Database, clock: Clock) -> bytes:
 
 
 ASK_REASON = "vendor asked to confirm"
-M = TypeVar("M", VendorNotificationRow, Reservation, Vendor, ConfirmationToken)
+_N = VendorNotificationRow.__table__  # type: ignore[attr-defined]
+_R = Reservation.__table__  # type: ignore[attr-defined]
+_V = Vendor.__table__  # type: ignore[attr-defined]
+_T = ConfirmationToken.__table__  # type: ignore[attr-defined]
+# What sending needs, in one read for a whole batch.
+_TO_SEND = (
+    sa_select(
+        _N.c.id, _N.c.status, _N.c.channel, _N.c.destination, _N.c.last_error, _N.c.attempts,
+        _N.c.reservation_id, _N.c.vendor_id, _N.c.token_id, _R.c.state, _R.c.slot_start,
+        _R.c.slot_end, _R.c.requester_id, _V.c.name.label("vendor_name"), _V.c.timezone,
+        _T.c.expires_at,
+    )
+    .join(_R, _R.c.id == _N.c.reservation_id)
+    .join(_V, _V.c.id == _N.c.vendor_id)
+    .join(_T, _T.c.id == _N.c.token_id)
+    .where(_N.c.id.in_(bindparam("ids", expanding=True)))
+)  # fmt: skip
+_RETRY = (
+    update(_N)
+    .where(_N.c.id == bindparam("b_id"))
+    .values(attempts=_N.c.attempts + 1, last_error=bindparam("b_error"),
+            next_attempt_at=bindparam("b_next"))
+)  # fmt: skip
+_FINISH = (
+    update(_N)
+    .where(_N.c.id == bindparam("b_id"))
+    .values(attempts=_N.c.attempts + 1, last_error=bindparam("b_error"),
+            status=bindparam("b_status"), next_attempt_at=None, sent_at=bindparam("b_sent"))
+)  # fmt: skip
 
 
-def _by_id(uow: UnitOfWork, model: type[M], ids: Iterable[str]) -> dict[str, M]:
-    wanted = sorted(set(ids))
-    if not wanted:
-        return {}
-    key = model.id
-    return {row.id: row for row in uow.session.exec(select(model).where(col(key).in_(wanted)))}
+@dataclass(frozen=True)
+class _Outcome:
+    row: Row[Any]  # a row of _TO_SEND
+    outcome: str  # sent | retry | failed | obsolete
+    error: str | None
 
 
 @dataclass(frozen=True)
@@ -133,7 +162,10 @@ class ConfirmationService:
         return _b64(hmac.new(self._key(), body.encode(), hashlib.sha256).digest())
 
     def token_for(self, token: ConfirmationToken) -> str:
-        body = f"bkv1.{token.id}.{token.reservation_id}.{int(token.expires_at.timestamp())}"
+        return self._token(token.id, token.reservation_id, token.expires_at)
+
+    def _token(self, token_id: str, reservation_id: str, expires_at: datetime) -> str:
+        body = f"bkv1.{token_id}.{reservation_id}.{int(expires_at.timestamp())}"
         return f"{body}.{self._sign(body)}"
 
     def _parse(self, token: str) -> tuple[str, str, datetime]:
@@ -235,83 +267,83 @@ class ConfirmationService:
 
     def deliver_many(self, ids: Sequence[str]) -> list[Delivery]:
         """Send these notifications: one read for all of them, then one write recording every
-        outcome, so a burst of new holds does not cost a commit per vendor message."""
+        outcome, so a burst of new holds does not cost a commit per vendor message. Reads
+        only the columns a message needs (never the requester's sealed data)."""
+        wanted = list(dict.fromkeys(ids))
         with UnitOfWork(self.db, readonly=True) as uow:
-            rows = _by_id(uow, VendorNotificationRow, ids)
-            reservations = _by_id(uow, Reservation, {r.reservation_id for r in rows.values()})
-            vendors = _by_id(uow, Vendor, {r.vendor_id for r in rows.values()})
-            tokens = _by_id(uow, ConfirmationToken, {r.token_id for r in rows.values()})
+            found = uow.session.execute(_TO_SEND, {"ids": wanted}).all()
+        rows = {row.id: row for row in found}
         done: dict[str, Delivery] = {}
-        outcomes: list[tuple[str, str, str | None]] = []
-        for row in (rows[i] for i in dict.fromkeys(ids) if i in rows):
-            reservation, vendor = reservations[row.reservation_id], vendors[row.vendor_id]
+        outcomes: list[_Outcome] = []
+        for row in (rows[i] for i in wanted if i in rows):
             if row.status != "pending":
                 done[row.id] = Delivery(
                     row.id, row.reservation_id, row.channel, row.status, row.last_error
                 )
-            elif S(reservation.state) is not S.AWAITING_VENDOR_CONFIRMATION:
-                outcomes.append((row.id, "obsolete", None))  # answered or expired meanwhile
+            elif S(row.state) is not S.AWAITING_VENDOR_CONFIRMATION:
+                outcomes.append(_Outcome(row, "obsolete", None))  # answered or expired meanwhile
             else:
-                outcomes.append(self._send(row, reservation, vendor, tokens[row.token_id]))
+                outcomes.append(self._send(row))
         done.update(self._record(outcomes))
-        return [done[i] for i in dict.fromkeys(ids) if i in done]
+        return [done[i] for i in wanted if i in done]
 
-    def _send(
-        self,
-        row: VendorNotificationRow,
-        reservation: Reservation,
-        vendor: Vendor,
-        token: ConfirmationToken,
-    ) -> tuple[str, str, str | None]:
+    def _send(self, row: Row[Any]) -> _Outcome:
         notification = VendorNotification(
-            reservation_id=reservation.id,
-            vendor_id=vendor.id,
-            vendor_name=vendor.name,
-            slot_start=reservation.slot_start,
-            slot_end=reservation.slot_end,
-            timezone=vendor.timezone,
-            requester_id=reservation.requester_id,
-            token=self.token_for(token),
-            expires_at=token.expires_at,
+            reservation_id=row.reservation_id,
+            vendor_id=row.vendor_id,
+            vendor_name=row.vendor_name,
+            slot_start=row.slot_start,
+            slot_end=row.slot_end,
+            timezone=row.timezone,
+            requester_id=row.requester_id,
+            token=self._token(row.token_id, row.reservation_id, row.expires_at),
+            expires_at=row.expires_at,
             answer_url=(
-                f"{self.answer_url.rstrip('/')}/v1/reservations/{reservation.id}/vendor-confirmation"
+                f"{self.answer_url.rstrip('/')}/v1/reservations/{row.reservation_id}"
+                "/vendor-confirmation"
                 if self.answer_url
                 else None
             ),
-        )
+        )  # fmt: skip
         notifier = self.notifiers.get(row.channel) or self.notifiers["console"]
         try:
             notifier.send(row.destination, notification)
         except NotificationFailed as exc:
-            return row.id, "retry" if exc.retryable else "failed", exc.message
-        return row.id, "sent", None
+            return _Outcome(row, "retry" if exc.retryable else "failed", exc.message)
+        return _Outcome(row, "sent", None)
 
-    def _record(self, outcomes: list[tuple[str, str, str | None]]) -> dict[str, Delivery]:
+    def _record(self, outcomes: list[_Outcome]) -> dict[str, Delivery]:
+        """Every outcome of a batch in one transaction: two statements, each run for many."""
         if not outcomes:
             return {}
         now = self.clock.now()
-        done = {}
+        retries = [
+            {"b_id": o.row.id, "b_error": o.error, "b_next": now + min(
+                MAX_BACKOFF, timedelta(seconds=5 * 2 ** min(o.row.attempts + 1, 10)))}
+            for o in outcomes if o.outcome == "retry"
+        ]  # fmt: skip
+        finished = [
+            {"b_id": o.row.id, "b_error": o.error, "b_status": o.outcome,
+             "b_sent": now if o.outcome == "sent" else None}
+            for o in outcomes if o.outcome != "retry"
+        ]  # fmt: skip
         with UnitOfWork(self.db) as uow:
-            rows = _by_id(uow, VendorNotificationRow, [i for i, _, _ in outcomes])
-            for notification_id, outcome, error in outcomes:
-                row = rows[notification_id]
-                row.attempts += 1
-                row.last_error = error
-                if outcome == "retry":
-                    row.next_attempt_at = now + min(
-                        MAX_BACKOFF, timedelta(seconds=5 * 2 ** min(row.attempts, 10))
-                    )
-                else:
-                    row.status = outcome
-                    row.next_attempt_at = None
-                    if outcome == "sent":
-                        row.sent_at = now
-                done[row.id] = Delivery(row.id, row.reservation_id, row.channel, row.status, error)
+            connection = uow.session.connection()
+            if retries:
+                connection.execute(_RETRY, retries)
+            if finished:
+                connection.execute(_FINISH, finished)
             uow.commit()
-        for notification_id, outcome, _ in outcomes:
-            if outcome == "failed":
-                row = rows[notification_id]
-                log.warning("notification %s to vendor %s failed for good", row.id, row.vendor_id)
+        done = {}
+        for o in outcomes:
+            status = "pending" if o.outcome == "retry" else o.outcome
+            done[o.row.id] = Delivery(
+                o.row.id, o.row.reservation_id, o.row.channel, status, o.error
+            )
+            if o.outcome == "failed":
+                log.warning(
+                    "notification %s to vendor %s failed for good", o.row.id, o.row.vendor_id
+                )
         return done
 
     # -- answering ---------------------------------------------------------------------------
