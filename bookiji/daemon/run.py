@@ -8,6 +8,7 @@ finishes the job it is in and the process exits 0.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -40,6 +41,15 @@ class _Server(uvicorn.Server):
         self.on_exit()
         super().handle_exit(sig, frame)
         self._captured_signals.clear()
+
+
+def _settle_garbage_collector() -> None:
+    """Keep the collector off the request path. What start-up built (modules, mappers, the
+    app) lives as long as the process: frozen, a full collection no longer walks it (those
+    walks were the 100+ ms p99 spikes under load); and a request allocates thousands of
+    short-lived objects, so the youngest generation is collected per 50,000, not 700."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def run_daemon(settings: Settings, *, host: str, port: int) -> int:
@@ -97,6 +107,7 @@ def run_daemon(settings: Settings, *, host: str, port: int) -> int:
 
     server.on_exit = begin_shutdown
     log.info("daemon starting", extra={"host": host, "port": port, "owner": runner.owner})
+    _settle_garbage_collector()
     jobs_thread.start()
     try:
         server.run()

@@ -1,7 +1,8 @@
 """The one place a reservation changes state.
 
 State, log row and outbox event are written in the caller's transaction, so either all
-three are committed or none is. Every other service goes through `apply`.
+three are committed or none is. Every other service goes through `apply` (`apply_many` for a
+batch); a new hold plans its first steps with `plan_birth` and inserts them with its row.
 """
 
 from __future__ import annotations
@@ -89,24 +90,6 @@ def _record(uow: UnitOfWork, rows: tuple[dict[str, Any], dict[str, Any]]) -> Non
     log_row, event = rows
     uow.transitions.add(ReservationTransition(**log_row))
     uow.outbox.add(OutboxEvent(**event))
-
-
-def start(
-    uow: UnitOfWork,
-    reservation: Reservation,
-    *,
-    now: datetime,
-    ttls: StageTTLs,
-    reason: str,
-    actor: str,
-) -> None:
-    """Log the birth of a new reservation (nothing -> INTENT_CREATED)."""
-    planned = initial_transition(now=now, ttls=ttls)
-    uow.touch_schedule(reservation.vendor_id)
-    reservation.state = planned.to_state.value
-    reservation.state_deadline = planned.deadline
-    owner = Owner.of(reservation)
-    _record(uow, _rows(owner, planned, now=now, reason=reason, actor=actor, details=None))
 
 
 def apply(

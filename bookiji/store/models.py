@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlmodel import Field, SQLModel
 
-from bookiji.domain.states import EXPIRY_TARGET, ReservationState
+from bookiji.domain.states import ACTIVE_STATES, EXPIRY_TARGET, FINAL_STATES, ReservationState
 from bookiji.store.crypto import SealedJSON, SealedText
 from bookiji.store.types import BigIntId, JSONDocument, UTCDateTime
 
@@ -32,6 +32,12 @@ _STATE_LIST = ", ".join(f"'{s.value}'" for s in ReservationState)
 #: carry the very same predicate and both databases can match them).
 EXPIRABLE_PREDICATE = "state IN ({})".format(
     ", ".join(f"'{s.value}'" for s in sorted(EXPIRY_TARGET, key=lambda s: s.value))
+)
+#: Holds in flight (active, not yet committed), which the hold caps count per partner and
+#: requester from a partial index with this very predicate: it holds only the holds in flight,
+#: and a hold that ends leaves it without an index write.
+HOLDING_PREDICATE = "state IN ({})".format(
+    ", ".join(f"'{s.value}'" for s in sorted(ACTIVE_STATES - FINAL_STATES, key=lambda s: s.value))
 )
 
 
@@ -172,7 +178,14 @@ class Reservation(SQLModel, table=True):
         Index("ix_reservations_partner_created", "partner_id", "created_at"),
         Index("ix_reservations_created", "created_at"),
         Index("ix_reservations_state_created", "state", "created_at"),
-        Index("ix_reservations_partner_state", "partner_id", "state", "requester_id"),
+        Index(
+            "ix_reservations_holding",
+            "partner_id",
+            "requester_id",
+            "state",  # covering, so SQLite's planner picks it without statistics
+            postgresql_where=text(HOLDING_PREDICATE),
+            sqlite_where=text(HOLDING_PREDICATE),
+        ),
         Index(
             "ix_reservations_expiry_due",
             "state_deadline",

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any, cast
 
 from sqlalchemy import and_, bindparam, delete, func, text, update
 from sqlalchemy import select as sa_select
+from sqlalchemy.orm import QueryableAttribute, defer
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -24,6 +26,7 @@ _ACTIVE = sorted(s.value for s in ACTIVE_STATES)
 
 
 EXPIRY_INDEX = "ix_reservations_expiry_due"
+_SEALED = (Reservation.meta, Reservation.requester_contact)
 
 
 def due_for_expiry_query(now: datetime, limit: int) -> SelectOfScalar[Reservation]:
@@ -38,6 +41,8 @@ def due_for_expiry_query(now: datetime, limit: int) -> SelectOfScalar[Reservatio
         .order_by(col(Reservation.state_deadline))
         .limit(limit)
         .with_for_update(skip_locked=True)
+        # Expiring needs none of the requester's sealed data: not decrypted, row by row.
+        .options(*(defer(cast(QueryableAttribute[Any], c)) for c in _SEALED))
     )
 
 

@@ -52,22 +52,12 @@ def test_listing_by_state_reads_state_then_creation(db: Database) -> None:
     assert "ix_reservations_state_created" in plan(db, listing)
 
 
-def test_hold_caps_count_from_the_partner_state_index(db: Database) -> None:
-    """Counted inside every create: an index range over the unfinished states, however many
+def test_hold_caps_count_from_the_partial_index_of_holds_in_flight(db: Database) -> None:
+    """Counted inside every create: a range of the holds in flight, however many
     reservations the partner has finished."""
-    from sqlalchemy import func
-    from sqlmodel import col, select
+    from bookiji.services.holdcaps import _OF_OPERATOR, _OF_PARTNER
 
-    from bookiji.services.holdcaps import _HOLDING
-    from bookiji.store.models import Reservation
-
-    def count(_uow: UnitOfWork) -> object:
-        return (
-            select(func.count())
-            .select_from(Reservation)
-            .where(col(Reservation.partner_id) == "acme", col(Reservation.state).in_(_HOLDING))
-        )
-
-    read = plan(db, count)
-    assert "ix_reservations_partner_state" in read
-    assert "SCAN reservations" not in read
+    for statement in (_OF_PARTNER, _OF_OPERATOR):
+        read = plan(db, lambda _uow, s=statement: s.params(partner="acme", requester="alice"))
+        assert "ix_reservations_holding" in read
+        assert "SCAN reservations" not in read
