@@ -9,9 +9,10 @@ into a lifetime cap on bookings.
 Requester ids are the partner's own identifiers, so a requester is counted within its
 partner (`alice` of partner A is not `alice` of partner B).
 
-The count is a guard against runaway clients, not an invariant: run outside the hold's
-transaction, concurrent requests can overshoot by the number in flight. Pass the hold's
-`UnitOfWork` instead of the `Database` to count inside it.
+`ReservationService.create_hold(caps=...)` counts inside the hold's own transaction: on
+SQLite (writers take turns) both caps are exact; on Postgres a requester's creates are
+serialised, so its cap is exact, while a partner's cap spans vendors and can overshoot by the
+creates in flight (queueing all of a partner's creates would cost more than it guards).
 """
 
 from __future__ import annotations

@@ -309,7 +309,8 @@ class ReservationService:
                 record = uow.idempotency.get(scope, request.idempotency_key)
                 if record is not None:
                     return self._answer_replay(record, request.idempotency_key, fingerprint)
-            if caps is not None:  # counted under the same lock as the insert: exact
+            if caps is not None:  # counted in the transaction that inserts the hold
+                uow.reservations.lock_requester_holds(request.partner_id, request.requester_id)
                 caps.ensure(uow, partner_id=request.partner_id, requester_id=request.requester_id)
             vendor = uow.vendors.get(request.vendor_id)
             if vendor is None:

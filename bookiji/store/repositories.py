@@ -126,6 +126,18 @@ class ReservationRepository:
                 {"vendor": f"bookiji:vendor:{vendor_id}"},
             )
 
+    def lock_requester_holds(self, partner_id: str | None, requester_id: str) -> None:
+        """Serialise one requester's creates until this transaction ends (Postgres), so its
+        hold cap is counted exactly: taken after the vendor's lock, never before one, so the
+        two cannot deadlock. A partner's cap spans vendors and is not serialised (that would
+        queue all of a partner's creates): it can overshoot by the creates in flight.
+        SQLite needs nothing: its writers take turns."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            self.session.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:who, 7))"),
+                {"who": f"bookiji:requester:{partner_id or ''}:{requester_id}"},
+            )
+
     def overlapping_active(
         self, vendor_id: str, block_start: datetime, block_end: datetime
     ) -> Sequence[Reservation]:

@@ -2,7 +2,8 @@
 
 Every process makes one attempt at the same moment (a barrier). Whatever interleaving the
 database sees, exactly one request per overlapping group may win, touching slots both win,
-and a final SQL self-join finds no overlapping active pair.
+and a final SQL self-join finds no overlapping active pair. Then eight processes race one
+requester's creates against its hold cap, on eight vendors so no vendor lock lines them up.
 """
 
 from __future__ import annotations
@@ -116,4 +117,61 @@ def test_racing_processes_never_double_book(database_url: str) -> None:
         held = conn.execute(text("SELECT count(*) FROM reservations")).scalar_one()
     assert overlapping == []
     assert held == 1 + 1 + 2 + 8
+    db.dispose()
+
+
+CAPPED = 8
+CAP = 3
+
+
+def _capped(url: str, vendor: str, barrier: Any, results: Any) -> None:
+    from bookiji.domain.errors import BookijiError
+    from bookiji.domain.states import StageTTLs
+    from bookiji.services.clock import ManualClock
+    from bookiji.services.holdcaps import HoldCaps
+    from bookiji.services.reservations import HoldRequest, ReservationService
+
+    db = Database(url)
+    service = ReservationService(db, ManualClock(T0), StageTTLs())
+    start = DAY.replace(hour=10)
+    request = HoldRequest(vendor, start, start + timedelta(hours=1), "alice", partner_id=None)
+    try:
+        with db.engine.connect():
+            pass
+        barrier.wait(timeout=60)
+        service.create_hold(request, actor="race", caps=HoldCaps(CAP, 1000))
+        results.put("won")
+    except BookijiError as exc:
+        results.put(exc.code)
+    except Exception as exc:
+        results.put(f"error {type(exc).__name__}: {exc}")
+    finally:
+        db.dispose()
+
+
+@pytest.mark.slow
+def test_racing_processes_never_pass_a_requesters_hold_cap(database_url: str) -> None:
+    """One requester, eight vendors (so no vendor lock lines them up), a cap of three: however
+    the database interleaves the eight creates, exactly three holds are placed."""
+    db = Database(database_url)
+    for i in range(CAPPED):
+        add_vendor(db, f"cap{i}")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["bookiji.services.reservations", "tests.factories"])
+    barrier = ctx.Barrier(CAPPED)
+    results = ctx.Queue()
+    workers = [
+        ctx.Process(target=_capped, args=(database_url, f"cap{i}", barrier, results))
+        for i in range(CAPPED)
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = sorted(results.get(timeout=120) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=30)
+        assert worker.exitcode == 0
+    assert outcomes == ["hold_limit_reached"] * (CAPPED - CAP) + ["won"] * CAP
+    with db.engine.connect() as conn:
+        held = conn.execute(text("SELECT count(*) FROM reservations")).scalar_one()
+    assert held == CAP
     db.dispose()
