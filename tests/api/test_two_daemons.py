@@ -98,7 +98,7 @@ def test_two_daemons_share_the_work_and_survive_a_kill(postgres_url: str, tmp_pa
     ports = free_port(), free_port()
     configs = [
         # A SIGKILLed daemon's job leases hold their jobs back until they run out (the
-        # default 60 s is as long as this test waits): 10 s, renewed every third of it while a job runs.
+        # default 60 s is as long as this test waits): 10 s, renewed every third of it.
         write_config(
             tmp_path / f"d{i}.toml", postgres_url, port, extra="[daemon]\njob_lease_seconds = 10\n"
         )
