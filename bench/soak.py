@@ -94,7 +94,7 @@ from bookiji.store.models import (
     WebhookDelivery,
 )
 from bookiji.store.uow import UnitOfWork
-from tests.api.daemon_support import SCRIPT, free_port
+from tests.api.daemon_support import SCRIPT, free_port, wait_until_healthy
 from tests.factories import add_vendor
 from tests.fakes.stripe_server import StripeServer
 from tests.fakes.webhook_receiver import StandardWebhookReceiver
@@ -362,18 +362,8 @@ class DaemonSlot:
     def wait_until_up(self, timeout: float = 40) -> None:
         process = self.process
         assert process is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise SoakError(f"daemon {self.name} exited early:\n{self.tail()}")
-            try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SoakError(f"daemon {self.name} did not come up:\n{self.tail()}")
-            time.sleep(0.1)
+        wait_until_healthy(process, self.base_url, logs=self.tail, timeout=timeout,
+                           error=SoakError, name=f"daemon {self.name}")  # fmt: skip
         self.up = True
 
     def kill(self) -> None:

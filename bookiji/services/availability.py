@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam
 from sqlalchemy import select as sa_select
@@ -163,6 +163,17 @@ def refuse_unless_bookable(verdict: Explanation, vendor_id: str) -> None:
     )
 
 
+class _Query(NamedTuple):
+    """One availability question; also its answer's key in the cache."""
+
+    vendor_id: str
+    start: datetime
+    end: datetime
+    slot_minutes: int | None
+    interval_minutes: int | None
+    include_confidence: bool
+
+
 @dataclass
 class _Entry:
     version: int
@@ -282,12 +293,12 @@ class AvailabilityService:
         include_confidence: bool = True,
     ) -> dict[str, Any]:
         """The availability document (`GET /v1/vendors/{id}/availability`)."""
-        window = (start, end, slot_minutes, interval_minutes, include_confidence)
-        found = self._cached(vendor_id, *window)
+        query = _Query(vendor_id, start, end, slot_minutes, interval_minutes, include_confidence)
+        found = self._cached(query)
         if found is not None:
             entry, cut = found
             return entry.answer(cut)
-        return self._compute(vendor_id, *window)
+        return self._compute(query)
 
     def availability_json(
         self,
@@ -301,48 +312,33 @@ class AvailabilityService:
     ) -> bytes:
         """`availability` as the API sends it. A cached answer is encoded once per cut, so a
         hot vendor costs one small read per request."""
-        window = (start, end, slot_minutes, interval_minutes, include_confidence)
-        found = self._cached(vendor_id, *window)
+        query = _Query(vendor_id, start, end, slot_minutes, interval_minutes, include_confidence)
+        found = self._cached(query)
         if found is not None:
             entry, cut = found
             return entry.answer_json(cut)
-        return to_json(self._compute(vendor_id, *window))
+        return to_json(self._compute(query))
 
-    def _cached(
-        self,
-        vendor_id: str,
-        start: datetime,
-        end: datetime,
-        slot_minutes: int | None,
-        interval_minutes: int | None,
-        include_confidence: bool,
-    ) -> tuple[_Entry, int] | None:
+    def _cached(self, query: _Query) -> tuple[_Entry, int] | None:
         """A cached answer still valid for the vendor's schedule version, and how many of its
         slots the passing of time has ruled out since (the vendor's minimum notice)."""
-        self._validate(start, end, slot_minutes, interval_minutes)
+        self._validate(query.start, query.end, query.slot_minutes, query.interval_minutes)
         now = self.clock.now()
-        key = (vendor_id, start, end, slot_minutes, interval_minutes, include_confidence)
         with UnitOfWork(self.db, readonly=True) as uow:
-            current = uow.vendors.version_and_notice(vendor_id)
+            current = uow.vendors.version_and_notice(query.vendor_id)
         if current is None:
-            raise NotFound(f"unknown vendor {vendor_id!r}", details={"vendorId": vendor_id})
+            raise NotFound(
+                f"unknown vendor {query.vendor_id!r}", details={"vendorId": query.vendor_id}
+            )
         version, notice_minutes = current
-        entry = self.cache.get(key, version, now)
+        entry = self.cache.get(query, version, now)
         if entry is None:
             return None
         return entry, entry.cut(now + timedelta(minutes=notice_minutes))
 
-    def _compute(
-        self,
-        vendor_id: str,
-        start: datetime,
-        end: datetime,
-        slot_minutes: int | None,
-        interval_minutes: int | None,
-        include_confidence: bool,
-    ) -> dict[str, Any]:
+    def _compute(self, query: _Query) -> dict[str, Any]:
+        vendor_id, start, end, slot_minutes, interval_minutes, include_confidence = query
         now = self.clock.now()
-        key = (vendor_id, start, end, slot_minutes, interval_minutes, include_confidence)
         with UnitOfWork(self.db, readonly=True) as uow:
             vendor = self._vendor(uow, vendor_id)
             schedule = load_schedule(
@@ -392,7 +388,7 @@ class AvailabilityService:
             "cached": False,
             "computedAt": format_instant(now),
         }
-        self.cache.put(key, schedule.version, now, document)
+        self.cache.put(query, schedule.version, now, document)
         return document
 
     def explain(

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +54,30 @@ def write_config(
     return path
 
 
+def wait_until_healthy(
+    process: subprocess.Popen[bytes],
+    base_url: str,
+    *,
+    logs: Callable[[], str],
+    timeout: float,
+    error: type[Exception] = RuntimeError,
+    name: str = "daemon",
+) -> None:
+    """Until the daemon answers /healthz; `error` with its log if it exits or never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise error(f"{name} exited early:\n{logs()}")
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise error(f"{name} did not come up:\n{logs()}")
+        time.sleep(0.1)
+
+
 @contextmanager
 def running_daemon(
     config: Path, tmp_path: Path, *, port: int, name: str = "daemon"
@@ -67,19 +91,8 @@ def running_daemon(
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     daemon = Daemon(process, f"http://127.0.0.1:{port}", log_path)
-    deadline = time.monotonic() + 30
     try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"daemon exited early:\n{daemon.logs()}")
-            try:
-                if httpx.get(f"{daemon.base_url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"daemon did not come up:\n{daemon.logs()}")
-            time.sleep(0.1)
+        wait_until_healthy(process, daemon.base_url, logs=daemon.logs, timeout=30)
         yield daemon
     finally:
         if process.poll() is None:
