@@ -312,7 +312,7 @@ class ReservationService:
             if caps is not None:  # counted in the transaction that inserts the hold
                 uow.reservations.lock_requester_holds(request.partner_id, request.requester_id)
                 caps.ensure(uow, partner_id=request.partner_id, requester_id=request.requester_id)
-            vendor = uow.vendors.get(request.vendor_id)
+            vendor = uow.vendors.read(request.vendor_id)
             if vendor is None:
                 raise NotFound(
                     f"unknown vendor {request.vendor_id!r}",

@@ -8,7 +8,7 @@ from typing import Any, cast
 
 from sqlalchemy import and_, bindparam, delete, func, text, update
 from sqlalchemy import select as sa_select
-from sqlalchemy.orm import QueryableAttribute, defer
+from sqlalchemy.orm import QueryableAttribute, configure_mappers, defer
 from sqlmodel import Session, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -53,6 +53,8 @@ _BUMP_ONE = (
     .values(schedule_version=_VENDORS.c.schedule_version + 1)
 )
 
+_VENDOR_ROW = sa_select(_VENDORS).where(_VENDORS.c.id == bindparam("vendor"))
+
 _VERSION_AND_NOTICE = sa_select(_VENDORS.c.schedule_version, _VENDORS.c.min_notice_minutes).where(
     _VENDORS.c.id == bindparam("vendor")
 )
@@ -64,6 +66,15 @@ class VendorRepository:
 
     def get(self, vendor_id: str) -> Vendor | None:
         return self.session.get(Vendor, vendor_id)
+
+    def read(self, vendor_id: str) -> Vendor | None:
+        """The vendor as stored, outside the session's identity map: for a path that reads
+        its rules and never changes it (a hold), at a fraction of an ORM load's cost."""
+        row = self.session.connection().execute(_VENDOR_ROW, {"vendor": vendor_id}).first()
+        if row is None:
+            return None
+        configure_mappers()  # a fresh process may not have used the ORM yet (cheap after)
+        return Vendor.model_construct(**row._mapping)
 
     def add(self, vendor: Vendor) -> None:
         self.session.add(vendor)

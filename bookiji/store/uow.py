@@ -12,6 +12,7 @@ from typing import Any
 from sqlmodel import Session, SQLModel
 
 from bookiji.store.database import Database
+from bookiji.store.inserts import insert_rows
 from bookiji.store.repositories import (
     IdempotencyRepository,
     OutboxRepository,
@@ -60,9 +61,8 @@ class UnitOfWork:
     def insert(self, model: type[SQLModel], rows: dict[str, Any] | list[dict[str, Any]]) -> None:
         """Plain INSERTs of rows keyed by column name, without the ORM's per-object
         bookkeeping: for a hot path that writes rows it never reads back (a new hold)."""
-        if rows:
-            table = model.__table__  # type: ignore[attr-defined]
-            self.session.connection().execute(table.insert(), rows)
+        table = model.__table__  # type: ignore[attr-defined]
+        insert_rows(self.session.connection(), table, [rows] if isinstance(rows, dict) else rows)
 
     def touch_schedule(self, vendor_id: str) -> None:
         """Note that this transaction changes what the vendor can offer; committing bumps the
