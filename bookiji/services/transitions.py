@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import inspect
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -27,6 +27,7 @@ from bookiji.domain.states import (
 from bookiji.domain.timeutil import format_instant
 from bookiji.services.ids import new_id
 from bookiji.store.models import OutboxEvent, Reservation, ReservationTransition
+from bookiji.store.repositories import StateUpdate
 from bookiji.store.uow import UnitOfWork
 
 
@@ -196,7 +197,7 @@ def apply_many(
     rows and events go in with one multi-row INSERT each. Returns the moves that happened."""
     logs: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
-    updates: list[dict[str, Any]] = []
+    updates: list[StateUpdate] = []
     done: list[Move] = []
     for move in moves:
         reservation = move.reservation
@@ -213,20 +214,16 @@ def apply_many(
             uow.touch_schedule(reservation.vendor_id)
         assert reservation.version is not None
         updates.append(
-            {
-                "b_id": reservation.id,
-                "b_version": reservation.version,
-                "b_state": planned.to_state.value,
-                "b_deadline": planned.deadline,
-                "b_now": now,
-                "b_next": reservation.version + 1,
-            }
-        )
-        # What the UPDATE below writes, as the session's committed view of the row.
-        for name, value in (("state", planned.to_state.value),
-                            ("state_deadline", planned.deadline), ("updated_at", now),
-                            ("version", reservation.version + 1)):  # fmt: skip
-            set_committed_value(reservation, name, value)
+            StateUpdate(reservation.id, reservation.version, planned.to_state.value,
+                        planned.deadline)
+        )  # fmt: skip
+        # What the UPDATE below writes, as the session's committed view of a row it tracks
+        # (the sweep's rows are read detached, and not read again).
+        if inspect(reservation, raiseerr=False) is not None:
+            for name, value in (("state", planned.to_state.value),
+                                ("state_deadline", planned.deadline), ("updated_at", now),
+                                ("version", reservation.version + 1)):  # fmt: skip
+                set_committed_value(reservation, name, value)
         log_row, event = _rows(
             Owner.of(reservation), planned, now=now, reason=move.reason, actor=actor, details=None
         )
@@ -234,27 +231,14 @@ def apply_many(
         events.append(event)
         done.append(move)
     if done:
-        # One executemany for the whole batch, each row still checked against the version
+        # One statement for the whole batch, each row still checked against the version
         # it was read at (the sweep also holds the rows locked).
-        result = uow.session.execute(_BATCH_UPDATE, updates)
-        if result.rowcount != len(updates):  # type: ignore[attr-defined]
+        changed = uow.reservations.set_states(updates, now=now)
+        if changed != len(updates):
             raise StaleDataError(
-                f"{len(updates) - result.rowcount} of {len(updates)} reservations "  # type: ignore[attr-defined]
+                f"{len(updates) - changed} of {len(updates)} reservations "
                 "changed while the batch was being applied"
             )
-        uow.session.execute(insert(ReservationTransition), logs)
-        uow.session.execute(insert(OutboxEvent), events)
+        uow.insert(ReservationTransition, logs)
+        uow.insert(OutboxEvent, events)
     return done
-
-
-_TABLE = Reservation.__table__  # type: ignore[attr-defined]
-_BATCH_UPDATE = (
-    update(_TABLE)
-    .where(_TABLE.c.id == bindparam("b_id"), _TABLE.c.version == bindparam("b_version"))
-    .values(
-        state=bindparam("b_state"),
-        state_deadline=bindparam("b_deadline"),
-        updated_at=bindparam("b_now"),
-        version=bindparam("b_next"),
-    )
-)

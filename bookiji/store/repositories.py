@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple
 
-from sqlalchemy import and_, bindparam, delete, func, text, update
+from sqlalchemy import Select, and_, bindparam, delete, func, text, update
 from sqlalchemy import select as sa_select
-from sqlalchemy.orm import QueryableAttribute, configure_mappers, defer
+from sqlalchemy.orm import configure_mappers
 from sqlmodel import Session, col, select
-from sqlmodel.sql.expression import SelectOfScalar
 
 from bookiji.domain.states import ACTIVE_STATES
 from bookiji.store.models import (
@@ -26,23 +25,25 @@ _ACTIVE = sorted(s.value for s in ACTIVE_STATES)
 
 
 EXPIRY_INDEX = "ix_reservations_expiry_due"
-_SEALED = (Reservation.meta, Reservation.requester_contact)
 
 
-def due_for_expiry_query(now: datetime, limit: int) -> SelectOfScalar[Reservation]:
+_RESERVATIONS = Reservation.__table__  # type: ignore[attr-defined]
+#: Expiring needs none of the requester's sealed data: not read, not decrypted, row by row.
+_UNSEALED = [c for c in _RESERVATIONS.c if c.name not in ("metadata", "requester_contact")]
+
+
+def due_for_expiry_query(now: datetime, limit: int) -> Select[Any]:
     """Postgres reads it from the partial index of expirable deadlines, oldest first, and
     stops at `limit`; SQLite reads each state's due range of (state, state_deadline)."""
     return (
-        select(Reservation)
+        sa_select(*_UNSEALED)
         .where(
             text(EXPIRABLE_PREDICATE),  # as the partial index says, literally
-            col(Reservation.state_deadline) <= now,
+            _RESERVATIONS.c.state_deadline <= now,
         )
-        .order_by(col(Reservation.state_deadline))
+        .order_by(_RESERVATIONS.c.state_deadline)
         .limit(limit)
         .with_for_update(skip_locked=True)
-        # Expiring needs none of the requester's sealed data: not decrypted, row by row.
-        .options(*(defer(cast(QueryableAttribute[Any], c)) for c in _SEALED))
     )
 
 
@@ -50,6 +51,12 @@ _VENDORS = Vendor.__table__  # type: ignore[attr-defined]
 _BUMP_ONE = (
     update(_VENDORS)
     .where(_VENDORS.c.id == bindparam("vendor"))
+    .values(schedule_version=_VENDORS.c.schedule_version + 1)
+)
+
+_BUMP_MANY = (
+    update(_VENDORS)
+    .where(_VENDORS.c.id.in_(bindparam("vendors", expanding=True)))
     .values(schedule_version=_VENDORS.c.schedule_version + 1)
 )
 
@@ -92,13 +99,9 @@ class VendorRepository:
         if len(ordered) == 1:  # every hold: a plain statement, built once
             self.session.connection().execute(_BUMP_ONE, {"vendor": ordered[0]})
             return
+        connection = self.session.connection()  # Core: no ORM bulk-update bookkeeping
         for first in range(0, len(ordered), 500):
-            self.session.execute(
-                update(Vendor)
-                .where(col(Vendor.id).in_(ordered[first : first + 500]))
-                .values(schedule_version=col(Vendor.schedule_version) + 1)
-                .execution_options(synchronize_session=False)
-            )
+            connection.execute(_BUMP_MANY, {"vendors": ordered[first : first + 500]})
 
     def version_and_notice(self, vendor_id: str) -> tuple[int, int] | None:
         """What a cached availability answer is checked against on every read."""
@@ -109,6 +112,31 @@ class VendorRepository:
         return self.session.exec(
             select(Vendor.schedule_version).where(col(Vendor.id) == vendor_id)
         ).first()
+
+
+class StateUpdate(NamedTuple):
+    reservation_id: str
+    version: int  # as read: the row changes only if it is still at this version
+    state: str
+    deadline: datetime | None
+
+
+_SET_STATE = (
+    update(_RESERVATIONS)
+    .where(_RESERVATIONS.c.id == bindparam("b_id"),
+           _RESERVATIONS.c.version == bindparam("b_version"))
+    .values(state=bindparam("b_state"), state_deadline=bindparam("b_deadline"),
+            updated_at=bindparam("b_now"), version=_RESERVATIONS.c.version + 1)
+)  # fmt: skip
+
+# Postgres: the batch as arrays joined in one statement, not a statement per row.
+_SET_STATES_PG = text(
+    "UPDATE reservations AS r SET state = v.state, state_deadline = v.deadline, "
+    "updated_at = :now, version = r.version + 1 "
+    "FROM unnest(CAST(:ids AS text[]), CAST(:versions AS integer[]), CAST(:states AS text[]), "
+    "CAST(:deadlines AS timestamptz[])) AS v(id, version, state, deadline) "
+    "WHERE r.id = v.id AND r.version = v.version"
+)
 
 
 class ReservationRepository:
@@ -123,6 +151,26 @@ class ReservationRepository:
         if for_update:
             stmt = stmt.with_for_update()
         return self.session.exec(stmt).first()
+
+    def set_states(self, updates: Sequence[StateUpdate], *, now: datetime) -> int:
+        """Move a batch of reservations to new states (the sweep); returns how many rows
+        changed, fewer than asked when some moved on since they were read."""
+        if not updates:
+            return 0
+        connection = self.session.connection()
+        if connection.dialect.name == "postgresql":
+            ids, versions, states, deadlines = (list(c) for c in zip(*updates, strict=True))
+            result = connection.execute(_SET_STATES_PG, {
+                "ids": ids, "versions": versions, "states": states, "now": now,
+                "deadlines": deadlines,
+            })  # fmt: skip
+        else:
+            result = connection.execute(_SET_STATE, [
+                {"b_id": u.reservation_id, "b_version": u.version, "b_state": u.state,
+                 "b_deadline": u.deadline, "b_now": now}
+                for u in updates
+            ])  # fmt: skip
+        return int(result.rowcount)
 
     def lock_vendor_schedule(self, vendor_id: str) -> None:
         """Serialise hold creation per vendor until this transaction ends (Postgres).
@@ -187,9 +235,17 @@ class ReservationRepository:
         """Reservations past their deadline in a state that expires, oldest deadline first.
 
         Locked with SKIP LOCKED on Postgres so two sweepers split the work instead of
-        colliding; SQLite serialises writers anyway.
+        colliding; SQLite serialises writers anyway. Detached from the session, without
+        the sealed columns (`meta` reads as empty, `requester_contact` as None).
         """
-        return self.session.exec(due_for_expiry_query(now, limit)).all()
+        rows = self.session.connection().execute(due_for_expiry_query(now, limit))
+        # Plain rows made into detached models: a sweep of thousands reads them once and
+        # writes them with set-based statements, so the ORM's per-row bookkeeping is waste.
+        configure_mappers()
+        unread: dict[str, Any] = {"meta": {}, "requester_contact": None}  # no default factories
+        keys = list(rows.keys())  # once: a row's own `_mapping.keys()` builds a view per call
+        return [Reservation.model_construct(**unread, **dict(zip(keys, row, strict=True)))
+                for row in rows]  # fmt: skip
 
     def count_by_state(self) -> dict[str, int]:
         stmt = select(Reservation.state, func.count()).group_by(col(Reservation.state))
