@@ -1,4 +1,4 @@
-"""INSERTs compiled once and run on the driver's cursor, for rows a hot path never reads back.
+"""INSERTs compiled once and handed to the driver as SQL, for rows a hot path never reads back.
 
 A hold writes about ten rows; through `Connection.execute(table.insert(), rows)` each
 statement paid SQLAlchemy's per-call compiling work (cache key, parameter processing set-up)
