@@ -31,8 +31,10 @@ class PreparedInsert:
     positional: bool
 
     def parameters(self, row: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
-        values = {**{name: (make(None) if call else make) for name, make, call in self.defaults},
-                  **row}  # fmt: skip
+        values = row
+        if self.defaults:  # only then a merged copy per row
+            values = {**{name: (make(None) if call else make)
+                         for name, make, call in self.defaults}, **row}  # fmt: skip
         if self.positional:
             return tuple(p(values[k]) if p is not None else values[k] for k, p in self.fields)
         return {k: (p(values[k]) if p is not None else values[k]) for k, p in self.fields}
