@@ -391,16 +391,14 @@ class ReservationsPanel(Vertical):
         if table.row_count:
             keep = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         overdue = table.get_component_rich_style("state--overdue", partial=True)
-        table.clear(columns=True)  # columns too: their widths follow the content shown
-        for key, label in self.COLUMNS:
-            table.add_column(label, key=key)
+        lines = []
         for row in rows:
             style = table.get_component_rich_style(state_class(row.state), partial=True)
             left, late = countdown(row.state_deadline, now)
             deadline = Text("-" if row.state_deadline is None else left)
             if late and row.overdue:
                 deadline.stylize(overdue)
-            table.add_row(
+            lines.append((row.id, (
                 Text(row.id),
                 Text(row.state, style=style),
                 deadline,
@@ -408,8 +406,15 @@ class ReservationsPanel(Vertical):
                 Text(row.partner_id or "-"),
                 Text(row.requester_id),
                 Text(short_instant(row.slot_start)),
-                key=row.id,
-            )
+            )))  # fmt: skip
+        table.clear(columns=True)  # columns too: their widths follow the content shown
+        # Widths given, not measured by the table later: its own measuring ran late at times
+        # (after a screenshot, or not at all), leaving columns as narrow as their headers.
+        for index, (key, label) in enumerate(self.COLUMNS):
+            width = max([len(label), *(cells[index].cell_len for _, cells in lines)])
+            table.add_column(label, key=key, width=width)
+        for key, cells in lines:
+            table.add_row(*cells, key=key)
         if keep is not None and keep in table.rows:
             table.move_cursor(row=table.get_row_index(keep), animate=False)
         active = [
