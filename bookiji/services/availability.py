@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam
+from sqlalchemy import bindparam, text
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
@@ -30,15 +30,19 @@ from bookiji.domain.availability import (
     explain,
 )
 from bookiji.domain.errors import NotFound, SlotUnavailable, ValidationFailed
-from bookiji.domain.states import ACTIVE_STATES
 from bookiji.domain.timeutil import format_instant
 from bookiji.services.clock import Clock
 from bookiji.services.vendors import spec_of
 from bookiji.store.database import Database
-from bookiji.store.models import BusyInterval, CalendarConnection, Reservation, Vendor
+from bookiji.store.models import (
+    ACTIVE_PREDICATE,
+    BusyInterval,
+    CalendarConnection,
+    Reservation,
+    Vendor,
+)
 from bookiji.store.uow import UnitOfWork
 
-_ACTIVE = sorted(s.value for s in ACTIVE_STATES)
 MIN_SLOT_MINUTES, MAX_SLOT_MINUTES = 5, 1440
 
 
@@ -77,19 +81,40 @@ _BUSY = sa_select(
     col(BusyInterval.start_at) < bindparam("hi"),
     col(BusyInterval.end_at) > bindparam("lo"),
 )
-_HOLDS = sa_select(
+# A vendor's active blocks never overlap, so those touching [lo, hi) are the ones starting in
+# it plus at most the last one starting before `lo`: one range and one step back on the
+# partial index of active blocks, not a walk over every block the vendor ever had.
+_HOLD_COLUMNS = (
     col(Reservation.block_start),
     col(Reservation.block_end),
     col(Reservation.id),
     col(Reservation.state),
     col(Reservation.slot_start),
     col(Reservation.slot_end),
-).where(
-    col(Reservation.vendor_id) == bindparam("vendor"),
-    col(Reservation.block_start) < bindparam("hi"),
-    col(Reservation.block_end) > bindparam("lo"),
-    col(Reservation.state).in_(_ACTIVE),
 )
+_HOLDS_FROM = sa_select(*_HOLD_COLUMNS).where(
+    col(Reservation.vendor_id) == bindparam("vendor"),
+    text(ACTIVE_PREDICATE),
+    col(Reservation.block_start) >= bindparam("lo"),
+    col(Reservation.block_start) < bindparam("hi"),
+)
+_HOLD_BEFORE = (
+    sa_select(*_HOLD_COLUMNS)
+    .where(
+        col(Reservation.vendor_id) == bindparam("vendor"),
+        text(ACTIVE_PREDICATE),
+        col(Reservation.block_start) < bindparam("lo"),
+    )
+    .order_by(col(Reservation.block_start).desc())
+    .limit(1)
+)
+
+
+def _active_holds(uow: UnitOfWork, vendor_id: str, lo: datetime, hi: datetime) -> list[Any]:
+    """The vendor's active blocks that overlap [lo, hi)."""
+    params = {"vendor": vendor_id, "lo": lo, "hi": hi}
+    rows = [row for row in uow.session.execute(_HOLD_BEFORE, params) if row.block_end > lo]
+    return rows + list(uow.session.execute(_HOLDS_FROM, params))
 
 
 def load_schedule(
@@ -127,9 +152,7 @@ def load_schedule(
         what = f" '{summary}'" if summary else ""
         label = f"{labels.get(connection_id, connection_id)}{what}"
         blockers.append(Blocker(start_at, end_at, "calendar", label, tentative))
-    hold_rows = uow.session.execute(
-        _HOLDS, {"vendor": vendor.id, "lo": reach_lo, "hi": reach_hi}
-    ).all()
+    hold_rows = _active_holds(uow, vendor.id, reach_lo, reach_hi)
     for block_start, block_end, reservation_id, state, slot_start, slot_end in hold_rows:
         if reservation_id == exclude_reservation:
             continue

@@ -203,22 +203,6 @@ class ReservationRepository:
                 {"who": f"bookiji:requester:{partner_id or ''}:{requester_id}"},
             )
 
-    def overlapping_active(
-        self, vendor_id: str, block_start: datetime, block_end: datetime
-    ) -> Sequence[Reservation]:
-        """Active reservations whose block overlaps [block_start, block_end)."""
-        stmt = (
-            select(Reservation)
-            .where(
-                col(Reservation.vendor_id) == vendor_id,
-                col(Reservation.block_start) < block_end,
-                col(Reservation.block_end) > block_start,
-                col(Reservation.state).in_(_ACTIVE),
-            )
-            .order_by(col(Reservation.block_start))
-        )
-        return self.session.exec(stmt).all()
-
     def list(
         self,
         *,
