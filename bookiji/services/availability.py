@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import bindparam, text, union_all
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
@@ -107,14 +107,12 @@ _HOLD_BEFORE = (
     )
     .order_by(col(Reservation.block_start).desc())
     .limit(1)
+    .subquery("before")
 )
-
-
-def _active_holds(uow: UnitOfWork, vendor_id: str, lo: datetime, hi: datetime) -> list[Any]:
-    """The vendor's active blocks that overlap [lo, hi)."""
-    params = {"vendor": vendor_id, "lo": lo, "hi": hi}
-    rows = [row for row in uow.session.execute(_HOLD_BEFORE, params) if row.block_end > lo]
-    return rows + list(uow.session.execute(_HOLDS_FROM, params))
+# Both halves in one statement: one round trip per hold on Postgres, not two.
+_HOLDS = union_all(
+    sa_select(_HOLD_BEFORE).where(_HOLD_BEFORE.c.block_end > bindparam("lo")), _HOLDS_FROM
+)
 
 
 def load_schedule(
@@ -152,7 +150,9 @@ def load_schedule(
         what = f" '{summary}'" if summary else ""
         label = f"{labels.get(connection_id, connection_id)}{what}"
         blockers.append(Blocker(start_at, end_at, "calendar", label, tentative))
-    hold_rows = _active_holds(uow, vendor.id, reach_lo, reach_hi)
+    hold_rows = uow.session.execute(
+        _HOLDS, {"vendor": vendor.id, "lo": reach_lo, "hi": reach_hi}
+    ).all()
     for block_start, block_end, reservation_id, state, slot_start, slot_end in hold_rows:
         if reservation_id == exclude_reservation:
             continue

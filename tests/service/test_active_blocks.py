@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.exc import DBAPIError
 
-from bookiji.services.availability import _HOLD_BEFORE, _HOLDS_FROM, _active_holds
+from bookiji.services.availability import _HOLD_BEFORE, _HOLDS, _HOLDS_FROM
 from bookiji.store.database import Database
 from bookiji.store.models import Reservation
 from bookiji.store.uow import UnitOfWork
@@ -104,11 +104,15 @@ def test_overlaps_refused_and_found_as_by_brute_force(
     live = [k for k in kept if k["state"] in ACTIVE]
     expected = {k["id"] for k in live if k["block_start"] < hi and k["block_end"] > lo}
     with UnitOfWork(db, readonly=True) as uow:
-        found = [row.id for row in _active_holds(uow, vendor, lo, hi)]
+        found = [
+            row.id for row in uow.session.execute(_HOLDS, {"vendor": vendor, "lo": lo, "hi": hi})
+        ]
     assert sorted(found) == sorted(expected)
 
 
-@pytest.mark.parametrize("statement", [_HOLDS_FROM, _HOLD_BEFORE], ids=["from", "before"])
+@pytest.mark.parametrize(
+    "statement", [_HOLDS_FROM, _HOLD_BEFORE.element, _HOLDS], ids=["from", "before", "both"]
+)
 def test_holds_around_a_time_read_the_partial_index_of_active_blocks(
     db: Database, statement: Any
 ) -> None:
