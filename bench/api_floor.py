@@ -8,9 +8,10 @@ BEGIN IMMEDIATE, the write gate) with three routes in two styles:
 - `read`: one indexed single-row SELECT, as a cached availability answer's version check;
 - `write`: the create body validated by the API's own pydantic model, then one single-row
   INSERT transaction, the database ceiling of bench/scale.py.
-`sync` routes are plain `def`s run in the thread pool, as the daemon's are; `async` routes
-run on the event loop (the database call blocks it: acceptable for a floor, not for a
-product on Postgres). The same client as api_load measures each at 1 and 16 clients.
+`sync` routes are plain `def`s run in the thread pool, as the daemon's writes are; `async`
+routes run on the event loop, as the daemon's `/healthz` and cached availability answers on
+SQLite are (a database call there would stall every request on Postgres). The same client
+as api_load measures each at 1 and 16 clients.
 
 A real create does far more than `write` (authentication, rate limit, idempotency, the
 availability re-check, about ten rows); a real availability read more than `read`

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from anyio import to_thread
@@ -17,6 +18,7 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bookiji.api.edge import Edge
@@ -40,7 +42,7 @@ from bookiji.domain.timeutil import format_instant, parse_instant
 from bookiji.services.apikeys import ApiPrincipal
 from bookiji.services.documents import load_reservation_document
 from bookiji.services.holdcaps import HoldCaps
-from bookiji.services.ratelimit import RateLimiter
+from bookiji.services.ratelimit import RateLimitDecision, RateLimiter
 from bookiji.services.reservations import HoldRequest
 from bookiji.store import migrate
 from bookiji.store.uow import UnitOfWork
@@ -96,6 +98,7 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
     api = settings.api
     caps = HoldCaps(api.max_active_holds_per_requester, api.max_active_holds_per_partner)
     metrics = metrics or Metrics(container)
+    local_reads = container.db.local_reads
     limiter = RateLimiter(
         settings.redis_url or "memory://",
         reads_per_minute=api.reads_per_minute,
@@ -175,16 +178,34 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
     # -- authentication, scopes, rate limits -------------------------------------------------
 
     def authorized(scope: str, route_class: str) -> Any:
-        def dependency(
+        """Key, scope and budget, on the event loop when that costs less than a thread hop
+        (a key verified lately, read from local SQLite; in-process rate counters), in a
+        thread otherwise (the KDF, a write, a network round trip)."""
+
+        def check(raw: str | None, principal: ApiPrincipal | None) -> ApiPrincipal:
+            principal = principal or container.apikeys.authenticate(raw)
+            principal.require(scope)
+            return principal
+
+        def hit(key_id: str) -> RateLimitDecision:
+            return limiter.hit(key_id, route_class)
+
+        async def dependency(
             request: Request, authorization: str | None = Header(default=None)
         ) -> ApiPrincipal:
             raw = None
             if authorization and authorization.lower().startswith("bearer "):
                 raw = authorization[7:].strip()
-            principal = container.apikeys.authenticate(raw)
+            quick = container.apikeys.authenticate_quickly(raw) if local_reads else None
+            if quick is not None:
+                principal = check(raw, quick)
+            else:
+                principal = await run_in_threadpool(check, raw, None)
             request.state.partner_id = principal.partner_id
-            principal.require(scope)
-            decision = limiter.hit(principal.key_id, route_class)
+            if limiter.local:
+                decision = hit(principal.key_id)
+            else:
+                decision = await run_in_threadpool(hit, principal.key_id)
             request.state.rate = decision
             if not decision.allowed:
                 raise RateLimited(
@@ -198,7 +219,7 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
     # -- endpoints ------------------------------------------------------------------------------
 
     @app.get("/healthz", tags=["operations"])
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["operations"])
@@ -221,7 +242,7 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
         tags=["availability"],
         response_model=dict[str, Any],
     )
-    def availability(
+    async def availability(
         vendor_id: str,
         startTime: str = Query(..., description="RFC 3339 with offset"),
         endTime: str = Query(..., description="RFC 3339 with offset"),
@@ -229,13 +250,29 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
         includeConfidence: bool = Query(True),
         _: ApiPrincipal = authorized("availability:read", "read"),
     ) -> Response:
-        body = container.availability.availability_json(
-            vendor_id,
-            parse_instant(startTime, field="startTime"),
-            parse_instant(endTime, field="endTime"),
-            slot_minutes=slotDuration,
-            include_confidence=includeConfidence,
-        )
+        start = parse_instant(startTime, field="startTime")
+        end = parse_instant(endTime, field="endTime")
+        service = container.availability
+        body = None
+        if local_reads:  # a cached answer is one small read: not worth a thread
+            body = service.cached_json(
+                vendor_id,
+                start,
+                end,
+                slot_minutes=slotDuration,
+                include_confidence=includeConfidence,
+            )
+        if body is None:
+            body = await run_in_threadpool(
+                partial(
+                    service.availability_json,
+                    vendor_id,
+                    start,
+                    end,
+                    slot_minutes=slotDuration,
+                    include_confidence=includeConfidence,
+                )
+            )
         return Response(body, media_type="application/json")
 
     @app.post("/v1/reservations", status_code=201, tags=["reservations"])

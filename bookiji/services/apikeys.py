@@ -31,10 +31,12 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import bindparam, or_, update
 from sqlalchemy import select as sa_select
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import col, select
 
@@ -232,6 +234,12 @@ _BY_PREFIX = (
 )
 
 
+def _principal(key: Row[Any]) -> ApiPrincipal:
+    return ApiPrincipal(
+        partner_id=key.partner_id, key_id=key.id, scopes=frozenset(map(str, key.scopes))
+    )
+
+
 class ApiKeyService:
     def __init__(
         self,
@@ -399,29 +407,57 @@ class ApiKeyService:
         this process has not verified the same key against the same stored hash within
         `cache_ttl`.
         """
+        principal = self._authenticate(raw, quick=False)
+        assert principal is not None
+        return principal
+
+    def authenticate_quickly(self, raw: str | None) -> ApiPrincipal | None:
+        """The principal when one small read settles it: a key this process verified within
+        `cache_ttl`, found live and not due a `last_used_at` touch. None otherwise (the KDF,
+        a write or a refusal is due): ask `authenticate`, off the event loop."""
+        return self._authenticate(raw, quick=True)
+
+    def _authenticate(self, raw: str | None, *, quick: bool) -> ApiPrincipal | None:
         match = _KEY_PATTERN.fullmatch(raw.strip()) if raw else None
         if match is None:
+            if quick:
+                return None
             raise self._refuse(None, "missing or malformed")
-        plaintext = match.group(0)
-        prefix = match.group("prefix")
+        prefix, plaintext = match.group("prefix"), match.group(0)
         now = self.clock.now()
-        with UnitOfWork(self.db, readonly=True) as uow:
-            key = uow.session.execute(_BY_PREFIX, {"prefix": prefix}).first()
+        key = self.db.read_first(_BY_PREFIX, {"prefix": prefix})
+        touch_due = key is not None and (
+            key.last_used_at is None or now - key.last_used_at >= self.touch_interval
+        )
+        if quick:
+            if (
+                key is None
+                or touch_due
+                or self._refusal(key, now) is not None
+                or not self._cached(prefix, _fingerprint(plaintext), key.key_hash, now)
+            ):
+                return None
+            return _principal(key)
         if key is None:
             raise self._refuse(prefix, "unknown prefix")
         if not self._verified(prefix, plaintext, key.key_hash, now):
             raise self._refuse(prefix, "wrong secret")
-        if key.revoked_at is not None:
-            raise self._refuse(prefix, "revoked")
-        if key.expires_at is not None and now >= key.expires_at:
-            raise self._refuse(prefix, "expired")
-        if key.disabled_at is not None:
-            raise self._refuse(prefix, "partner disabled")
-        if key.last_used_at is None or now - key.last_used_at >= self.touch_interval:
+        refusal = self._refusal(key, now)
+        if refusal is not None:
+            raise self._refuse(prefix, refusal)
+        if touch_due:
             self._touch(key.id, now)
-        return ApiPrincipal(
-            partner_id=key.partner_id, key_id=key.id, scopes=frozenset(map(str, key.scopes))
-        )
+        return _principal(key)
+
+    @staticmethod
+    def _refusal(key: Row[Any], now: datetime) -> str | None:
+        if key.revoked_at is not None:
+            return "revoked"
+        if key.expires_at is not None and now >= key.expires_at:
+            return "expired"
+        if key.disabled_at is not None:
+            return "partner disabled"
+        return None
 
     # -- internals -----------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from bookiji.store.models import (
     Reservation,
     Vendor,
 )
+from bookiji.store.repositories import VERSION_AND_NOTICE
 from bookiji.store.uow import UnitOfWork
 
 MIN_SLOT_MINUTES, MAX_SLOT_MINUTES = 5, 1440
@@ -342,18 +343,32 @@ class AvailabilityService:
             return entry.answer_json(cut)
         return to_json(self._compute(query))
 
+    def cached_json(
+        self,
+        vendor_id: str,
+        start: datetime,
+        end: datetime,
+        *,
+        slot_minutes: int | None = None,
+        include_confidence: bool = True,
+    ) -> bytes | None:
+        """`availability_json` when a cached answer is still valid (one small read), else
+        None: computing the answer is work for a thread, not for the API's event loop."""
+        query = _Query(vendor_id, start, end, slot_minutes, None, include_confidence)
+        found = self._cached(query)
+        return None if found is None else found[0].answer_json(found[1])
+
     def _cached(self, query: _Query) -> tuple[_Entry, int] | None:
         """A cached answer still valid for the vendor's schedule version, and how many of its
         slots the passing of time has ruled out since (the vendor's minimum notice)."""
         self._validate(query.start, query.end, query.slot_minutes, query.interval_minutes)
         now = self.clock.now()
-        with UnitOfWork(self.db, readonly=True) as uow:
-            current = uow.vendors.version_and_notice(query.vendor_id)
+        current = self.db.read_first(VERSION_AND_NOTICE, {"vendor": query.vendor_id})
         if current is None:
             raise NotFound(
                 f"unknown vendor {query.vendor_id!r}", details={"vendorId": query.vendor_id}
             )
-        version, notice_minutes = current
+        version, notice_minutes = current.schedule_version, current.min_notice_minutes
         entry = self.cache.get(query, version, now)
         if entry is None:
             return None

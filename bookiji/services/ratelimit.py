@@ -91,6 +91,9 @@ class RateLimiter:
             options["socket_timeout"] = REDIS_TIMEOUT_SECONDS
             options["socket_connect_timeout"] = REDIS_TIMEOUT_SECONDS
         self.storage = storage_from_string(storage_uri, **options)
+        #: In-process counters: a hit is a few dict operations, cheap enough for an event
+        #: loop; Redis is a network round trip and belongs in a thread.
+        self.local = storage_uri.startswith("memory://")
         self.strategy = MovingWindowRateLimiter(self.storage)
         self.namespace = namespace
         self.fail_open = fail_open

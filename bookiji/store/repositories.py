@@ -63,7 +63,8 @@ _BUMP_MANY = (
 
 _VENDOR_ROW = sa_select(_VENDORS).where(_VENDORS.c.id == bindparam("vendor"))
 
-_VERSION_AND_NOTICE = sa_select(_VENDORS.c.schedule_version, _VENDORS.c.min_notice_minutes).where(
+#: What a cached availability answer is checked against on every read.
+VERSION_AND_NOTICE = sa_select(_VENDORS.c.schedule_version, _VENDORS.c.min_notice_minutes).where(
     _VENDORS.c.id == bindparam("vendor")
 )
 
@@ -108,11 +109,6 @@ class VendorRepository:
         connection = self.session.connection()  # Core: no ORM bulk-update bookkeeping
         for first in range(0, len(ordered), 500):
             connection.execute(_BUMP_MANY, {"vendors": ordered[first : first + 500]})
-
-    def version_and_notice(self, vendor_id: str) -> tuple[int, int] | None:
-        """What a cached availability answer is checked against on every read."""
-        row = self.session.connection().execute(_VERSION_AND_NOTICE, {"vendor": vendor_id}).first()
-        return None if row is None else (row[0], row[1])
 
     def schedule_version(self, vendor_id: str) -> int | None:
         return self.session.exec(

@@ -373,6 +373,32 @@ def test_revocation_by_another_daemon_applies_within_the_cache_ttl(
     refused(service, second_plain)
 
 
+def test_the_quick_path_answers_only_what_one_read_settles(
+    db: Database, service: ApiKeyService, clock: ManualClock, kdf_calls: list[int]
+) -> None:
+    """The API's event loop asks `authenticate_quickly` first: it must never run the KDF or
+    write, and never let through a key the full check would refuse."""
+    key, plaintext = service.create_key("acme", scopes=["availability:read"])
+    kdf_calls.clear()
+    assert service.authenticate_quickly(plaintext) is None  # not verified here yet: KDF due
+    assert kdf_calls == []
+    principal = service.authenticate(plaintext)  # verifies (KDF) and records use
+    assert service.authenticate_quickly(f" {plaintext} ") == principal
+    assert len(kdf_calls) == 1
+    prefix = KEY_FORMAT.fullmatch(plaintext).group(1)  # type: ignore[union-attr]
+    for wrong in (None, "", "Bearer x", f"bk_live_{prefix}_{'Z' * 32}", f"bk_live_{'0' * 12}_x"):
+        assert service.authenticate_quickly(wrong) is None
+    assert len(kdf_calls) == 1
+    clock.advance(timedelta(seconds=61))  # last_used_at is due a write: the full path's job
+    assert service.authenticate_quickly(plaintext) is None
+    assert service.get_key(key.id).last_used_at == T0
+    service.authenticate(plaintext)
+    assert service.authenticate_quickly(plaintext) == principal
+    ApiKeyService(db, clock).revoke(key.id)  # by another daemon: this cache is not told
+    assert service.authenticate_quickly(plaintext) is None
+    refused(service, plaintext)
+
+
 def test_comparisons_are_constant_time(
     service: ApiKeyService, monkeypatch: pytest.MonkeyPatch
 ) -> None:

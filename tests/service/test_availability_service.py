@@ -145,6 +145,26 @@ def test_the_cache_answers_until_something_changes(
     assert fresh["cached"] is False and "14:00" not in starts(fresh)
 
 
+def test_the_quick_cached_answer_is_the_full_answer_or_nothing(
+    services: tuple[AvailabilityService, ReservationService],
+) -> None:
+    """The API answers from `cached_json` on its event loop and computes in a thread only
+    when it says None: it must never answer differently from `availability_json`."""
+    availability, reservations = services
+    assert availability.cached_json("salon", z(0), z(24)) is None  # nothing cached yet
+    computed = availability.availability_json("salon", z(0), z(24))
+    assert availability.cached_json("salon", z(0), z(24)) == (
+        availability.availability_json("salon", z(0), z(24))
+    )
+    assert b'"cached":false' in computed
+    hold(reservations, "salon", z(14))  # the schedule changed: the cached answer is void
+    assert availability.cached_json("salon", z(0), z(24)) is None
+    with pytest.raises(NotFound):
+        availability.cached_json("nobody", z(0), z(24))
+    with pytest.raises(ValidationFailed):
+        availability.cached_json("salon", z(24), z(0))
+
+
 def test_cached_answers_drop_slots_that_time_has_ruled_out(
     services: tuple[AvailabilityService, ReservationService], clock: ManualClock
 ) -> None:

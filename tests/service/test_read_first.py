@@ -1,0 +1,73 @@
+"""`Database.read_first`, the API's per-request read (key lookup, cached-availability check):
+on SQLite it reuses connections kept aside, so it must never answer from an old snapshot
+or leave a transaction open that holds writers or checkpoints back."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+from sqlalchemy import bindparam, select, text
+
+from bookiji.store.database import IDLE_READERS, Database
+from bookiji.store.models import Vendor
+from bookiji.store.uow import UnitOfWork
+from tests.factories import add_vendor
+
+VERSION = select(Vendor.schedule_version).where(Vendor.id == bindparam("vendor"))  # type: ignore[arg-type]
+
+
+def test_each_read_sees_what_was_committed_before_it(db: Database) -> None:
+    add_vendor(db, "v1")
+    assert db.read_first(VERSION, {"vendor": "nobody"}) is None
+    first = db.read_first(VERSION, {"vendor": "v1"})
+    assert first is not None
+    for bump in range(1, 4):
+        with UnitOfWork(db) as uow:  # another connection writes between two reads
+            uow.touch_schedule("v1")
+            uow.commit()
+        again = db.read_first(VERSION, {"vendor": "v1"})
+        assert again is not None and again[0] == first[0] + bump
+
+
+def test_no_read_stays_open_to_block_a_checkpoint(db: Database) -> None:
+    add_vendor(db, "v1")
+    for _ in range(3):
+        db.read_first(VERSION, {"vendor": "v1"})
+    with UnitOfWork(db) as uow:
+        uow.touch_schedule("v1")
+        uow.commit()
+    if db.is_sqlite:  # a reader left inside a transaction pins the WAL's frames
+        outside = sqlite3.connect(str(db.engine.url.database), isolation_level=None)
+        try:
+            _, frames, copied = outside.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            outside.close()
+        assert frames > 0 and copied == frames
+
+
+def test_concurrent_readers_get_answers_and_the_kept_connections_stay_bounded(
+    db: Database,
+) -> None:
+    add_vendor(db, "v1")
+    answers: list[int] = []
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            for _ in range(50):
+                row = db.read_first(VERSION, {"vendor": "v1"})
+                assert row is not None
+                answers.append(row[0])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == [] and len(answers) == 12 * 50
+    assert len(db._idle_readers) <= IDLE_READERS
+    with db.engine.connect() as connection:  # the pool still hands out connections
+        assert connection.execute(text("SELECT 1")).scalar() == 1
