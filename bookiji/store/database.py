@@ -13,6 +13,8 @@ from sqlalchemy.engine import Connection, Row, make_url
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: SQLite connections kept aside for `read_first`, about one per concurrent reader.
 IDLE_READERS = 8
+#: How long such a read waits for a lock: it may be holding up the API's event loop.
+READ_BUSY_TIMEOUT_MS = 2_000
 
 
 def normalize_url(url: str) -> str:
@@ -95,8 +97,10 @@ class Database:
 
         On SQLite these reads reuse connections kept aside for them: checking one out of
         the pool (and resetting it on return) cost as much as the read itself, on every API
-        request (bench/api_load.py). Postgres connections go back to the pool, which pings
-        them before reuse.
+        request (bench/api_load.py). They may run on the API's event loop, so they wait at
+        most `READ_BUSY_TIMEOUT_MS` for a lock (a WAL reader normally never waits) and are
+        then discarded, never handed back to the pool with that short timeout. Postgres
+        connections go back to the pool, which pings them before reuse.
         """
         if not self.is_sqlite:
             with self._one_read_engine.connect() as connection:
@@ -105,16 +109,17 @@ class Database:
             connection = self._idle_readers.pop()
         except IndexError:
             connection = self._one_read_engine.connect()
+            connection.exec_driver_sql(f"PRAGMA busy_timeout={READ_BUSY_TIMEOUT_MS}")
         try:
             row = connection.execute(statement, params).first()
             connection.rollback()
         except BaseException:
-            connection.close()  # in an unknown state: never reused
+            connection.invalidate()  # in an unknown state: never reused
             raise
         if len(self._idle_readers) < IDLE_READERS:
             self._idle_readers.append(connection)
         else:
-            connection.close()
+            connection.invalidate()
         return row
 
     @property
@@ -123,7 +128,7 @@ class Database:
 
     def dispose(self) -> None:
         while self._idle_readers:
-            self._idle_readers.pop().close()
+            self._idle_readers.pop().invalidate()
         self.engine.dispose()
 
 

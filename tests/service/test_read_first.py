@@ -7,9 +7,11 @@ from __future__ import annotations
 import sqlite3
 import threading
 
+import pytest
 from sqlalchemy import bindparam, select, text
+from sqlalchemy.exc import OperationalError
 
-from bookiji.store.database import IDLE_READERS, Database
+from bookiji.store.database import IDLE_READERS, READ_BUSY_TIMEOUT_MS, Database
 from bookiji.store.models import Vendor
 from bookiji.store.uow import UnitOfWork
 from tests.factories import add_vendor
@@ -71,3 +73,23 @@ def test_concurrent_readers_get_answers_and_the_kept_connections_stay_bounded(
     assert len(db._idle_readers) <= IDLE_READERS
     with db.engine.connect() as connection:  # the pool still hands out connections
         assert connection.execute(text("SELECT 1")).scalar() == 1
+
+
+def test_kept_readers_wait_briefly_and_the_pool_keeps_the_writers_timeout(db: Database) -> None:
+    """These reads may run on the API's event loop: a lock they meet (in WAL mode only while
+    another connection recovers the WAL index) must not hold every request for the writers'
+    30 s busy timeout; and their short timeout must never reach a writer's connection."""
+    if not db.is_sqlite:
+        pytest.skip("SQLite's busy timeout; Postgres reads run in threads")
+    busy = text("PRAGMA busy_timeout")
+    assert db.read_first(busy, {}) == (READ_BUSY_TIMEOUT_MS,)
+    with pytest.raises(OperationalError):  # a failed read discards its connection ...
+        db.read_first(text("SELECT * FROM no_such_table"), {})
+    test_concurrent_readers_get_answers_and_the_kept_connections_stay_bounded(db)  # overflow
+    held = [db.read_engine.connect() for _ in range(12)]  # ... and the pool hands out only its own
+    try:
+        for connection in held:
+            assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+    finally:
+        for connection in held:
+            connection.close()
