@@ -179,16 +179,15 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
 
     def authorized(scope: str, route_class: str) -> Any:
         """Key, scope and budget, on the event loop when that costs less than a thread hop
-        (a key verified lately, read from local SQLite; in-process rate counters), in a
-        thread otherwise (the KDF, a write, a network round trip)."""
+        (a key verified lately, read from local SQLite; in-process rate counters), else in
+        one thread hop (the KDF, a write, a network round trip to Postgres or Redis)."""
 
-        def check(raw: str | None, principal: ApiPrincipal | None) -> ApiPrincipal:
-            principal = principal or container.apikeys.authenticate(raw)
+        def admit(request: Request, raw: str | None, quick: ApiPrincipal | None) -> ApiPrincipal:
+            principal = quick or container.apikeys.authenticate(raw)
+            request.state.partner_id = principal.partner_id
             principal.require(scope)
+            request.state.rate = limiter.hit(principal.key_id, route_class)
             return principal
-
-        def hit(key_id: str) -> RateLimitDecision:
-            return limiter.hit(key_id, route_class)
 
         async def dependency(
             request: Request, authorization: str | None = Header(default=None)
@@ -197,16 +196,11 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
             if authorization and authorization.lower().startswith("bearer "):
                 raw = authorization[7:].strip()
             quick = container.apikeys.authenticate_quickly(raw) if local_reads else None
-            if quick is not None:
-                principal = check(raw, quick)
+            if quick is not None and limiter.local:
+                principal = admit(request, raw, quick)
             else:
-                principal = await run_in_threadpool(check, raw, None)
-            request.state.partner_id = principal.partner_id
-            if limiter.local:
-                decision = hit(principal.key_id)
-            else:
-                decision = await run_in_threadpool(hit, principal.key_id)
-            request.state.rate = decision
+                principal = await run_in_threadpool(admit, request, raw, quick)
+            decision: RateLimitDecision = request.state.rate
             if not decision.allowed:
                 raise RateLimited(
                     f"rate limit of {decision.limit} {route_class}s per minute reached",

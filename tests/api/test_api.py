@@ -4,6 +4,7 @@ with httpx as the client, on SQLite and Postgres."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from bookiji.store.database import Database
 from bookiji.store.models import ConfirmationToken
 from bookiji.store.uow import UnitOfWork
 from tests.api.daemon_support import Daemon, free_port, running_daemon, write_config
+from tests.conftest import REDIS_ENV
 from tests.factories import add_vendor
 
 DAY = (datetime.now(UTC) + timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -291,6 +293,33 @@ def test_rate_limits_hold_caps_and_key_rotation(database_url: str, tmp_path: Pat
         time.sleep(6)  # past the verified-key cache
         assert daemon.client(old_key).post("/v1/reservations", json={}).status_code == 401
     db.dispose()
+
+
+def test_a_budget_kept_in_redis_limits_over_http(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With Redis the rate-limit hit is a network call, made in a thread (with the key check
+    on Postgres, on the event loop with it on SQLite): the answers must not change."""
+    redis_url = os.environ.get(REDIS_ENV)
+    if not redis_url:
+        pytest.skip(f"{REDIS_ENV} is not set: the Redis-backed API budget is not tested")
+    monkeypatch.setenv("BOOKIJI_REDIS_URL", redis_url)
+    db = Database(database_url)
+    add_vendor(db, "shop", slot_interval_minutes=60, max_advance_days=30)
+    keys = ApiKeyService(db, SystemClock())
+    keys.add_partner("acme", "Acme")
+    _, key = keys.create_key("acme", scopes=["availability:read"])
+    db.dispose()
+    port = free_port()
+    config = write_config(tmp_path / "redis.toml", database_url, port)
+    config.write_text(config.read_text().replace("reads_per_minute = 300", "reads_per_minute = 2"))
+    window = {"startTime": at(0), "endTime": at(24)}
+    with running_daemon(config, tmp_path, port=port) as daemon, daemon.client(key) as client:
+        seen = [client.get("/v1/vendors/shop/availability", params=window) for _ in range(3)]
+        assert [r.status_code for r in seen] == [200, 200, 429]
+        assert [r.headers["RateLimit-Remaining"] for r in seen] == ["1", "0", "0"]
+        assert int(seen[2].headers["Retry-After"]) > 0
+        assert client.post("/v1/reservations", json={}).status_code == 403  # scope, before budget
 
 
 def test_concurrent_requests_with_one_key_create_one_reservation(api: Api) -> None:
