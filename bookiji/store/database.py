@@ -69,9 +69,9 @@ class Database:
         if self.is_sqlite:
             _configure_sqlite(self.engine)
         self.read_engine: Engine = self.engine.execution_options(sqlite_begin="DEFERRED")
-        # One SELECT needs no BEGIN: on its own it reads one consistent snapshot.
-        self._idle_readers: list[Connection] = []  # list.pop/append: atomic, no lock
+        # For `read_first`: one SELECT needs no BEGIN, on its own it reads one snapshot.
         self._one_read_engine: Engine = self.engine.execution_options(sqlite_begin=None)
+        self._idle_readers: list[Connection] = []  # list.pop/append: atomic, no lock
         # SQLite has one writer at a time. Threads of this process queue for it here, in
         # order, instead of in SQLite's busy handler, which sleeps in growing steps (up to
         # 100 ms) and made the slowest writes under load wait for seconds. Other processes
