@@ -132,6 +132,10 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
     def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
         for error in exc.errors():
+            if error.get("type") == "json_invalid":  # loc is ("body", character offset)
+                at, why = error["loc"][-1], (error.get("ctx") or {}).get("error", "")
+                problems.append(f"body: not valid JSON at character {at}: {why}".rstrip(": "))
+                continue
             where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
             problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
         message = "; ".join(problems) or "malformed request"

@@ -8,10 +8,9 @@ from typing import Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from bookiji.cli.context import state
-from bookiji.cli.output import console, emit_json, err_console
+from bookiji.cli.output import console, emit_json, err_console, instant_cell, listing, print_listing
 from bookiji.domain.timeutil import format_instant
 from bookiji.services.apikeys import SCOPES, ApiKeyService, key_status
 from bookiji.store.models import PartnerApiKey
@@ -114,33 +113,25 @@ def list_(
     if json_output:
         emit_json([key_document(k, service) for k in keys])
         return
-    table = Table(title=f"{len(keys)} API keys")
-    for column in (
-        "id",
-        "partner",
-        "prefix",
-        "status",
-        "scopes",
-        "created",
-        "expires",
-        "revoked",
-        "last used",
-    ):
-        table.add_column(column)
+    rows = []
     for k in keys:
         doc = key_document(k, service)
-        table.add_row(
-            k.id,
-            escape(k.partner_id),
-            k.prefix,
-            doc["status"],
-            ", ".join(doc["scopes"]),
-            doc["createdAt"],
-            doc["expiresAt"] or "never",
-            doc["revokedAt"] or "",
-            doc["lastUsedAt"] or "never",
+        rows.append(
+            (
+                k.id,
+                escape(k.partner_id),
+                k.prefix,
+                doc["status"],
+                "\n".join(doc["scopes"]),
+                instant_cell(doc["createdAt"]),
+                instant_cell(doc["expiresAt"], "never"),
+                instant_cell(doc["revokedAt"]),
+                instant_cell(doc["lastUsedAt"], "never"),
+            )
         )
-    console.print(table)
+    columns = ("id", "partner", "prefix", "status", "scopes", "created", "expires", "revoked",
+               "last used")  # fmt: skip
+    print_listing(listing(f"{len(keys)} API keys", columns, rows))
 
 
 @app.command("rotate")

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bookiji.cli.context import instant, state
-from bookiji.cli.output import console, emit_json
+from bookiji.cli.output import console, emit_json, print_listing
 from bookiji.domain.errors import ValidationFailed
 
 
@@ -98,7 +98,7 @@ def _print_slots(document: dict[str, Any]) -> None:
             " ".join(t for t, _ in entries),
             f"{min(c for _, c in entries):.2f}",
         )
-    console.print(table)
+    print_listing(table)
     if document["slots"]:
         console.print("reasons: " + "; ".join(escape(r) for r in document["slots"][0]["reasons"]))
     for source in document["sources"]:

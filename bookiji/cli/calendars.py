@@ -9,10 +9,9 @@ from typing import Any
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
 
 from bookiji.cli.context import state
-from bookiji.cli.output import console, emit_json, err_console
+from bookiji.cli.output import console, emit_json, err_console, instant_cell, listing, print_listing
 from bookiji.domain.errors import ValidationFailed
 from bookiji.domain.timeutil import format_instant
 from bookiji.integrations.calendar_sources import stored_json
@@ -64,20 +63,20 @@ def list_(
     if json_output:
         emit_json([_document(c) for c in connections])
         return
-    table = Table(title=f"{len(connections)} calendar connections")
-    for column in ("id", "vendor", "provider", "source", "status", "last synced", "last error"):
-        table.add_column(column)
-    for c in connections:
-        table.add_row(
-            c.id,
-            c.vendor_id,
+    rows = [
+        (
+            escape(c.id),
+            escape(c.vendor_id),
             c.provider,
             escape(c.source),
             c.status,
-            format_instant(c.last_synced_at) or "never",
+            instant_cell(c.last_synced_at, "never"),
             escape(c.last_error or ""),
         )
-    console.print(table)
+        for c in connections
+    ]
+    columns = ("id", "vendor", "provider", "source", "status", "last synced", "last error")
+    print_listing(listing(f"{len(connections)} calendar connections", columns, rows))
 
 
 @app.command("sync")

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Collection, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from bookiji.domain.timeutil import format_instant, parse_instant
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -17,6 +24,49 @@ def emit_json(document: Any) -> None:
     """Plain JSON on stdout: no colour codes, no wrapping, stable key order."""
     sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     sys.stdout.flush()
+
+
+#: Width of a listing piped to another program (no terminal to fit): a row stays one line.
+PIPE_WIDTH = 1000
+
+
+def listing(
+    title: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    *,
+    keys: Collection[str] = ("id",),
+) -> Table:
+    """A table for people that never loses a character: the `keys` columns (ids an operator
+    copies into the next command) are never wrapped or shortened, and every other cell
+    wraps onto more lines instead of ending in an ellipsis. Cells may hold rich markup."""
+    rows = [list(row) for row in rows]
+    table = Table(title=title)
+    for index, name in enumerate(columns):
+        if name in keys:
+            widest = max((Text.from_markup(row[index]).cell_len for row in rows), default=0)
+            table.add_column(name, no_wrap=True, min_width=max(widest, len(name)))
+        else:
+            table.add_column(name, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def print_listing(table: Table) -> None:
+    """On a terminal the table fits its width; piped (`| grep`), each row stays one line."""
+    if console.is_terminal or os.environ.get("COLUMNS"):
+        console.print(table)
+    else:
+        Console(highlight=False, soft_wrap=True, width=PIPE_WIDTH).print(table)
+
+
+def instant_cell(value: datetime | str | None, missing: str = "") -> str:
+    """A moment in a table: RFC 3339 UTC to the second (pasteable into --start/--end)."""
+    if value is None:
+        return missing
+    moment = parse_instant(value, field="time") if isinstance(value, str) else value
+    return format_instant(moment.replace(microsecond=0)) or missing
 
 
 def error_line(message: str) -> None:

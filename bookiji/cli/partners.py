@@ -6,10 +6,9 @@ from typing import Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from bookiji.cli.apikeys import apikey_service
-from bookiji.cli.output import console, emit_json, err_console
+from bookiji.cli.output import console, emit_json, err_console, instant_cell, listing, print_listing
 from bookiji.domain.timeutil import format_instant
 from bookiji.store.models import Partner
 
@@ -77,15 +76,15 @@ def list_(ctx: typer.Context, json_output: bool = JSON_OPTION) -> None:
     if json_output:
         emit_json([partner_document(p) for p in partners])
         return
-    table = Table(title=f"{len(partners)} partners")
-    for column in ("id", "name", "webhook url", "created", "disabled"):
-        table.add_column(column)
-    for p in partners:
-        table.add_row(
+    rows = [
+        (
             escape(p.id),
             escape(p.name),
             escape(p.webhook_url or ""),
-            format_instant(p.created_at),
-            format_instant(p.disabled_at) or "",
+            instant_cell(p.created_at),
+            instant_cell(p.disabled_at),
         )
-    console.print(table)
+        for p in partners
+    ]
+    columns = ("id", "name", "webhook url", "created", "disabled")
+    print_listing(listing(f"{len(partners)} partners", columns, rows))

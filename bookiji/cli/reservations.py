@@ -7,10 +7,9 @@ from typing import Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from bookiji.cli.context import instant, state
-from bookiji.cli.output import console, emit_json, state_style
+from bookiji.cli.output import console, emit_json, instant_cell, listing, print_listing, state_style
 from bookiji.domain.states import ReservationState
 from bookiji.services.documents import load_reservation_document, reservation_summary
 from bookiji.services.reservations import HoldRequest
@@ -67,18 +66,18 @@ def _print_document(document: dict[str, Any]) -> None:
             f"vendor asked by {note['channel']}: {note['status']} "
             f"after {note['attempts']} attempts{error}"
         )
-    history = Table(title="state history")
-    for column in ("at", "from", "to", "actor", "reason"):
-        history.add_column(column)
-    for step in document["stateHistory"]:
-        history.add_row(
-            step["at"],
+    steps = [
+        (
+            instant_cell(step["at"]),
             step["from"] or "-",
             step["to"],
             escape(step["actor"]),
             escape(step["reason"]),
         )
-    console.print(history)
+        for step in document["stateHistory"]
+    ]
+    columns = ("at", "from", "to", "actor", "reason")
+    print_listing(listing("state history", columns, steps, keys=()))
 
 
 def _show(ctx: typer.Context, reservation_id: str, json_output: bool) -> None:
@@ -160,20 +159,19 @@ def list_(
     if json_output:
         emit_json(summaries)
         return
-    table = Table(title=f"{len(summaries)} reservations")
-    for column in ("id", "state", "vendor", "requester", "slot start", "deadline"):
-        table.add_column(column)
-    for r in summaries:
-        style = state_style(r["state"])
-        table.add_row(
+    cells = [
+        (
             r["reservationId"],
-            f"[{style}]{r['state']}[/{style}]",
-            r["vendorId"],
-            r["requesterId"],
-            r["slotStartTime"],
-            r["stateDeadline"] or "-",
+            f"[{state_style(r['state'])}]{r['state']}[/]",
+            escape(r["vendorId"]),
+            escape(r["requesterId"]),
+            instant_cell(r["slotStartTime"]),
+            instant_cell(r["stateDeadline"], "-"),
         )
-    console.print(table)
+        for r in summaries
+    ]
+    columns = ("id", "state", "vendor", "requester", "slot start", "deadline")
+    print_listing(listing(f"{len(summaries)} reservations", columns, cells))
 
 
 def _act(

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bookiji.cli.context import state
-from bookiji.cli.output import console, emit_json
+from bookiji.cli.output import console, emit_json, listing, print_listing
 from bookiji.domain.timeutil import format_instant
 from bookiji.services.documents import vendor_document
 
@@ -52,12 +52,9 @@ def list_(
     if json_output:
         emit_json([vendor_document(v) for v in vendors])
         return
-    table = Table(title=f"{len(vendors)} vendors")
-    for column in ("id", "name", "timezone", "slot", "buffers", "price", "deposit"):
-        table.add_column(column)
-    for v in vendors:
-        table.add_row(
-            v.id,
+    rows = [
+        (
+            escape(v.id),
             escape(v.name),
             v.timezone,
             f"{v.slot_minutes} min / every {v.slot_interval_minutes}",
@@ -65,7 +62,10 @@ def list_(
             f"{v.price} {v.currency}",
             f"{v.deposit} {v.currency}",
         )
-    console.print(table)
+        for v in vendors
+    ]
+    columns = ("id", "name", "timezone", "slot", "buffers", "price", "deposit")
+    print_listing(listing(f"{len(vendors)} vendors", columns, rows))
 
 
 @app.command("show")

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from bookiji.cli.context import state
-from bookiji.cli.output import console, emit_json
-from bookiji.domain.timeutil import format_instant
+from bookiji.cli.output import console, emit_json, instant_cell, listing, print_listing
 from bookiji.services.webhooks import WebhookService
 
 app = typer.Typer(
@@ -38,26 +36,25 @@ def list_(
     if json_output:
         emit_json([d.document() for d in deliveries])
         return
-    table = Table(title=f"{len(deliveries)} webhook deliveries")
-    for column in ("event", "type", "partner", "reservation", "status", "attempts", "next", "last"):
-        # Ids are what an operator copies into `replay`: folded, never cut short.
-        table.add_column(
-            column, overflow="fold" if column in ("event", "reservation") else "ellipsis"
-        )
+    rows = []
     for d in deliveries:
         last = d.last_error or (str(d.last_status) if d.last_status is not None else "")
         style = STATUS_STYLES.get(d.status, "")
-        table.add_row(
-            d.event_id,
-            d.event_type or "",
-            d.partner_id,
-            d.reservation_id or "",
-            f"[{style}]{d.status}[/{style}]" if style else d.status,
-            str(d.attempts),
-            format_instant(d.next_attempt_at) or "",
-            escape(last),
+        rows.append(
+            (
+                d.event_id,
+                d.event_type or "",
+                escape(d.partner_id),
+                d.reservation_id or "",
+                f"[{style}]{d.status}[/{style}]" if style else d.status,
+                str(d.attempts),
+                instant_cell(d.next_attempt_at),
+                escape(last),
+            )
         )
-    console.print(table)
+    columns = ("event", "type", "partner", "reservation", "status", "attempts", "next", "last")
+    # The event id is what an operator copies into `replay`.
+    print_listing(listing(f"{len(deliveries)} webhook deliveries", columns, rows, keys=("event",)))
 
 
 @app.command("replay")

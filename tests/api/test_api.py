@@ -175,7 +175,7 @@ def test_create_replay_conflicts_and_isolation(api: Api) -> None:
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [
-        (b"{not json", "JSON"),
+        (b"{not json", "body: not valid JSON at character 1: Expecting property name"),
         (json.dumps({"vendorId": 5}).encode(), "vendorId"),
         (
             json.dumps(

@@ -9,8 +9,8 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No stray ./bookiji.toml or BOOKIJI_* settings; tables wide enough for whole ids."""
+    """No stray ./bookiji.toml or BOOKIJI_* settings; output as when piped (no COLUMNS)."""
     monkeypatch.chdir(tmp_path)
     for name in ("BOOKIJI_CONFIG", "BOOKIJI_DATABASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.delenv("COLUMNS", raising=False)

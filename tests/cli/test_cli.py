@@ -277,6 +277,36 @@ def test_list_filters_by_state_and_vendor_newest_first(ready: Cli) -> None:
     assert "unknown state 'soon'" in refused.error
 
 
+def test_listings_never_cut_an_id_short_on_a_narrow_terminal(
+    ready: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator copies ids from a table into the next command: on an 80-column
+    terminal cells wrap, but no id is shortened and no cell ends in an ellipsis."""
+    held = ready.hold("10:00", "11:00")["reservationId"]
+    ready("partners", "add", "acme", "--name", "Acme", expect=0)
+    key_id = ready("apikeys", "create", "--partner", "acme", "--json", expect=0).json()["id"]
+    monkeypatch.setenv("COLUMNS", "80")
+    for args, whole in (
+        (("reservations", "list"), held),
+        (("apikeys", "list"), key_id),
+        (("vendors", "list"), "studio-a"),
+        (("reservations", "show", held), "AWAITING_VEN"),  # the history table
+    ):
+        out = ready(*args, expect=0).out
+        table = [line for line in out.splitlines() if line[:1] in "┏┃┡│└"]
+        assert table and max(len(line) for line in table) <= 80, args
+        assert whole in out, args
+        assert "…" not in out, args
+
+
+def test_a_piped_listing_keeps_each_row_on_one_line(ready: Cli) -> None:
+    held = ready.hold("10:00", "11:00")["reservationId"]
+    (row,) = [line for line in ready("reservations", "list", expect=0).out.splitlines()
+              if held in line]  # fmt: skip
+    # Times to the second, pasteable into --start/--end.
+    assert AWAITING in row and "studio-a" in row and at("10:00") in row
+
+
 def test_confirm_then_cancel_walks_the_history(ready: Cli) -> None:
     rid = ready.hold("10:00", "11:00")["reservationId"]
     assert f"confirmed: {rid}" in ready("reservations", "confirm", rid, expect=0).out
@@ -443,7 +473,7 @@ def bookiji(database_url: str, *args: str | Path) -> Result:
         [SCRIPT, "--database", database_url, *map(str, args)],
         capture_output=True,
         text=True,
-        env={**env, "COLUMNS": "250"},
+        env={k: v for k, v in env.items() if k != "COLUMNS"},
         timeout=120,
         check=False,
     )
