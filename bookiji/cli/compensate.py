@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from bookiji.cli.context import state
-from bookiji.cli.output import console, emit_json
+from bookiji.cli.output import attempts, console, emit_json
 from bookiji.services.documents import load_reservation_document
 
 
@@ -49,6 +49,6 @@ def register(app: typer.Typer) -> None:
         for action in document["compensationActions"]:
             console.print(
                 f"{action['party']} {action['action']}: {action['status']} "
-                f"({action['attempts']} attempts)"
+                f"({attempts(action['attempts'])})"
             )
         console.print(f"{reservation_id} is {document['state']}")

@@ -69,6 +69,10 @@ def instant_cell(value: datetime | str | None, missing: str = "") -> str:
     return format_instant(moment.replace(microsecond=0)) or missing
 
 
+def attempts(count: int) -> str:
+    return f"{count} attempt" if count == 1 else f"{count} attempts"
+
+
 def error_line(message: str) -> None:
     first = " ".join(message.split())  # never more than one line
     # Escaped: "[slot_unavailable]" and file contents would otherwise be read as markup tags.

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 import typer
 from rich.markup import escape
 
 from bookiji.cli.context import instant, state
-from bookiji.cli.output import console, emit_json, instant_cell, listing, print_listing, state_style
+from bookiji.cli.output import (
+    attempts,
+    console,
+    emit_json,
+    instant_cell,
+    listing,
+    print_listing,
+    state_style,
+)
 from bookiji.domain.states import ReservationState
+from bookiji.domain.timeutil import parse_instant
 from bookiji.services.documents import load_reservation_document, reservation_summary
 from bookiji.services.reservations import HoldRequest
 from bookiji.store.uow import UnitOfWork
@@ -35,17 +45,24 @@ def _metadata(raw: str | None) -> dict[str, Any]:
     return value
 
 
-def _print_document(document: dict[str, Any]) -> None:
+def _print_document(document: dict[str, Any], now: datetime) -> None:
     style = state_style(document["state"])
     console.print(
         f"[bold]{document['reservationId']}[/bold] [{style}]{document['state']}[/{style}]"
     )
     console.print(
-        f"vendor {document['vendorId']}  requester {document['requesterId']}  "
+        f"vendor {escape(document['vendorId'])}  requester {escape(document['requesterId'])}  "
         f"slot {document['slotStartTime']} -> {document['slotEndTime']}"
     )
     if document["stateDeadline"]:
-        console.print(f"deadline {document['stateDeadline']}")
+        deadline = parse_instant(document["stateDeadline"], field="stateDeadline")
+        # Expiry is a job: until it runs, a passed deadline still holds the slot.
+        passed = (
+            " (passed; the daemon or `bookiji reconcile --once` moves it on)"
+            if deadline <= now
+            else ""
+        )
+        console.print(f"deadline {instant_cell(deadline)}{passed}")
     payment = document["payment"]
     for label, key in (
         ("vendor deposit", "vendorDeposit"),
@@ -58,13 +75,13 @@ def _print_document(document: dict[str, Any]) -> None:
         error = f", last error: {escape(action['lastError'])}" if action["lastError"] else ""
         console.print(
             f"compensation {action['id']}: {action['party']} {action['action']} "
-            f"{action['status']} after {action['attempts']} attempts{error}"
+            f"{action['status']} after {attempts(action['attempts'])}{error}"
         )
     for note in document["vendorNotifications"]:
         error = f", last error: {escape(note['lastError'])}" if note["lastError"] else ""
         console.print(
             f"vendor asked by {note['channel']}: {note['status']} "
-            f"after {note['attempts']} attempts{error}"
+            f"after {attempts(note['attempts'])}{error}"
         )
     steps = [
         (
@@ -81,11 +98,12 @@ def _print_document(document: dict[str, Any]) -> None:
 
 
 def _show(ctx: typer.Context, reservation_id: str, json_output: bool) -> None:
-    document = load_reservation_document(state(ctx).container().db, reservation_id)
+    container = state(ctx).container()
+    document = load_reservation_document(container.db, reservation_id)
     if json_output:
         emit_json(document)
     else:
-        _print_document(document)
+        _print_document(document, container.clock.now())
 
 
 @app.command("create")

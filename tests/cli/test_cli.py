@@ -410,6 +410,11 @@ def test_reconcile_once_expires_holds_whose_deadline_passed(ready: Cli, db: Data
         actor="test",
     )
     fresh = ready.hold("10:00", "11:00")["reservationId"]
+    # Until the job runs, the late hold still holds its slot, and `show` says why.
+    late = ready("reservations", "show", old.reservation_id, expect=0).out
+    deadline = format_instant(then + timedelta(minutes=10))
+    assert f"deadline {deadline} (passed; the daemon or" in late
+    assert "(passed" not in ready("reservations", "show", fresh, expect=0).out
 
     report = ready("reconcile", "--once", "--json", expect=0).json()
     assert report["jobs"]["expiry"] == {
