@@ -13,7 +13,7 @@ from bookiji.config import Settings, load_settings
 from bookiji.domain.errors import BookijiError, ValidationFailed
 from bookiji.domain.timeutil import parse_instant
 from bookiji.store import migrate
-from bookiji.store.database import redact
+from bookiji.store.database import redact, sqlite_file
 
 
 class SchemaNotReady(BookijiError):
@@ -37,6 +37,15 @@ class CliState:
     def container(self, *, require_schema: bool = True) -> Container:
         if self._container is None:
             settings = self.settings()
+            if require_schema:
+                # Opening a SQLite file creates it (and its directories): a mistyped path
+                # would leave an empty database behind instead of an error.
+                missing = sqlite_file(settings.database_url)
+                if missing is not None and not missing.exists():
+                    raise SchemaNotReady(
+                        f"no database file at {missing.resolve()}: run 'bookiji init', "
+                        "or check --database / database_url"
+                    )
             telemetry.configure(settings)
             self._container = build(settings)
             if require_schema and not migrate.is_at_head(self._container.db):

@@ -34,6 +34,15 @@ def redact(url: str) -> str:
         return "<unparseable database url>"
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file behind a SQLite URL; None for other databases and in-memory SQLite."""
+    parsed = make_url(normalize_url(url))
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:"):
+        return None
+    return Path(database).expanduser()
+
+
 class Database:
     """One engine per process. On SQLite, write transactions start with BEGIN IMMEDIATE so
     the check-then-insert of a hold is serialised across processes; reads use a deferred
@@ -47,9 +56,9 @@ class Database:
         # which may be personal data or secrets.
         kwargs: dict[str, Any] = {"echo": echo, "future": True, "hide_parameters": True}
         if self.is_sqlite:
-            database = parsed.database or ""
-            if database and database != ":memory:":
-                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            path = sqlite_file(self.url)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {
                 "check_same_thread": False,
                 "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,

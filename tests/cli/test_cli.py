@@ -105,6 +105,20 @@ def test_an_unmigrated_database_is_refused_with_a_hint_to_init(
     assert cli("vendors", "list", "--json", expect=0).json() == []
 
 
+def test_a_mistyped_sqlite_path_is_refused_and_nothing_is_created(run: Cli, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir" / "bookiji.db"
+    for command in (["vendors", "list"], ["reservations", "list", "--json"], ["daemon"]):
+        error = run("--database", f"sqlite:///{missing}", *command, expect=1).error
+        assert f"no database file at {missing}: run 'bookiji init'" in error
+    assert not missing.parent.exists()
+    # `init` is how a database file comes to be.
+    run("--database", f"sqlite:///{missing}", "init", expect=0)
+    assert (
+        run("--database", f"sqlite:///{missing}", "vendors", "list", "--json", expect=0).json()
+        == []
+    )
+
+
 def test_a_bad_settings_file_is_a_usage_error(run: Cli, tmp_path: Path) -> None:
     assert "config file not found" in run("--config", "nowhere.toml", "db", "current").error
     bad = tmp_path / "bad.toml"
