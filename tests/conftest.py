@@ -137,6 +137,7 @@ def empty_database_url(
 ) -> Iterator[str]:
     """A database with no schema at all, for migration tests."""
     if backend == "sqlite":
+        (tmp_path / "empty.db").touch()  # a zero-byte file is an empty SQLite database
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
     factory: PostgresFactory = request.getfixturevalue("postgres_factory")

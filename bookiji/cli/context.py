@@ -34,10 +34,12 @@ class CliState:
             self._settings = load_settings(self.config_path, **overrides)
         return self._settings
 
-    def container(self, *, require_schema: bool = True) -> Container:
+    def container(self, *, require_schema: bool = True, create: bool = False) -> Container:
+        """`create`: a SQLite file may be made here (init, db upgrade); every other command
+        refuses a path with no database file."""
         if self._container is None:
             settings = self.settings()
-            if require_schema:
+            if not create:
                 # Opening a SQLite file creates it (and its directories): a mistyped path
                 # would leave an empty database behind instead of an error.
                 missing = sqlite_file(settings.database_url)

@@ -22,7 +22,7 @@ def upgrade(
     json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Apply migrations up to REVISION (default: head)."""
-    container = state(ctx).container(require_schema=False)
+    container = state(ctx).container(require_schema=False, create=True)
     before = migrate.current_revision(container.db)
     migrate.upgrade(container.db, revision)
     after = migrate.current_revision(container.db)

@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
             path.write_text(text, encoding="utf-8")
             wrote = True
         cli.config_path = str(path)
-        container = cli.container(require_schema=False)
+        container = cli.container(require_schema=False, create=True)
         before = migrate.current_revision(container.db)
         migrate.upgrade(container.db)
         after = migrate.current_revision(container.db)

@@ -107,7 +107,8 @@ def test_an_unmigrated_database_is_refused_with_a_hint_to_init(
 
 def test_a_mistyped_sqlite_path_is_refused_and_nothing_is_created(run: Cli, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-dir" / "bookiji.db"
-    for command in (["vendors", "list"], ["reservations", "list", "--json"], ["daemon"]):
+    for command in (["vendors", "list"], ["reservations", "list", "--json"], ["daemon"],
+                    ["db", "current"]):  # fmt: skip
         error = run("--database", f"sqlite:///{missing}", *command, expect=1).error
         assert f"no database file at {missing}: run 'bookiji init'" in error
     assert not missing.parent.exists()
