@@ -12,7 +12,9 @@ def register(app: typer.Typer) -> None:
     def daemon(
         ctx: typer.Context,
         host: str | None = typer.Option(None, "--host", help="Bind address (default 127.0.0.1)."),
-        port: int | None = typer.Option(None, "--port", help="Port (default 8421)."),
+        port: int | None = typer.Option(
+            None, "--port", min=0, max=65535, help="Port (default 8421; 0: any free port)."
+        ),
     ) -> None:
         """Serve the partner API and run expiry, reconciliation, calendar sync and webhook
         delivery on their schedules. SIGTERM / Ctrl-C drain and exit 0."""

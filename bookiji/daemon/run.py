@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from bookiji.bootstrap import build
 from bookiji.config import Settings
 from bookiji.daemon.dispatch import BackgroundSender
 from bookiji.daemon.jobs import job_runner
+from bookiji.domain.errors import Unavailable
 
 log = logging.getLogger("bookiji.daemon")
 
@@ -52,7 +54,26 @@ def _settle_garbage_collector() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The API's socket, bound before any job or thread starts: a port in use or an address
+    this machine does not have is one clear error, and nothing has run meanwhile."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
 def run_daemon(settings: Settings, *, host: str, port: int) -> int:
+    sock = listen(host, port)
     jsonlog.configure("INFO")
     telemetry.configure(settings)
     container = build(settings)
@@ -110,7 +131,7 @@ def run_daemon(settings: Settings, *, host: str, port: int) -> int:
     _settle_garbage_collector()
     jobs_thread.start()
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
         begin_shutdown()
         # Everything shares one grace period from the signal (the unit's stop timeout is

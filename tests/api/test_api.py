@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from bookiji.services.confirmation import ConfirmationService, installation_key
 from bookiji.store.database import Database
 from bookiji.store.models import ConfirmationToken
 from bookiji.store.uow import UnitOfWork
-from tests.api.daemon_support import Daemon, free_port, running_daemon, write_config
+from tests.api.daemon_support import SCRIPT, Daemon, free_port, running_daemon, write_config
 from tests.conftest import REDIS_ENV
 from tests.factories import add_vendor
 
@@ -260,6 +261,23 @@ def test_sigterm_drains_and_exits_zero(api: Api) -> None:
     lines = [json.loads(line) for line in api.daemon.logs().splitlines() if line.startswith("{")]
     assert any(line["message"] == "daemon stopped" for line in lines)
     assert api.key not in api.daemon.logs()
+
+
+def test_a_taken_port_is_one_error_line_and_nothing_runs(api: Api, tmp_path: Path) -> None:
+    """A second daemon on the first one's port: exit 1 and one line on stderr, before any
+    job or log line (it used to start its jobs, log a traceback and exit 3)."""
+    port = int(api.daemon.base_url.rsplit(":", 1)[1])
+    config = tmp_path / "bookiji.toml"  # the first daemon's own settings
+    second = subprocess.run(
+        [SCRIPT, "--config", str(config), "daemon", "--port", str(port)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert second.returncode == 1
+    assert second.stderr.strip() == (
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use [service_unavailable]"
+    )
+    assert second.stdout == ""
+    assert api.client(api.key).get("/healthz").status_code == 200  # the first one serves on
 
 
 def test_rate_limits_hold_caps_and_key_rotation(database_url: str, tmp_path: Path) -> None:
