@@ -55,18 +55,14 @@ def _settle_garbage_collector() -> None:
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """The API's socket, bound before any job or thread starts: a port in use or an address
-    this machine does not have is one clear error, and nothing has run meanwhile."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
+    """The API's socket, bound before any job or thread starts: a port in use, an address
+    this machine does not have or an unknown host name is one clear error, and nothing has
+    run meanwhile. Bound as uvicorn binds it (IPv6 only for an address with a colon)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-    except OSError as exc:
+        sock.bind((host, port))
+    except OSError as exc:  # socket.gaierror for a name that does not resolve
         sock.close()
         raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return sock
