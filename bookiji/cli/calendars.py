@@ -146,7 +146,9 @@ def connect(
         "--calendar",
         help="Google calendar id (default primary) or Outlook mailbox (default: the account).",
     ),
-    name: str | None = typer.Option(None, "--name", help="A label shown in explanations."),
+    name: str | None = typer.Option(
+        None, "--name", help="The calendar's label; partners see it in availability answers."
+    ),
     port: int = typer.Option(0, "--port", help="Loopback port for the redirect (0: any)."),
     no_browser: bool = typer.Option(False, "--no-browser", help="Only print the consent URL."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for consent."),

@@ -21,7 +21,8 @@ database_url = "{database_url}"
 
 KEY_FILE_LINES = """\
 # Keys for personal data and credentials at rest, newest first (bookiji pii new-key).
-# Keep this file out of backups of the database and readable only by Bookiji's user.
+# Back it up apart from the database (without it the sealed data cannot be read);
+# readable only by Bookiji's user.
 {key}
 """
 
@@ -74,5 +75,8 @@ def register(app: typer.Typer) -> None:
             return
         console.print(f"settings: {path} ({'written' if wrote else 'kept as it was'})")
         if key_file is not None:
-            console.print(f"PII key: {key_file} (readable only by you; keep it out of backups)")
+            console.print(
+                f"PII key: {key_file} (readable only by you; back it up apart from the "
+                "database: without it the personal data cannot be read)"
+            )
         console.print(f"database: {redact(container.db.url)} ({before or 'empty'} -> {after})")

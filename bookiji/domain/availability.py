@@ -84,13 +84,49 @@ class Rules:
 
 @dataclass(frozen=True)
 class Blocker:
-    """Something that occupies time: a calendar busy period or an active hold/booking."""
+    """Something that occupies time: a calendar busy period or an active hold/booking.
+
+    `label` is what the operator knows it by: the calendar's label, or a hold's id, state
+    and slot. `title` is a calendar event's own title, the vendor's private data (often a
+    client's name), and `owner` the partner a hold belongs to; `Audience` decides who may
+    read which."""
 
     start: datetime
     end: datetime
     kind: str  # "calendar" | "hold"
     label: str
     tentative: bool = False
+    title: str | None = None
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
+class Audience:
+    """Who reads an explanation, and so how much of each blocker it may name.
+
+    Only the operator's own question (`--explain`) shows calendar event titles. Error
+    messages and transition reasons, which are kept for good and shown to partners, name a
+    calendar but never its events. A partner sees its own holds by id and anyone else's as
+    'another hold or booking'. `partner_id` None is the operator."""
+
+    partner_id: str | None = None
+    event_titles: bool = False
+
+
+EXPLAIN = Audience(event_titles=True)
+OPERATOR = Audience()
+
+
+def describe(blocker: Blocker, audience: Audience) -> str:
+    tentative = " (tentative)" if blocker.tentative else ""
+    if blocker.kind == "calendar":
+        if audience.partner_id is not None:
+            return f"a busy time in the vendor's calendar{tentative}"
+        title = f" '{blocker.title}'" if audience.event_titles and blocker.title else ""
+        return f"calendar event {blocker.label}{title}{tentative}"
+    if audience.partner_id is None or blocker.owner == audience.partner_id:
+        return f"hold/booking {blocker.label}"
+    return "another hold or booking"
 
 
 @dataclass(frozen=True)
@@ -325,7 +361,7 @@ def compute_slots(
                         if t < len(tentative) and tentative[t][0] < near_hi:
                             confidence *= TENTATIVE_NEARBY
                             extra.append(
-                                f"tentative event nearby: {tentative[t][2]} at "
+                                f"tentative event nearby in {tentative[t][2]} at "
                                 f"{tentative[t][0]:%Y-%m-%d %H:%M}Z"
                             )
                     if extra:
@@ -352,9 +388,15 @@ def _utc(instant: datetime) -> str:
 
 
 def explain(
-    rules: Rules, start: datetime, *, now: datetime, blockers: Sequence[Blocker] = ()
+    rules: Rules,
+    start: datetime,
+    *,
+    now: datetime,
+    blockers: Sequence[Blocker] = (),
+    audience: Audience = OPERATOR,
 ) -> Explanation:
-    """Whether a slot starting at `start` is bookable and, if not, every rule against it."""
+    """Whether a slot starting at `start` is bookable and, if not, every rule against it,
+    in words `audience` may read."""
     zone = ZoneInfo(rules.timezone)
     end = start + rules.slot
     findings: list[Finding] = []
@@ -416,11 +458,7 @@ def explain(
     for blocker in sorted(blockers, key=lambda b: (b.start, b.end, b.label)):
         if not (blocker.start < block[1] and block[0] < blocker.end):
             continue
-        what = (
-            f"calendar event {blocker.label}" + (" (tentative)" if blocker.tentative else "")
-            if blocker.kind == "calendar"
-            else f"hold/booking {blocker.label}"
-        )
+        what = describe(blocker, audience)
         span = f"{_utc(blocker.start)} to {_utc(blocker.end)}"
         if blocker.kind == "hold":
             span += " with its buffers"

@@ -22,6 +22,9 @@ from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
 from bookiji.domain.availability import (
+    EXPLAIN,
+    OPERATOR,
+    Audience,
     Blocker,
     CalendarHealth,
     Explanation,
@@ -92,6 +95,7 @@ _HOLD_COLUMNS = (
     col(Reservation.state),
     col(Reservation.slot_start),
     col(Reservation.slot_end),
+    col(Reservation.partner_id),
 )
 _HOLDS_FROM = sa_select(*_HOLD_COLUMNS).where(
     col(Reservation.vendor_id) == bindparam("vendor"),
@@ -148,17 +152,16 @@ def load_schedule(
         else uow.session.execute(_BUSY, {"vendor": vendor.id, "lo": reach_lo, "hi": reach_hi}).all()
     )
     for start_at, end_at, connection_id, summary, tentative in busy_rows:
-        what = f" '{summary}'" if summary else ""
-        label = f"{labels.get(connection_id, connection_id)}{what}"
-        blockers.append(Blocker(start_at, end_at, "calendar", label, tentative))
+        label = labels.get(connection_id, connection_id)
+        blockers.append(Blocker(start_at, end_at, "calendar", label, tentative, title=summary))
     hold_rows = uow.session.execute(
         _HOLDS, {"vendor": vendor.id, "lo": reach_lo, "hi": reach_hi}
     ).all()
-    for block_start, block_end, reservation_id, state, slot_start, slot_end in hold_rows:
+    for block_start, block_end, reservation_id, state, slot_start, slot_end, owner in hold_rows:
         if reservation_id == exclude_reservation:
             continue
         label = f"{reservation_id} ({state}, slot {slot_start:%H:%M}-{slot_end:%H:%M}Z)"
-        blockers.append(Blocker(block_start, block_end, "hold", label))
+        blockers.append(Blocker(block_start, block_end, "hold", label, owner=owner))
     return VendorSchedule(vendor, rules, blockers, calendars, vendor.schedule_version)
 
 
@@ -166,9 +169,11 @@ def health(connections: Sequence[CalendarConnection]) -> list[CalendarHealth]:
     return [CalendarHealth(calendar_label(c), c.status, c.last_synced_at) for c in connections]
 
 
-def check_bookable(schedule: VendorSchedule, start: datetime, *, now: datetime) -> Explanation:
+def check_bookable(
+    schedule: VendorSchedule, start: datetime, *, now: datetime, audience: Audience = OPERATOR
+) -> Explanation:
     """The hold-time check: the very rules availability lists slots by, on fresh data."""
-    return explain(schedule.rules, start, now=now, blockers=schedule.blockers)
+    return explain(schedule.rules, start, now=now, blockers=schedule.blockers, audience=audience)
 
 
 def refuse_unless_bookable(verdict: Explanation, vendor_id: str) -> None:
@@ -440,7 +445,7 @@ class AvailabilityService:
             schedule = load_schedule(
                 uow, vendor, at, at + timedelta(days=1), slot_minutes=slot_minutes
             )
-        verdict = check_bookable(schedule, at, now=now)
+        verdict = check_bookable(schedule, at, now=now, audience=EXPLAIN)
         return {
             "vendorId": vendor.id,
             "timezone": vendor.timezone,

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from bookiji.domain.availability import Audience
 from bookiji.domain.compensation import Action, Failure, Money, Party, plan
 from bookiji.domain.errors import (
     BookijiError,
@@ -617,7 +618,13 @@ class PaymentService:
                 slot_minutes=minutes, exclude_reservation=reservation.id, margin=timedelta(0),
             )  # fmt: skip
         # Notice and horizon were met when the slot was held; judge them as of then.
-        verdict = check_bookable(schedule, reservation.slot_start, now=reservation.created_at)
+        # Kept in the log the partner reads: in the partner's words, no event titles.
+        verdict = check_bookable(
+            schedule,
+            reservation.slot_start,
+            now=reservation.created_at,
+            audience=Audience(partner_id=reservation.partner_id),
+        )
         if verdict.bookable:
             return None
         return "; ".join(f.message for f in verdict.findings)

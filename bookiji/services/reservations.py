@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
+from bookiji.domain.availability import Audience
 from bookiji.domain.compensation import Failure
 from bookiji.domain.errors import (
     ConcurrentModification,
@@ -328,7 +329,10 @@ class ReservationService:
                 slot_minutes=(end - start) // timedelta(minutes=1),
                 margin=timedelta(0),
             )
-            refuse_unless_bookable(check_bookable(schedule, start, now=now), vendor.id)
+            audience = Audience(partner_id=request.partner_id)
+            refuse_unless_bookable(
+                check_bookable(schedule, start, now=now, audience=audience), vendor.id
+            )
             reservation_id = new_id("res")
             owner = transitions.Owner(reservation_id, vendor.id, request.partner_id)
             birth = transitions.plan_birth(

@@ -9,8 +9,9 @@ import pytest
 
 from bookiji.domain.errors import NotFound, SlotUnavailable, ValidationFailed
 from bookiji.domain.states import StageTTLs
+from bookiji.services.apikeys import ApiKeyService
 from bookiji.services.availability import AvailabilityService
-from bookiji.services.clock import ManualClock
+from bookiji.services.clock import ManualClock, SystemClock
 from bookiji.services.reservations import HoldRequest, ReservationService
 from bookiji.store.database import Database
 from bookiji.store.models import BusyInterval, CalendarConnection
@@ -225,8 +226,49 @@ def test_calendar_busy_times_block_and_are_explained(
     verdict = availability.explain("salon", z(10))
     assert not verdict["bookable"]
     assert any("ics:work 'Dentist'" in r["message"] for r in verdict["reasons"])
-    with pytest.raises(SlotUnavailable, match="Dentist"):
+    with pytest.raises(SlotUnavailable, match="calendar event ics:work, ") as refused:
         hold(reservations, "salon", z(10))
+    assert "Dentist" not in str(refused.value.message) + str(refused.value.details)
+
+
+def test_a_refusal_names_no_event_title_and_no_other_partners_hold(
+    services: tuple[AvailabilityService, ReservationService], db: Database
+) -> None:
+    """The event title is the vendor's private data (often a client's name) and another
+    partner's hold is none of this partner's business; its own hold it may know by id.
+    Only the operator's `--explain` shows the title (test above)."""
+    _, reservations = services
+    keys = ApiKeyService(db, SystemClock())
+    keys.add_partner("acme", "Acme")
+    keys.add_partner("globex", "Globex")
+    with UnitOfWork(db) as uow:
+        uow.session.add(CalendarConnection(
+            id="cal_1", vendor_id="salon", provider="ics", source="/tmp/x.ics",
+            name="ana@example.com", status="ok", last_synced_at=NOW, created_at=NOW,
+        ))  # fmt: skip
+        uow.flush()
+        uow.session.add(BusyInterval(
+            connection_id="cal_1", vendor_id="salon", start_at=z(10), end_at=z(10.5),
+            summary="Therapy - Jane Doe", fetched_at=NOW,
+        ))  # fmt: skip
+        uow.touch_schedule("salon")
+        uow.commit()
+
+    def refusal(start: float, partner: str) -> str:
+        request = HoldRequest("salon", z(start), z(start + 1), "req", partner_id=partner)
+        with pytest.raises(SlotUnavailable) as refused:
+            reservations.create_hold(request, actor=f"partner:{partner}")
+        return f"{refused.value.message} {refused.value.details}"
+
+    told = refusal(10, "acme")
+    assert "a busy time in the vendor's calendar, " in told
+    assert "Jane" not in told and "ana@example.com" not in told and "cal_1" not in told
+    mine = reservations.create_hold(
+        HoldRequest("salon", z(13), z(14), "req", partner_id="acme"), actor="partner:acme"
+    ).reservation_id
+    assert f"hold/booking {mine} (" in refusal(13, "acme")
+    theirs = refusal(13, "globex")
+    assert "another hold or booking, " in theirs and mine not in theirs
 
 
 @pytest.mark.parametrize(

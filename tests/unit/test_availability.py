@@ -7,10 +7,14 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from bookiji.domain.availability import (
+    EXPLAIN,
+    OPERATOR,
+    Audience,
     Blocker,
     CalendarHealth,
     Rules,
     compute_slots,
+    describe,
     explain,
 )
 from bookiji.domain.vendors import WEEKDAYS, TimeRange
@@ -263,11 +267,37 @@ def test_no_calendar_is_full_confidence_with_a_reason() -> None:
 
 
 def test_tentative_event_nearby_lowers_confidence() -> None:
-    nearby = Blocker(z("2026-01-02T10:20Z"), z("2026-01-02T10:40Z"), "calendar", "'Maybe'", True)
-    far = Blocker(z("2026-01-02T12:00Z"), z("2026-01-02T13:00Z"), "calendar", "'Later'", True)
+    nearby = Blocker(z("2026-01-02T10:20Z"), z("2026-01-02T10:40Z"), "calendar", "ics:work",
+                     True, title="Maybe: Jane")  # fmt: skip
+    far = Blocker(z("2026-01-02T12:00Z"), z("2026-01-02T13:00Z"), "calendar", "ics:work", True)
     assert one_slot(blockers=[far])[0] == 1.0
     confidence, reasons = one_slot(blockers=[nearby])
-    assert confidence == 0.9 and "tentative event nearby: 'Maybe'" in reasons[0]
+    assert confidence == 0.9
+    assert "tentative event nearby in ics:work at 2026-01-02 10:20Z" in reasons[0]
+    assert "Jane" not in " ".join(reasons)  # the event's title is the vendor's private data
+
+
+def test_each_audience_reads_only_what_it_may_of_a_blocker() -> None:
+    event = Blocker(z("2026-01-02T10:00Z"), z("2026-01-02T11:00Z"), "calendar", "ics:work",
+                    title="Therapy - Jane")  # fmt: skip
+    held = Blocker(z("2026-01-02T12:00Z"), z("2026-01-02T13:00Z"), "hold",
+                   "res_1 (HELD, slot 12:00-13:00Z)", owner="acme")  # fmt: skip
+    acme, globex = Audience(partner_id="acme"), Audience(partner_id="globex")
+    assert describe(event, EXPLAIN) == "calendar event ics:work 'Therapy - Jane'"
+    assert describe(event, OPERATOR) == "calendar event ics:work"
+    assert describe(event, acme) == "a busy time in the vendor's calendar"
+    assert (
+        describe(held, OPERATOR)
+        == describe(held, acme)
+        == "hold/booking res_1 (HELD, slot 12:00-13:00Z)"
+    )
+    assert describe(held, globex) == "another hold or booking"
+    verdict = explain(rules("UTC", "09:00-17:00"), z("2026-01-02T10:00Z"),
+                      now=z("2026-01-01T00:00Z"), blockers=[event], audience=acme)  # fmt: skip
+    assert [f.message for f in verdict.findings] == [
+        "a busy time in the vendor's calendar, 2026-01-02 10:00Z to 2026-01-02 11:00Z, "
+        "overlaps the slot"
+    ]
 
 
 def test_distance_into_the_future_and_factors_multiply() -> None:
