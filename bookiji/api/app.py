@@ -12,11 +12,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
+from urllib.parse import quote
 
 from anyio import to_thread
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -49,21 +51,50 @@ from bookiji.store.uow import UnitOfWork
 
 log = logging.getLogger("bookiji.api")
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorEnvelope, "description": text}
-    for status, text in (
-        (400, "Malformed request"),
-        (401, "Missing or invalid API key"),
-        (403, "The key lacks the scope"),
-        (404, "Not found (or another partner's)"),
-        (409, "Conflict (slot taken, invalid transition, hold limit, in-flight key)"),
-        (413, "Body larger than allowed"),
-        (422, "Idempotency key reused with another request; payment declined"),
-        (429, "Rate limited"),
-        (500, "Internal error"),
-        (503, "A dependency is unavailable"),
-    )
+_ERROR_TEXTS = {
+    400: "Malformed request: body, query or time (the message says which field and why)",
+    401: "Missing or invalid API key",
+    403: "The key lacks the scope",
+    404: "Not found (or another partner's)",
+    409: "Conflict (slot taken, invalid transition, hold limit, in-flight key)",
+    413: "Body larger than allowed",
+    422: "Idempotency key reused with another request; payment declined",
+    429: "Rate limited (Retry-After says when to try again)",
+    500: "Internal error",
+    503: "A dependency is unavailable (database, payment provider); retry later",
 }
+#: In the OpenAPI document as the `bearerAuth` security scheme; a missing or malformed
+#: header is our own 401 envelope, not FastAPI's.
+API_KEY = HTTPBearer(
+    scheme_name="bearerAuth",
+    bearerFormat="bk_live_<prefix>_<secret>",
+    description="A partner API key: `Authorization: Bearer bk_live_...`",
+    auto_error=False,
+)
+#: What every route behind an API key can answer besides its own errors.
+KEYED = (400, 401, 403, 429, 500, 503)
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The error responses a route can give, for its OpenAPI entry: a partner's client
+    generator should see the statuses it must handle, not every status of the API."""
+    return {
+        status: {"model": ErrorEnvelope, "description": _ERROR_TEXTS[status]}
+        for status in sorted(set(statuses))
+    }
+
+
+def reject_unknown_query(request: Request, *names: str) -> None:
+    """A misspelt parameter (`slotduration=45`) is an error, not a silently different
+    answer (30-minute slots)."""
+    unknown = [name for name in request.query_params if name not in names]
+    if unknown:
+        listed = ", ".join(sorted(set(unknown)))
+        raise InvalidRequest(
+            f"unknown query parameter(s): {listed}; this route takes "
+            f"{', '.join(names) if names else 'none'}",
+            details={"unknown": sorted(set(unknown)), "allowed": list(names)},
+        )
 
 
 def _envelope(error: BookijiError) -> JSONResponse:
@@ -72,6 +103,11 @@ def _envelope(error: BookijiError) -> JSONResponse:
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
     return JSONResponse(error.to_envelope(), status_code=error.http_status, headers=headers)
+
+
+def _location(reservation_id: str) -> dict[str, str]:
+    """Where the created reservation is read, as RFC 9110 asks of a 201."""
+    return {"Location": f"/v1/reservations/{quote(reservation_id, safe='')}"}
 
 
 class InvalidRequest(ValidationFailed):
@@ -117,7 +153,6 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
         openapi_url="/openapi.json",
         docs_url=None,
         redoc_url=None,
-        responses=ERRORS,
     )
     app.state.container = container
     app.state.metrics = metrics
@@ -194,11 +229,9 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
             return principal
 
         async def dependency(
-            request: Request, authorization: str | None = Header(default=None)
+            request: Request, bearer: HTTPAuthorizationCredentials | None = Depends(API_KEY)
         ) -> ApiPrincipal:
-            raw = None
-            if authorization and authorization.lower().startswith("bearer "):
-                raw = authorization[7:].strip()
+            raw = bearer.credentials.strip() if bearer is not None else None
             quick = container.apikeys.authenticate_quickly(raw) if local_reads else None
             if quick is not None and limiter.local:
                 principal = admit(request, raw, quick)
@@ -216,11 +249,11 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
 
     # -- endpoints ------------------------------------------------------------------------------
 
-    @app.get("/healthz", tags=["operations"])
+    @app.get("/healthz", tags=["operations"], responses=errors(500))
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"])
+    @app.get("/readyz", tags=["operations"], responses=errors(500, 503))
     def readyz() -> dict[str, str]:
         try:
             ready = migrate.is_at_head(container.db)
@@ -230,24 +263,28 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
             raise Unavailable("the database schema is not at the newest migration")
         return {"status": "ready"}
 
-    @app.get("/metrics", tags=["operations"], response_class=Response)
+    @app.get("/metrics", tags=["operations"], response_class=Response, responses=errors(500))
     def prometheus() -> Response:
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
     @app.get(
-        "/v1/vendors/{vendor_id}/availability",
+        "/v1/vendors/{vendorId}/availability",
         tags=["availability"],
         response_model=dict[str, Any],
+        responses=errors(*KEYED, 404),
     )
     async def availability(
-        vendor_id: str,
+        request: Request,
+        vendorId: str,
         startTime: str = Query(..., description="RFC 3339 with offset"),
         endTime: str = Query(..., description="RFC 3339 with offset"),
         slotDuration: int | None = Query(None, description="minutes, 5-1440"),
         includeConfidence: bool = Query(True),
         _: ApiPrincipal = authorized("availability:read", "read"),
     ) -> Response:
+        reject_unknown_query(request, "startTime", "endTime", "slotDuration", "includeConfidence")
+        vendor_id = vendorId
         start = parse_instant(startTime, field="startTime")
         end = parse_instant(endTime, field="endTime")
         service = container.availability
@@ -273,7 +310,12 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
             )
         return Response(body, media_type="application/json")
 
-    @app.post("/v1/reservations", status_code=201, tags=["reservations"])
+    @app.post(
+        "/v1/reservations",
+        status_code=201,
+        tags=["reservations"],
+        responses=errors(*KEYED, 404, 409, 413, 422),
+    )
     def create_reservation(
         body: CreateReservation,
         idempotency_header: str | None = Header(default=None, alias="Idempotency-Key"),
@@ -300,34 +342,52 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
                 raise IdempotencyInProgress(
                     "a request with this idempotency key is still being processed; retry"
                 )
-            return JSONResponse(stored[1], status_code=stored[0])
+            return JSONResponse(
+                stored[1], status_code=stored[0], headers=_location(outcome.reservation_id)
+            )
         document = outcome.document or load_reservation_document(
             container.db, outcome.reservation_id, partner_id=partner
         )
-        return JSONResponse(document, status_code=201)
+        return JSONResponse(document, status_code=201, headers=_location(outcome.reservation_id))
 
-    @app.get("/v1/reservations/{reservation_id}", tags=["reservations"])
+    @app.get(
+        "/v1/reservations/{reservationId}",
+        tags=["reservations"],
+        responses=errors(*KEYED, 404),
+    )
     def get_reservation(
-        reservation_id: str, principal: ApiPrincipal = authorized("reservations:read", "read")
+        request: Request,
+        reservationId: str,
+        principal: ApiPrincipal = authorized("reservations:read", "read"),
     ) -> dict[str, Any]:
+        reject_unknown_query(request)
         return load_reservation_document(
-            container.db, reservation_id, partner_id=principal.partner_id
+            container.db, reservationId, partner_id=principal.partner_id
         )
 
-    @app.post("/v1/reservations/{reservation_id}/vendor-confirmation", tags=["vendors"])
-    def vendor_confirmation(reservation_id: str, body: VendorConfirmation) -> dict[str, Any]:
-        """The vendor's answer, authenticated by the token from its notification."""
-        state = container.confirmation.answer(reservation_id, body.token, body.decision)
-        return {"reservationId": reservation_id, "state": state}
+    @app.post(
+        "/v1/reservations/{reservationId}/vendor-confirmation",
+        tags=["vendors"],
+        responses=errors(400, 403, 404, 409, 413, 500, 503),
+    )
+    def vendor_confirmation(reservationId: str, body: VendorConfirmation) -> dict[str, Any]:
+        """The vendor's answer, authenticated by the token from its notification (403
+        `invalid_token` for a wrong, used or expired one)."""
+        state = container.confirmation.answer(reservationId, body.token, body.decision)
+        return {"reservationId": reservationId, "state": state}
 
-    @app.post("/v1/reservations/{reservation_id}/authorizations", tags=["payments"])
+    @app.post(
+        "/v1/reservations/{reservationId}/authorizations",
+        tags=["payments"],
+        responses=errors(*KEYED, 404, 409, 413, 422),
+    )
     def authorize(
-        reservation_id: str,
+        reservationId: str,
         body: Authorization,
         principal: ApiPrincipal = authorized("payments:write", "write"),
     ) -> dict[str, Any]:
         outcome = container.payments.authorize(
-            reservation_id,
+            reservationId,
             body.party,
             payment_method=body.paymentMethod,
             actor=f"partner:{principal.partner_id}",
@@ -342,23 +402,27 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
             "clientSecret": outcome.client_secret,
         }
 
-    @app.post("/v1/reservations/{reservation_id}/cancel", tags=["reservations"])
+    @app.post(
+        "/v1/reservations/{reservationId}/cancel",
+        tags=["reservations"],
+        responses=errors(*KEYED, 404, 409, 413),
+    )
     def cancel(
-        reservation_id: str,
+        reservationId: str,
         body: Cancellation | None = None,
         principal: ApiPrincipal = authorized("reservations:write", "write"),
     ) -> dict[str, Any]:
         container.reservations.cancel(
-            reservation_id,
+            reservationId,
             actor=f"partner:{principal.partner_id}",
             reason=(body.reason if body else None) or "cancelled by partner",
             partner_id=principal.partner_id,
         )
         return load_reservation_document(
-            container.db, reservation_id, partner_id=principal.partner_id
+            container.db, reservationId, partner_id=principal.partner_id
         )
 
-    @app.post("/v1/stripe/webhooks", tags=["payments"])
+    @app.post("/v1/stripe/webhooks", tags=["payments"], responses=errors(400, 404, 413, 500, 503))
     async def stripe_webhook(request: Request) -> dict[str, Any]:
         from bookiji.integrations.stripe_gateway import parse_webhook
 
@@ -371,12 +435,14 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
             container.payments.apply_intent(intent, actor="stripe:webhook")
         return {"received": True, "type": kind}
 
-    @app.get("/v1/events", tags=["events"])
+    @app.get("/v1/events", tags=["events"], responses=errors(*KEYED))
     def events(
+        request: Request,
         after: int = Query(0, ge=0, le=2**63 - 1, description="cursor: the last event id seen"),
         limit: int = Query(100, ge=1, le=500),
         principal: ApiPrincipal = authorized("events:read", "read"),
     ) -> dict[str, Any]:
+        reject_unknown_query(request, "after", "limit")
         with UnitOfWork(container.db, readonly=True) as uow:
             rows = uow.outbox.after(after, partner_id=principal.partner_id, limit=limit)
             items = [
@@ -386,4 +452,27 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
             ]  # fmt: skip
         return {"events": items, "nextCursor": items[-1]["cursor"] if items else after}
 
+    app.openapi = partial(_openapi, app)  # type: ignore[method-assign]
     return app
+
+
+_FASTAPI_422 = "#/components/schemas/HTTPValidationError"
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, less the 422 `HTTPValidationError` it lists on every route with
+    parameters: this API answers a malformed request with 400 and the error envelope."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                responses = operation.get("responses", {})
+                content = responses.get("422", {}).get("content", {})
+                ref = content.get("application/json", {}).get("schema", {}).get("$ref")
+                if ref == _FASTAPI_422:
+                    del responses["422"]
+        schemas = schema.get("components", {}).get("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema

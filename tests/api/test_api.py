@@ -89,9 +89,20 @@ def test_health_readiness_metrics_and_openapi(api: Api) -> None:
         assert client.get("/healthz").json() == {"status": "ok"}
         assert client.get("/readyz").json() == {"status": "ready"}
         schema = client.get("/openapi.json").json()
-        for path in ("/v1/reservations", "/v1/reservations/{reservation_id}", "/v1/events",
-                     "/v1/vendors/{vendor_id}/availability"):  # fmt: skip
+        for path in ("/v1/reservations", "/v1/reservations/{reservationId}", "/v1/events",
+                     "/v1/vendors/{vendorId}/availability"):  # fmt: skip
             assert path in schema["paths"]
+        # What a partner's client generator reads: the key as a bearer scheme, camelCase path
+        # parameters, and per route only the statuses it can answer (400, never FastAPI's 422
+        # validation shape, for a malformed request).
+        assert schema["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+        read = schema["paths"]["/v1/vendors/{vendorId}/availability"]["get"]
+        assert read["security"] == [{"bearerAuth": []}]
+        assert [p["name"] for p in read["parameters"] if p["in"] == "path"] == ["vendorId"]
+        assert sorted(read["responses"]) == ["200", "400", "401", "403", "404", "429", "500", "503"]
+        assert "422" in schema["paths"]["/v1/reservations"]["post"]["responses"]  # key reused
+        assert "HTTPValidationError" not in json.dumps(schema)
+        assert "security" not in schema["paths"]["/healthz"]["get"]
         client.get("/nowhere")
         metrics = client.get("/metrics").text
     assert "bookiji_http_requests_total" in metrics and "bookiji_reservations" in metrics
@@ -127,6 +138,17 @@ def test_availability(api: Api) -> None:
             "/v1/vendors/nobody/availability", params={"startTime": at(9), "endTime": at(13)}
         )
         assert unknown.status_code == 404
+        misspelt = client.get(
+            "/v1/vendors/shop/availability",
+            params={"startTime": at(9), "endTime": at(13), "slotduration": 30},
+        )
+        assert misspelt.status_code == 400  # not a silently different answer (60-min slots)
+        assert error(misspelt)["message"] == (
+            "unknown query parameter(s): slotduration; this route takes startTime, endTime, "
+            "slotDuration, includeConfidence"
+        )
+        paging = client.get("/v1/events", params={"cursor": 5})
+        assert paging.status_code == 400 and "takes after, limit" in str(error(paging)["message"])
 
 
 def test_create_replay_conflicts_and_isolation(api: Api) -> None:
@@ -134,9 +156,11 @@ def test_create_replay_conflicts_and_isolation(api: Api) -> None:
         first = create(client, idempotencyKey="trip-1", metadata={"pnr": "X1"})
         assert first.status_code == 201, first.text
         body = first.json()
+        assert first.headers["Location"] == f"/v1/reservations/{body['reservationId']}"
         assert body["state"] == "AWAITING_VENDOR_CONFIRMATION" and body["expiresAt"].endswith("Z")
         replay = create(client, idempotencyKey="trip-1", metadata={"pnr": "X1"})
         assert (replay.status_code, replay.json()) == (201, body)
+        assert replay.headers["Location"] == first.headers["Location"]
         header = client.post(
             "/v1/reservations",
             headers={"Idempotency-Key": "trip-1"},

@@ -172,7 +172,7 @@ def test_the_daemon_exports_request_spans_over_otlp(
         rid = created.json()["reservationId"]
         assert client.get(f"/v1/reservations/{rid}").status_code == 200
         deadline = time.monotonic() + 15
-        while "GET /v1/reservations/{reservation_id}" not in collector.span_names():
+        while "GET /v1/reservations/{reservationId}" not in collector.span_names():
             assert time.monotonic() < deadline, collector.span_names()
             time.sleep(0.1)
         assert daemon.stop() == 0
