@@ -19,6 +19,7 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -27,9 +28,16 @@ from bookiji.api.edge import Edge
 from bookiji.api.metrics import Metrics
 from bookiji.api.schemas import (
     Authorization,
+    AuthorizationAnswer,
+    AvailabilityDocument,
     Cancellation,
+    ConfirmationAnswer,
     CreateReservation,
     ErrorEnvelope,
+    EventPage,
+    Health,
+    ReservationDocument,
+    StripeReceipt,
     VendorConfirmation,
 )
 from bookiji.bootstrap import Container
@@ -82,6 +90,15 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         status: {"model": ErrorEnvelope, "description": _ERROR_TEXTS[status]}
         for status in sorted(set(statuses))
     }
+
+
+def answers(
+    model: type[BaseModel], *statuses: int, status: int = 200
+) -> dict[int | str, dict[str, Any]]:
+    """A route's OpenAPI responses: its document, then the errors it can give. The model
+    only describes: routes return their documents as built (no second validation per
+    request); schemathesis checks the two agree."""
+    return {status: {"model": model}, **errors(*statuses)}
 
 
 def reject_unknown_query(request: Request, *names: str) -> None:
@@ -249,11 +266,13 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
 
     # -- endpoints ------------------------------------------------------------------------------
 
-    @app.get("/healthz", tags=["operations"], responses=errors(500))
+    @app.get("/healthz", tags=["operations"], response_model=None, responses=answers(Health, 500))
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"], responses=errors(500, 503))
+    @app.get(
+        "/readyz", tags=["operations"], response_model=None, responses=answers(Health, 500, 503)
+    )
     def readyz() -> dict[str, str]:
         try:
             ready = migrate.is_at_head(container.db)
@@ -271,8 +290,8 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
     @app.get(
         "/v1/vendors/{vendorId}/availability",
         tags=["availability"],
-        response_model=dict[str, Any],
-        responses=errors(*KEYED, 404),
+        response_model=None,
+        responses=answers(AvailabilityDocument, *KEYED, 404),
     )
     async def availability(
         request: Request,
@@ -314,7 +333,8 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
         "/v1/reservations",
         status_code=201,
         tags=["reservations"],
-        responses=errors(*KEYED, 404, 409, 413, 422),
+        response_model=None,
+        responses=answers(ReservationDocument, *KEYED, 404, 409, 413, 422, status=201),
     )
     def create_reservation(
         body: CreateReservation,
@@ -353,7 +373,8 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
     @app.get(
         "/v1/reservations/{reservationId}",
         tags=["reservations"],
-        responses=errors(*KEYED, 404),
+        response_model=None,
+        responses=answers(ReservationDocument, *KEYED, 404),
     )
     def get_reservation(
         request: Request,
@@ -368,7 +389,8 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
     @app.post(
         "/v1/reservations/{reservationId}/vendor-confirmation",
         tags=["vendors"],
-        responses=errors(400, 403, 404, 409, 413, 500, 503),
+        response_model=None,
+        responses=answers(ConfirmationAnswer, 400, 403, 404, 409, 413, 500, 503),
     )
     def vendor_confirmation(reservationId: str, body: VendorConfirmation) -> dict[str, Any]:
         """The vendor's answer, authenticated by the token from its notification (403
@@ -379,7 +401,8 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
     @app.post(
         "/v1/reservations/{reservationId}/authorizations",
         tags=["payments"],
-        responses=errors(*KEYED, 404, 409, 413, 422),
+        response_model=None,
+        responses=answers(AuthorizationAnswer, *KEYED, 404, 409, 413, 422),
     )
     def authorize(
         reservationId: str,
@@ -405,7 +428,8 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
     @app.post(
         "/v1/reservations/{reservationId}/cancel",
         tags=["reservations"],
-        responses=errors(*KEYED, 404, 409, 413),
+        response_model=None,
+        responses=answers(ReservationDocument, *KEYED, 404, 409, 413),
     )
     def cancel(
         reservationId: str,
@@ -422,7 +446,12 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
             container.db, reservationId, partner_id=principal.partner_id
         )
 
-    @app.post("/v1/stripe/webhooks", tags=["payments"], responses=errors(400, 404, 413, 500, 503))
+    @app.post(
+        "/v1/stripe/webhooks",
+        tags=["payments"],
+        response_model=None,
+        responses=answers(StripeReceipt, 400, 404, 413, 500, 503),
+    )
     async def stripe_webhook(request: Request) -> dict[str, Any]:
         from bookiji.integrations.stripe_gateway import parse_webhook
 
@@ -435,7 +464,9 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
             container.payments.apply_intent(intent, actor="stripe:webhook")
         return {"received": True, "type": kind}
 
-    @app.get("/v1/events", tags=["events"], responses=errors(*KEYED))
+    @app.get(
+        "/v1/events", tags=["events"], response_model=None, responses=answers(EventPage, *KEYED)
+    )
     def events(
         request: Request,
         after: int = Query(0, ge=0, le=2**63 - 1, description="cursor: the last event id seen"),

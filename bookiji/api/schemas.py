@@ -3,9 +3,13 @@ parsed by us (so a naive time is a precise 400, not a silent local time)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
+
+from bookiji.domain.states import ReservationState
 
 
 class _Body(BaseModel):
@@ -53,3 +57,147 @@ class ErrorBody(BaseModel):
 
 class ErrorEnvelope(BaseModel):
     error: ErrorBody
+
+
+# -- responses: what the routes serve, for the OpenAPI document ------------------------------
+# The routes build these documents as dicts (one shape for the API and `--json`); the models
+# below describe them for partners' client generators and are checked against what is served
+# by schemathesis (tests/api/test_schemathesis.py). Unknown fields are refused so a document
+# that grows a field without its schema fails that test.
+
+Instant = Annotated[datetime, Field(description="RFC 3339, UTC")]
+
+
+class _Document(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Slot(_Document):
+    startTime: Instant
+    endTime: Instant
+    # Absent, never null, when includeConfidence=false.
+    confidence: Annotated[float, Field(ge=0, le=1)] | SkipJsonSchema[None] = None
+    reasons: list[str] | SkipJsonSchema[None] = None
+
+
+class CalendarSource(_Document):
+    calendar: str
+    provider: str
+    fetchedAt: Instant | None
+    status: Literal["ok", "degraded", "never_synced"]
+
+
+class AvailabilityDocument(_Document):
+    vendorId: str
+    timezone: str
+    startTime: Instant
+    endTime: Instant
+    slotDuration: int = Field(description="minutes")
+    slots: list[Slot]
+    sources: list[CalendarSource]
+    cached: bool
+    computedAt: Instant
+
+
+class PartyPayment(_Document):
+    amount: int = Field(description="minor units of `currency`")
+    state: str
+    paymentIntentId: str | None
+
+
+class Payment(_Document):
+    currency: str
+    vendorDeposit: PartyPayment
+    requesterPayment: PartyPayment
+
+
+class CompensationStep(_Document):
+    id: str
+    party: Literal["vendor", "requester"]
+    action: str
+    amount: int
+    status: str
+    attempts: int
+    lastError: str | None
+    nextAttemptAt: Instant | None
+    completedAt: Instant | None
+
+
+class VendorNotification(_Document):
+    channel: str
+    status: str
+    attempts: int
+    lastError: str | None
+    nextAttemptAt: Instant | None
+    sentAt: Instant | None
+
+
+class Transition(_Document):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: ReservationState | None = Field(alias="from")
+    to: ReservationState
+    at: Instant
+    reason: str
+    actor: str
+    details: dict[str, Any]
+
+
+class ReservationDocument(_Document):
+    reservationId: str
+    vendorId: str
+    requesterId: str
+    requester: RequesterContact | None = Field(description="personal data; null once erased")
+    partnerId: str | None
+    state: ReservationState
+    stateDeadline: Instant | None
+    expiresAt: Instant | None = Field(description="the same instant as stateDeadline")
+    slotStartTime: Instant
+    slotEndTime: Instant
+    blockStartTime: Instant = Field(description="the slot widened by the vendor's buffers")
+    blockEndTime: Instant
+    payment: Payment
+    compensationActions: list[CompensationStep]
+    vendorNotifications: list[VendorNotification]
+    metadata: dict[str, Any]
+    idempotencyKey: str | None
+    version: int | None
+    createdAt: Instant
+    updatedAt: Instant
+    stateHistory: list[Transition]
+
+
+class ConfirmationAnswer(_Document):
+    reservationId: str
+    state: ReservationState
+
+
+class AuthorizationAnswer(_Document):
+    reservationId: str
+    party: Literal["vendor", "requester"]
+    state: ReservationState
+    paymentState: str
+    paymentIntentId: str | None
+    clientSecret: str | None = Field(description="set when the card needs authentication")
+
+
+class Event(_Document):
+    id: str = Field(description="also the webhook-id of its delivery")
+    cursor: int
+    type: str
+    createdAt: Instant
+    data: dict[str, Any]
+
+
+class EventPage(_Document):
+    events: list[Event]
+    nextCursor: int = Field(description="pass as `after` for the next page")
+
+
+class Health(_Document):
+    status: Literal["ok", "ready"]
+
+
+class StripeReceipt(_Document):
+    received: bool
+    type: str

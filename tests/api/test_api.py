@@ -12,10 +12,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from pydantic import BaseModel
 
+from bookiji.api.schemas import (
+    AuthorizationAnswer,
+    AvailabilityDocument,
+    ConfirmationAnswer,
+    EventPage,
+    ReservationDocument,
+)
 from bookiji.domain.states import StageTTLs
 from bookiji.services.apikeys import ApiKeyService
 from bookiji.services.clock import SystemClock
@@ -244,9 +253,26 @@ def test_oversized_body_is_413(api: Api) -> None:
         assert big.status_code == 413 and error(big)["code"] == "payload_too_large"
 
 
+def served(response: httpx.Response, model: type[BaseModel]) -> dict[str, Any]:
+    """The body, checked against the model the OpenAPI document publishes for it (unknown
+    fields refused: a document that grows a field without its schema fails here)."""
+    body: dict[str, Any] = response.json()
+    model.model_validate(body)
+    return body
+
+
 def test_the_whole_workflow_over_http(api: Api) -> None:
     with api.client(api.key) as client:
-        rid = create(client).json()["reservationId"]
+        rid = served(create(client), ReservationDocument)["reservationId"]
+        listed = client.get(
+            "/v1/vendors/shop/availability", params={"startTime": at(9), "endTime": at(13)}
+        )
+        served(listed, AvailabilityDocument)
+        bare = client.get(
+            "/v1/vendors/shop/availability",
+            params={"startTime": at(9), "endTime": at(13), "includeConfidence": "false"},
+        )
+        assert "confidence" not in served(bare, AvailabilityDocument)["slots"][0]
         # The vendor answers with the token its notification carried.
         with UnitOfWork(api.db, readonly=True) as uow:
             from sqlmodel import select
@@ -264,18 +290,19 @@ def test_the_whole_workflow_over_http(api: Api) -> None:
             assert forged.status_code == 403 and error(forged)["code"] == "invalid_token"
             answered = vendor.post(answer, json={"token": token, "decision": "confirm"})
             assert answered.status_code == 200
-            assert answered.json()["state"] == "AWAITING_REQUESTER_AUTH"  # deposit authorized
+            # deposit authorized
+            assert served(answered, ConfirmationAnswer)["state"] == "AWAITING_REQUESTER_AUTH"
         card = {"party": "requester", "paymentMethod": "pm_card_visa"}
         paid = client.post(f"/v1/reservations/{rid}/authorizations", json=card)
-        assert paid.status_code == 200 and paid.json()["state"] == "COMMITTED"
-        assert (
-            client.get(f"/v1/reservations/{rid}").json()["payment"]["requesterPayment"]["state"]
-            == "captured"
-        )
+        assert paid.status_code == 200 and served(paid, AuthorizationAnswer)["state"] == "COMMITTED"
+        booked = served(client.get(f"/v1/reservations/{rid}"), ReservationDocument)
+        assert booked["payment"]["requesterPayment"]["state"] == "captured"
+        served(client.get("/v1/events", params={"after": 0}), EventPage)
 
         second = create(client, start=13).json()["reservationId"]
         cancelled = client.post(f"/v1/reservations/{second}/cancel", json={"reason": "no"})
-        assert cancelled.status_code == 200 and cancelled.json()["state"] == "CANCELLED"
+        assert cancelled.status_code == 200
+        assert served(cancelled, ReservationDocument)["state"] == "CANCELLED"
 
 
 def test_sigterm_drains_and_exits_zero(api: Api) -> None:
