@@ -11,7 +11,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from bookiji.cli.context import state
-from bookiji.cli.output import console, emit_json, err_console, instant_cell, listing, print_listing
+from bookiji.cli.output import (
+    console,
+    counted,
+    emit_json,
+    err_console,
+    instant_cell,
+    listing,
+    print_listing,
+)
 from bookiji.domain.errors import ValidationFailed
 from bookiji.domain.timeutil import format_instant
 from bookiji.integrations.calendar_sources import stored_json
@@ -117,7 +125,11 @@ def sync(
                     f"{r.connection_id} ({r.provider}, {r.vendor_id}): "
                     f"[red]{r.status}[/red]: {escape(r.error or '')}"
                 )
-        console.print(f"{len(results)} calendars synced")
+        failed = sum(r.status != "ok" for r in results)
+        console.print(
+            f"{counted(len(results) - failed, 'calendar')} synced"
+            + (f", [red]{failed} failed[/red] (their last good data is kept)" if failed else "")
+        )
     if any(r.status != "ok" for r in results):
         raise typer.Exit(1)
 

@@ -69,8 +69,13 @@ def instant_cell(value: datetime | str | None, missing: str = "") -> str:
     return format_instant(moment.replace(microsecond=0)) or missing
 
 
+def counted(count: int, noun: str) -> str:
+    """'1 calendar', '2 calendars': an operator reads these aloud in incident notes."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def attempts(count: int) -> str:
-    return f"{count} attempt" if count == 1 else f"{count} attempts"
+    return counted(count, "attempt")
 
 
 def error_line(message: str) -> None:

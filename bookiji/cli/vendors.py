@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bookiji.cli.context import state
-from bookiji.cli.output import console, emit_json, listing, print_listing
+from bookiji.cli.output import console, counted, emit_json, listing, print_listing
 from bookiji.domain.timeutil import format_instant
 from bookiji.services.documents import vendor_document
 
@@ -38,7 +38,7 @@ def import_(
         return
     console.print(
         f"imported {file}: {len(report.created)} created, {len(report.updated)} updated, "
-        f"{len(report.unchanged)} unchanged, {report.calendars_added} calendars added"
+        f"{len(report.unchanged)} unchanged, {counted(report.calendars_added, 'calendar')} added"
     )
 
 

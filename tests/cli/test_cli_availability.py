@@ -139,7 +139,8 @@ def test_calendars_from_the_vendors_file_list_sync_and_disconnect(cli: Cli, tmp_
         vendor_toml("shop", hours="09:00-17:00", slot_interval_minutes=30)
         + f'[[vendors.calendars]]\nprovider = "ics"\nsource = "{feed}"\nname = "deliveries"\n'
     )
-    cli("vendors", "import", path, expect=0)
+    imported = cli("vendors", "import", path, expect=0).out
+    assert imported.rstrip().endswith(", 1 calendar added")
     [listed] = cli("calendars", "list", "--json", expect=0).json()
     assert (listed["provider"], listed["status"], listed["name"]) == (
         "ics",
@@ -158,6 +159,8 @@ def test_calendars_from_the_vendors_file_list_sync_and_disconnect(cli: Cli, tmp_
     feed.unlink()
     failed = cli("calendars", "sync", expect=1)
     assert "degraded" in failed.out and "shop.ics" in failed.out
+    # Not "1 calendars synced" for a sync that failed.
+    assert "0 calendars synced, 1 failed (their last good data is kept)" in failed.out
     assert cli(*window("--json"), expect=0).json()["slots"][0]["startTime"] == at("11:00")
 
     cli("calendars", "disconnect", listed["id"], expect=0)
