@@ -42,15 +42,43 @@ def listing(
     wraps onto more lines instead of ending in an ellipsis. Cells may hold rich markup."""
     rows = [list(row) for row in rows]
     table = Table(title=title)
+    whole = _keys_that_fit(columns, rows, keys)
     for index, name in enumerate(columns):
-        if name in keys:
-            widest = max((Text.from_markup(row[index]).cell_len for row in rows), default=0)
-            table.add_column(name, no_wrap=True, min_width=max(widest, len(name)))
+        if index in whole:
+            table.add_column(name, no_wrap=True, min_width=whole[index])
         else:
             table.add_column(name, overflow="fold")
     for row in rows:
         table.add_row(*row)
     return table
+
+
+#: The narrowest a folded column may get and still be read (borders and padding: 3 a column).
+_FOLDED_MIN, _PER_COLUMN = 6, 3
+
+
+def _keys_that_fit(
+    columns: Sequence[str], rows: list[list[str]], keys: Collection[str]
+) -> dict[int, int]:
+    """The key columns kept whole, by index, with their widths: in the order given, as long
+    as the other columns keep room to be read. On a narrow terminal a later key folds like
+    any other cell rather than squeezing every other column to nothing."""
+    width = console.width if console.is_terminal or os.environ.get("COLUMNS") else PIPE_WIDTH
+    budget = width - 1 - _PER_COLUMN * len(columns)
+    budget -= _FOLDED_MIN * sum(1 for name in columns if name not in keys)
+    whole: dict[int, int] = {}
+    for key in keys:
+        if key not in columns:
+            continue
+        index = list(columns).index(key)
+        widest = max((Text.from_markup(row[index]).cell_len for row in rows), default=0)
+        need = max(widest, len(key))
+        if whole and need > budget:  # the first key is always whole
+            budget -= _FOLDED_MIN
+            continue
+        whole[index] = need
+        budget -= need
+    return whole
 
 
 def print_listing(table: Table) -> None:

@@ -53,8 +53,12 @@ def list_(
             )
         )
     columns = ("event", "type", "partner", "reservation", "status", "attempts", "next", "last")
-    # The event id is what an operator copies into `replay`.
-    print_listing(listing(f"{len(deliveries)} webhook deliveries", columns, rows, keys=("event",)))
+    # The ids are what an operator copies: the event into `replay`, the reservation into
+    # `reservations show`.
+    table = listing(
+        f"{len(deliveries)} webhook deliveries", columns, rows, keys=("event", "reservation")
+    )
+    print_listing(table)
 
 
 @app.command("replay")
