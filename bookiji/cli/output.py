@@ -58,7 +58,7 @@ _FOLDED_MIN, _PER_COLUMN = 6, 3
 
 
 def _keys_that_fit(
-    columns: Sequence[str], rows: list[list[str]], keys: Collection[str]
+    columns: Sequence[str], rows: Sequence[Sequence[str]], keys: Collection[str]
 ) -> dict[int, int]:
     """The key columns kept whole, by index, with their widths: in the order given, as long
     as the other columns keep room to be read. On a narrow terminal a later key folds like
