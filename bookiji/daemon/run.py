@@ -128,7 +128,9 @@ def run_daemon(settings: Settings, *, host: str, port: int) -> int:
             stop.set()
 
     server.on_exit = begin_shutdown
-    log.info("daemon starting", extra={"host": host, "port": port, "owner": runner.owner})
+    # The port bound, not the one asked for: with --port 0 this line is how to find it.
+    bound = sock.getsockname()[1]
+    log.info("daemon starting", extra={"host": host, "port": bound, "owner": runner.owner})
     _settle_garbage_collector()
     jobs_thread.start()
     try:

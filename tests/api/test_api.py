@@ -331,6 +331,30 @@ def test_a_taken_port_is_one_error_line_and_nothing_runs(api: Api, tmp_path: Pat
     assert api.client(api.key).get("/healthz").status_code == 200  # the first one serves on
 
 
+def test_port_zero_logs_the_port_it_bound(api: Api, tmp_path: Path) -> None:
+    """`--port 0` takes any free port; the start-up line is how an operator finds it (it
+    said 0)."""
+    config = tmp_path / "bookiji.toml"  # the first daemon's database and settings
+    process = subprocess.Popen(
+        [SCRIPT, "--config", str(config), "daemon", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 30
+        started: dict[str, Any] = {}
+        while not started and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if '"daemon starting"' in line:
+                started = json.loads(line)
+        assert started and started["port"] != 0
+        with httpx.Client(base_url=f"http://127.0.0.1:{started['port']}", timeout=10) as client:
+            assert client.get("/healthz").json() == {"status": "ok"}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+
+
 def test_rate_limits_hold_caps_and_key_rotation(database_url: str, tmp_path: Path) -> None:
     db = Database(database_url)
     add_vendor(db, "shop", slot_interval_minutes=60, max_advance_days=30)
