@@ -337,6 +337,7 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
         responses=answers(ReservationDocument, *KEYED, 404, 409, 413, 422, status=201),
     )
     def create_reservation(
+        http: Request,
         body: CreateReservation,
         idempotency_header: str | None = Header(default=None, alias="Idempotency-Key"),
         principal: ApiPrincipal = authorized("reservations:write", "write"),
@@ -356,6 +357,7 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
             contact=body.requester.model_dump(exclude_none=True) if body.requester else None,
         )
         outcome = container.reservations.create_hold(request, actor=f"partner:{partner}", caps=caps)
+        http.state.reservation_id = outcome.reservation_id  # for the request's log line
         if outcome.replayed and key is not None:
             stored = container.reservations.remembered_response(partner, key)
             if stored is None:

@@ -86,7 +86,9 @@ class Edge:
                     "status": status[0],
                     "duration_ms": round(elapsed * 1000, 2),
                     "partner_id": state.get("partner_id"),
-                    "reservation_id": scope.get("path_params", {}).get("reservation_id"),
+                    # The path's, or the one a create made (the endpoint leaves it in state).
+                    "reservation_id": scope.get("path_params", {}).get("reservationId")
+                    or state.get("reservation_id"),
                 },
             )
 

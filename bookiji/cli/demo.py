@@ -140,17 +140,17 @@ def run_demo(workdir: Path, out: Console = console) -> dict[str, Any]:
         say(f"operator cancels {erin}: {state(erin)}")
 
         out.print(Rule("3. Dual authorization and the atomic commit"))
-        payments.authorize(alice, "requester", payment_method="pm_card_visa", actor="partner")
+        payments.authorize(alice, "requester", payment_method="pm_card_visa", actor="partner:demo")
         say(f"alice's card pm_card_visa authorized -> both authorized -> {state(alice)}")
         payments.authorize(carol, "requester", payment_method="pm_card_chargeDeclined",
-                           actor="partner")  # fmt: skip
+                           actor="partner:demo")  # fmt: skip
         say(f"carol's card pm_card_chargeDeclined -> {state(carol)}; the vendor deposit is "
             "released")  # fmt: skip
         gateway.faults.fail_next(
             "capture", PaymentDeclined("the card was declined (card_declined)",
                                        details={"declineCode": "card_declined"}),
         )  # fmt: skip
-        payments.authorize(dave, "requester", payment_method="pm_card_visa", actor="partner")
+        payments.authorize(dave, "requester", payment_method="pm_card_visa", actor="partner:demo")
         say(f"dave authorized, but the vendor capture fails -> {state(dave)}; both released")
 
         out.print(Rule("4. Deadlines and reconciliation"))

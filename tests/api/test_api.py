@@ -304,6 +304,25 @@ def test_the_whole_workflow_over_http(api: Api) -> None:
         assert cancelled.status_code == 200
         assert served(cancelled, ReservationDocument)["state"] == "CANCELLED"
 
+    # One log line per request, carrying the reservation it was about (a create's new one).
+    cancel_line = ("POST", "/v1/reservations/{reservationId}/cancel", 200, second)
+    deadline = time.monotonic() + 10
+    while cancel_line not in (logged := request_lines(api.daemon)):  # written after the answer
+        assert time.monotonic() < deadline, logged[-3:]
+        time.sleep(0.05)
+    assert ("POST", "/v1/reservations", 201, rid) in logged
+    assert ("POST", "/v1/reservations/{reservationId}/vendor-confirmation", 200, rid) in logged
+    assert ("GET", "/v1/reservations/{reservationId}", 200, rid) in logged
+
+
+def request_lines(daemon: Daemon) -> list[tuple[str, str, int, str | None]]:
+    lines = [json.loads(line) for line in daemon.logs().splitlines() if line.startswith("{")]
+    return [
+        (e["method"], e["route"], e["status"], e["reservation_id"])
+        for e in lines
+        if e.get("message") == "request"
+    ]
+
 
 def test_sigterm_drains_and_exits_zero(api: Api) -> None:
     began = time.monotonic()
