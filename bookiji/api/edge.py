@@ -9,6 +9,8 @@ bookkeeping cost as much as the endpoint.
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -46,20 +48,22 @@ class Edge:
         method: str = scope["method"]
         state: dict[str, Any] = scope.setdefault("state", {})
         length = _header(scope, b"content-length")
+        request_id = _request_id(_header(scope, b"x-request-id"))
         status = [500]
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
                 decision = state.get("rate")
                 if decision is not None:
-                    headers = list(message.get("headers", []))
                     headers += [
                         (b"ratelimit-limit", str(decision.limit).encode()),
                         (b"ratelimit-remaining", str(decision.remaining).encode()),
                         (b"ratelimit-reset", str(decision.reset_after).encode()),
                     ]
-                    message = {**message, "headers": headers}
+                message = {**message, "headers": headers}
             await send(message)
 
         try:
@@ -81,6 +85,7 @@ class Edge:
             log.info(
                 "request",
                 extra={
+                    "request_id": request_id,
                     "method": method,
                     "route": route,
                     "status": status[0],
@@ -118,6 +123,18 @@ class Edge:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def _request_id(given: str | None) -> str:
+    """The partner's own `X-Request-Id` when it is a plain token (so both sides' logs share
+    it), else a new one. Either way it is answered in the header and logged, and is what
+    support asks a partner for."""
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return f"req_{secrets.token_hex(12)}"
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

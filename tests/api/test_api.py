@@ -315,6 +315,28 @@ def test_the_whole_workflow_over_http(api: Api) -> None:
     assert ("GET", "/v1/reservations/{reservationId}", 200, rid) in logged
 
 
+def test_every_answer_carries_a_request_id_that_its_log_line_shares(api: Api) -> None:
+    """Support asks a partner for the request id and finds the daemon's line for it; a
+    partner's own plain id is kept so both sides' logs share it."""
+    with api.client(api.key) as client:
+        own = client.get("/v1/events", headers={"X-Request-Id": "acme-7f3a:42"})
+        made = client.get("/v1/reservations/res_nope")
+        odd = client.get("/v1/events", headers={"X-Request-Id": "x" * 200})
+    assert own.headers["X-Request-Id"] == "acme-7f3a:42"
+    assert made.status_code == 404 and made.headers["X-Request-Id"].startswith("req_")
+    assert odd.headers["X-Request-Id"].startswith("req_")  # not echoed: not a plain token
+    wanted = {own.headers["X-Request-Id"], made.headers["X-Request-Id"]}
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(line) for line in api.daemon.logs().splitlines() if line[:1] == "{"]
+        found = {e["request_id"]: e for e in lines if e.get("request_id") in wanted}
+        if len(found) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert found["acme-7f3a:42"]["route"] == "/v1/events"
+    assert found[made.headers["X-Request-Id"]]["status"] == 404
+
+
 def request_lines(daemon: Daemon) -> list[tuple[str, str, int, str | None]]:
     lines = [json.loads(line) for line in daemon.logs().splitlines() if line.startswith("{")]
     return [
