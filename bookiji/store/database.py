@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
+from collections import namedtuple
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Engine, Executable, create_engine, event
 from sqlalchemy.engine import Connection, Row, make_url
+from sqlalchemy.exc import DBAPIError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: SQLite connections kept aside for `read_first`, about one per concurrent reader.
@@ -119,9 +122,11 @@ class Database:
         except IndexError:
             connection = self._one_read_engine.connect()
             connection.exec_driver_sql(f"PRAGMA busy_timeout={READ_BUSY_TIMEOUT_MS}")
+            connection.rollback()  # from here on only the driver connection is used
         try:
-            row = connection.execute(statement, params).first()
-            connection.rollback()
+            row = _plain_read(statement, self.engine.dialect).first(
+                connection.connection.dbapi_connection, params
+            )
         except BaseException:
             connection.invalidate()  # in an unknown state: never reused
             raise
@@ -129,7 +134,7 @@ class Database:
             self._idle_readers.append(connection)
         else:
             connection.invalidate()
-        return row
+        return cast("Row[Any] | None", row)
 
     @property
     def is_postgres(self) -> bool:
@@ -139,6 +144,60 @@ class Database:
         while self._idle_readers:
             self._idle_readers.pop().invalidate()
         self.engine.dispose()
+
+
+class _PlainRead:
+    """One SELECT compiled once and run on the bare `sqlite3` connection: SQLAlchemy's
+    per-execute work (cache key, context, result set-up) cost more than the read itself,
+    twice per API request. Same SQL, and each column still goes through its type's result
+    processor, so the row reads as SQLAlchemy's would (by index or by name)."""
+
+    def __init__(self, statement: Executable, dialect: Any) -> None:
+        compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+        self.sql: str = compiled.string
+        self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
+        columns = compiled._result_columns  # (key, name, objects, type) per column; none
+        self.processors = tuple(  # for text(), whose values come as the driver gives them
+            column[3]._cached_result_processor(dialect, None) for column in columns
+        )
+        self.row = namedtuple("Row", [column[0] for column in columns]) if columns else None
+        self.binds = {
+            name: bind.type._cached_bind_processor(dialect) for name, bind in compiled.binds.items()
+        }
+
+    def first(self, dbapi_connection: Any, params: dict[str, Any]) -> Any:
+        values = []
+        for name in self.names:
+            process = self.binds.get(name)
+            values.append(process(params[name]) if process is not None else params[name])
+        try:
+            cursor = dbapi_connection.execute(self.sql, values)
+            try:
+                found = cursor.fetchone()
+            finally:
+                cursor.close()  # ends the statement: no snapshot stays open to pin the WAL
+        except sqlite3.Error as exc:  # as SQLAlchemy raises it, for the callers' handlers
+            raise DBAPIError.instance(
+                self.sql, values, exc, sqlite3.Error, hide_parameters=True
+            ) from exc
+        if found is None:
+            return None
+        if self.row is None:
+            return tuple(found)
+        return self.row(
+            *(p(v) if p is not None else v for p, v in zip(self.processors, found, strict=True))
+        )
+
+
+_PLAIN_READS: dict[int, tuple[Executable, _PlainRead]] = {}
+
+
+def _plain_read(statement: Executable, dialect: Any) -> _PlainRead:
+    cached = _PLAIN_READS.get(id(statement))
+    if cached is None or cached[0] is not statement:
+        cached = (statement, _PlainRead(statement, dialect))
+        _PLAIN_READS[id(statement)] = cached
+    return cached[1]
 
 
 def _configure_sqlite(engine: Engine) -> None:

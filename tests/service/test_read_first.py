@@ -93,3 +93,28 @@ def test_kept_readers_wait_briefly_and_the_pool_keeps_the_writers_timeout(db: Da
     finally:
         for connection in held:
             connection.close()
+
+
+def test_the_api_reads_come_back_as_sqlalchemy_reads_them(db: Database) -> None:
+    """On SQLite `read_first` runs the compiled SQL on the bare driver: each column must still
+    come out through its type (aware UTC datetimes, JSON lists), by index and by name."""
+    from bookiji.services.apikeys import _BY_PREFIX, ApiKeyService
+    from bookiji.services.availability import VERSION_AND_NOTICE
+    from bookiji.services.clock import SystemClock
+
+    add_vendor(db, "v1")
+    keys = ApiKeyService(db, SystemClock())
+    keys.add_partner("acme", "Acme")
+    row, raw = keys.create_key("acme", scopes=["availability:read", "events:read"])
+    keys.authenticate(raw)  # sets last_used_at: a datetime column with a value
+    for statement, params in ((_BY_PREFIX, {"prefix": row.prefix}),
+                              (VERSION_AND_NOTICE, {"vendor": "v1"})):  # fmt: skip
+        with db.engine.connect() as connection:
+            expected = connection.execute(statement, params).first()
+        got = db.read_first(statement, params)
+        assert expected is not None and got is not None
+        assert tuple(got) == tuple(expected)
+        assert all(getattr(got, name) == getattr(expected, name) for name in expected._fields)
+    key = db.read_first(_BY_PREFIX, {"prefix": row.prefix})
+    assert key is not None and key.scopes == ["availability:read", "events:read"]
+    assert key.last_used_at is not None and key.last_used_at.utcoffset() is not None
