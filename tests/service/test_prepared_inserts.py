@@ -50,10 +50,9 @@ def _stored(db: Database, rid: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def keyed() -> Any:
-    crypto.configure([crypto.new_key()])
-    yield
-    crypto.configure([])
+def keyed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Restored afterwards: later tests in this process must not find an empty keyring.
+    monkeypatch.setattr(crypto, "_keyring", crypto.Keyring([crypto.new_key()]))
 
 
 def test_a_prepared_insert_stores_what_the_orm_stores(db: Database, keyed: None) -> None:
@@ -107,10 +106,10 @@ def test_an_overlap_is_refused_as_sqlalchemys_integrity_error(db: Database) -> N
 
 
 def test_a_value_its_type_refuses_fails_before_writing_and_hides_the_values(
-    db: Database,
+    db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     add_vendor(db, "v1")
-    crypto.configure([])
+    monkeypatch.setattr(crypto, "_keyring", crypto.Keyring([]))
     with pytest.raises(StatementError) as caught, UnitOfWork(db) as uow:
         uow.insert(Reservation, _fields("res_1", 0))
     assert isinstance(caught.value.orig, EncryptionKeyProblem)

@@ -95,13 +95,19 @@ def test_kept_readers_wait_briefly_and_the_pool_keeps_the_writers_timeout(db: Da
             connection.close()
 
 
-def test_the_api_reads_come_back_as_sqlalchemy_reads_them(db: Database) -> None:
+def test_the_api_reads_come_back_as_sqlalchemy_reads_them(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """On SQLite `read_first` runs the compiled SQL on the bare driver: each column must still
     come out through its type (aware UTC datetimes, JSON lists), by index and by name."""
     from bookiji.services.apikeys import _BY_PREFIX, ApiKeyService
     from bookiji.services.availability import VERSION_AND_NOTICE
     from bookiji.services.clock import SystemClock
+    from bookiji.store import crypto
 
+    # The partner's webhook secret is sealed: a key of this test's own, whatever earlier
+    # tests left configured in this process.
+    monkeypatch.setattr(crypto, "_keyring", crypto.Keyring([crypto.new_key()]))
     add_vendor(db, "v1")
     keys = ApiKeyService(db, SystemClock())
     keys.add_partner("acme", "Acme")
