@@ -41,6 +41,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import col, select
 
 from bookiji.domain.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
+from bookiji.domain.timeutil import format_instant
 from bookiji.services.clock import Clock
 from bookiji.services.ids import new_id
 from bookiji.store.database import Database
@@ -380,6 +381,18 @@ class ApiKeyService:
                 raise ValidationFailed(
                     f"key {key_id} is {status}; create a new key instead",
                     details={"keyId": key_id, "status": status},
+                )
+            successor = uow.session.exec(
+                select(PartnerApiKey).where(col(PartnerApiKey.rotated_from) == key_id).limit(1)
+            ).first()
+            if successor is not None:
+                # Its expiry is now the overlap's end: a second successor would have inherited
+                # that as its lifetime, and the partner would hold two new keys.
+                until = format_instant(old.expires_at) if old.expires_at else "its overlap ends"
+                raise ValidationFailed(
+                    f"key {key_id} was already rotated into {successor.id} (it keeps working "
+                    f"until {until}); rotate {successor.id} instead",
+                    details={"keyId": key_id, "successorId": successor.id},
                 )
             lifetime = None if old.expires_at is None else old.expires_at - old.created_at
             partner_id, scope_list = old.partner_id, list(old.scopes)

@@ -306,6 +306,23 @@ def test_rotation_with_zero_overlap_cuts_over_now(service: ApiKeyService) -> Non
     service.authenticate(new_plain)
 
 
+def test_a_key_rotates_once_then_its_successor_does(
+    service: ApiKeyService, clock: ManualClock
+) -> None:
+    """Rotating a key in its overlap again made a second successor, whose lifetime was
+    taken from the overlap: a never-expiring key's heir died with the old key."""
+    old, _ = service.create_key("acme")
+    first, _ = service.rotate(old.id, overlap=timedelta(hours=1))
+    clock.advance(timedelta(minutes=10))
+    with pytest.raises(ValidationFailed, match=f"already rotated into {first.id}") as caught:
+        service.rotate(old.id, overlap=timedelta(hours=1))
+    assert f"rotate {first.id} instead" in caught.value.message
+    assert [k.id for k in service.list_keys("acme")].count(first.id) == 1
+    assert len(service.list_keys("acme")) == 2  # no second successor
+    second, _ = service.rotate(first.id, overlap=timedelta(hours=1))
+    assert second.rotated_from == first.id and second.expires_at is None
+
+
 def test_revoked_or_expired_keys_are_not_rotated(
     service: ApiKeyService, clock: ManualClock
 ) -> None:
