@@ -10,7 +10,15 @@ import typer
 from rich.markup import escape
 
 from bookiji.cli.context import state
-from bookiji.cli.output import console, emit_json, err_console, instant_cell, listing, print_listing
+from bookiji.cli.output import (
+    console,
+    counted,
+    emit_json,
+    err_console,
+    instant_cell,
+    listing,
+    print_listing,
+)
 from bookiji.domain.timeutil import format_instant
 from bookiji.services.apikeys import SCOPES, ApiKeyService, key_status
 from bookiji.store.models import PartnerApiKey
@@ -131,7 +139,7 @@ def list_(
         )
     columns = ("id", "partner", "prefix", "status", "scopes", "created", "expires", "revoked",
                "last used")  # fmt: skip
-    print_listing(listing(f"{len(keys)} API keys", columns, rows))
+    print_listing(listing(counted(len(keys), "API key"), columns, rows))
 
 
 @app.command("rotate")

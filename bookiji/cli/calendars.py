@@ -84,7 +84,7 @@ def list_(
         for c in connections
     ]
     columns = ("id", "vendor", "provider", "source", "status", "last synced", "last error")
-    print_listing(listing(f"{len(connections)} calendar connections", columns, rows))
+    print_listing(listing(counted(len(connections), "calendar connection"), columns, rows))
 
 
 @app.command("sync")

@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.rule import Rule
 
 from bookiji.bootstrap import build
-from bookiji.cli.output import console, emit_json, state_style
+from bookiji.cli.output import console, counted, emit_json, state_style
 from bookiji.config import Settings
 from bookiji.domain.errors import BookijiError, PaymentDeclined
 from bookiji.integrations.local_gateway import LocalGateway
@@ -171,7 +171,14 @@ def run_demo(workdir: Path, out: Console = console) -> dict[str, Any]:
                 f"[{style}]{row.state:<28}[/{style}] vendor {row.vendor_payment_state:<9} "
                 f"requester {row.requester_payment_state}")  # fmt: skip
         breaches = audit(db, gateway)
-        say("audit: " + ("[green]clean[/green]" if not breaches else f"{len(breaches)} breaches"))
+        say(
+            "audit: "
+            + (
+                "[green]clean[/green]"
+                if not breaches
+                else counted(len(breaches), "breach", "breaches")
+            )
+        )
         for breach in breaches:
             say(f"[red]{breach.invariant}[/red] {breach.reservation_id}: {breach.message}")
         document = load_reservation_document(db, alice)

@@ -97,9 +97,9 @@ def instant_cell(value: datetime | str | None, missing: str = "") -> str:
     return format_instant(moment.replace(microsecond=0)) or missing
 
 
-def counted(count: int, noun: str) -> str:
+def counted(count: int, noun: str, plural: str | None = None) -> str:
     """'1 calendar', '2 calendars': an operator reads these aloud in incident notes."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+    return f"{count} {noun}" if count == 1 else f"{count} {plural or noun + 's'}"
 
 
 def attempts(count: int) -> str:

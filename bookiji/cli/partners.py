@@ -8,7 +8,15 @@ import typer
 from rich.markup import escape
 
 from bookiji.cli.apikeys import apikey_service
-from bookiji.cli.output import console, emit_json, err_console, instant_cell, listing, print_listing
+from bookiji.cli.output import (
+    console,
+    counted,
+    emit_json,
+    err_console,
+    instant_cell,
+    listing,
+    print_listing,
+)
 from bookiji.domain.timeutil import format_instant
 from bookiji.store.models import Partner
 
@@ -87,4 +95,4 @@ def list_(ctx: typer.Context, json_output: bool = JSON_OPTION) -> None:
         for p in partners
     ]
     columns = ("id", "name", "webhook url", "created", "disabled")
-    print_listing(listing(f"{len(partners)} partners", columns, rows))
+    print_listing(listing(counted(len(partners), "partner"), columns, rows))

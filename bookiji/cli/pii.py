@@ -6,7 +6,7 @@ import typer
 from rich.progress import Progress
 
 from bookiji.cli.context import state
-from bookiji.cli.output import console, emit_json
+from bookiji.cli.output import console, counted, emit_json
 from bookiji.store.crypto import keyring, new_key
 
 
@@ -77,6 +77,8 @@ def register(app: typer.Typer) -> None:
             )
             return
         console.print(
-            f"erased: {len(erasure.reservations)} reservations, {erasure.bookings} bookings, "
-            f"{erasure.stored_answers} stored answers; the requester is now {erasure.pseudonym}"
+            f"erased: {counted(len(erasure.reservations), 'reservation')}, "
+            f"{counted(erasure.bookings, 'booking')}, "
+            f"{counted(erasure.stored_answers, 'stored answer')}; "
+            f"the requester is now {erasure.pseudonym}"
         )

@@ -13,6 +13,7 @@ from bookiji.cli.context import instant, state
 from bookiji.cli.output import (
     attempts,
     console,
+    counted,
     emit_json,
     instant_cell,
     listing,
@@ -189,7 +190,7 @@ def list_(
         for r in summaries
     ]
     columns = ("id", "state", "vendor", "requester", "slot start", "deadline")
-    print_listing(listing(f"{len(summaries)} reservations", columns, cells))
+    print_listing(listing(counted(len(summaries), "reservation"), columns, cells))
 
 
 def _act(

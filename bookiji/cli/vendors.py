@@ -65,7 +65,7 @@ def list_(
         for v in vendors
     ]
     columns = ("id", "name", "timezone", "slot", "buffers", "price", "deposit")
-    print_listing(listing(f"{len(vendors)} vendors", columns, rows))
+    print_listing(listing(counted(len(vendors), "vendor"), columns, rows))
 
 
 @app.command("show")

@@ -6,7 +6,7 @@ import typer
 from rich.markup import escape
 
 from bookiji.cli.context import state
-from bookiji.cli.output import console, emit_json, instant_cell, listing, print_listing
+from bookiji.cli.output import console, counted, emit_json, instant_cell, listing, print_listing
 from bookiji.services.webhooks import WebhookService
 
 app = typer.Typer(
@@ -56,7 +56,10 @@ def list_(
     # The ids are what an operator copies: the event into `replay`, the reservation into
     # `reservations show`.
     table = listing(
-        f"{len(deliveries)} webhook deliveries", columns, rows, keys=("event", "reservation")
+        counted(len(deliveries), "webhook delivery", "webhook deliveries"),
+        columns,
+        rows,
+        keys=("event", "reservation"),
     )
     print_listing(table)
 

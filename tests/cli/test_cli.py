@@ -314,6 +314,13 @@ def test_listings_never_cut_an_id_short_on_a_narrow_terminal(
         assert "…" not in out, args
 
 
+def test_counts_read_right_for_one(ready: Cli) -> None:
+    held = ready.hold("10:00", "11:00")
+    assert "1 reservation\n" in ready("reservations", "list", expect=0).out
+    erased = ready("requesters", "forget", held["requesterId"], "--yes", expect=0).out
+    assert erased.startswith("erased: 1 reservation, 0 bookings, 0 stored answers;")
+
+
 def test_a_piped_listing_keeps_each_row_on_one_line(ready: Cli) -> None:
     held = ready.hold("10:00", "11:00")["reservationId"]
     (row,) = [line for line in ready("reservations", "list", expect=0).out.splitlines()
