@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from bookiji.cli.context import state
 from bookiji.cli.output import (
+    JSON_OPTION,
     console,
     counted,
     emit_json,
@@ -27,7 +28,6 @@ app = typer.Typer(
     help="Partner API keys: create (shown once), list, rotate with overlap, revoke.",
     no_args_is_help=True,
 )
-JSON_OPTION = typer.Option(False, "--json", help="Machine-readable output.")
 SHOWN_ONCE = "this is the only time the API key is shown (only a hash is stored); keep it safe now."
 
 _DURATION = re.compile(r"\s*(\d+)\s*([dhms])\s*")

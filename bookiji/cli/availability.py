@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bookiji.cli.context import instant, state
-from bookiji.cli.output import console, emit_json, print_listing
+from bookiji.cli.output import console, emit_json, json_option, print_listing
 from bookiji.domain.errors import ValidationFailed
 
 
@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
             metavar="AT",
             help="Explain whether a slot starting at AT is bookable.",
         ),
-        json_output: bool = typer.Option(False, "--json", help="The partner API document."),
+        json_output: bool = json_option("The partner API document."),
     ) -> None:
         """Bookable slots in [--start, --end], grouped by the vendor's local day."""
         service = state(ctx).container().availability

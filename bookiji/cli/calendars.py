@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from bookiji.cli.context import state
 from bookiji.cli.output import (
+    JSON_OPTION,
     console,
     counted,
     emit_json,
@@ -30,7 +31,6 @@ app = typer.Typer(
     help="Vendors' calendars: connect (OAuth), list, sync busy times, disconnect.",
     no_args_is_help=True,
 )
-JSON_OPTION = typer.Option(False, "--json", help="Machine-readable output.")
 
 
 def _document(c: CalendarConnection) -> dict[str, Any]:

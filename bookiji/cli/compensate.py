@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from bookiji.cli.context import state
-from bookiji.cli.output import attempts, console, emit_json
+from bookiji.cli.output import JSON_OPTION, attempts, console, emit_json
 from bookiji.services.documents import load_reservation_document
 
 
@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
         refund: bool = typer.Option(
             False, "--refund", help="Also refund a COMMITTED reservation (both parties)."
         ),
-        json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+        json_output: bool = JSON_OPTION,
     ) -> None:
         """Release every authorization and refund every capture of a reservation.
 

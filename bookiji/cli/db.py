@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from bookiji.cli.context import state
-from bookiji.cli.output import console, emit_json
+from bookiji.cli.output import JSON_OPTION, console, emit_json
 from bookiji.store import migrate
 from bookiji.store.database import redact
 
@@ -19,7 +19,7 @@ app = typer.Typer(
 def upgrade(
     ctx: typer.Context,
     revision: str = typer.Argument("head", help="Target revision."),
-    json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    json_output: bool = JSON_OPTION,
 ) -> None:
     """Apply migrations up to REVISION (default: head)."""
     container = state(ctx).container(require_schema=False, create=True)
@@ -35,7 +35,7 @@ def upgrade(
 @app.command("current")
 def current(
     ctx: typer.Context,
-    json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    json_output: bool = JSON_OPTION,
 ) -> None:
     """Show the applied revision and whether it is the newest."""
     container = state(ctx).container(require_schema=False)

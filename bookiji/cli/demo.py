@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.rule import Rule
 
 from bookiji.bootstrap import build
-from bookiji.cli.output import console, counted, emit_json, state_style
+from bookiji.cli.output import console, counted, emit_json, json_option, state_style
 from bookiji.config import Settings
 from bookiji.domain.errors import BookijiError, PaymentDeclined
 from bookiji.integrations.local_gateway import LocalGateway
@@ -41,9 +41,7 @@ ACTOR = "operator:demo"
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
-        json_output: bool = typer.Option(
-            False, "--json", help="Print only the final ledger, as JSON."
-        ),
+        json_output: bool = json_option("Print only the final ledger, as JSON."),
     ) -> None:
         """Walk sample reservations through the whole workflow on a throw-away database."""
         out = Console(file=io.StringIO()) if json_output else console

@@ -29,7 +29,13 @@ from bookiji.cli import tui as tui_commands
 from bookiji.cli import vendors as vendor_commands
 from bookiji.cli import webhooks as webhook_commands
 from bookiji.cli.context import CliState
-from bookiji.cli.output import console, error_line
+from bookiji.cli.output import (
+    console,
+    emit_json,
+    error_line,
+    forget_json_request,
+    json_requested,
+)
 from bookiji.config import ConfigError
 from bookiji.domain.errors import BookijiError, ValidationFailed
 
@@ -82,10 +88,24 @@ tui_commands.register(app)
 pii_commands.register(app)
 
 
+def refuse(exc: BookijiError) -> None:
+    """One red line for people; with `--json`, also the API's error envelope on stdout, where
+    a script finds the code and every detail (each problem of a vendors file, say)."""
+    if json_requested():
+        emit_json(exc.to_envelope())
+        error_line(f"{exc.message} [{exc.code}]")
+        return
+    message = exc.message
+    if len(exc.details.get("problems") or ()) > 1 and message.endswith(")"):
+        message = message[:-1] + "; --json lists them all)"
+    error_line(f"{message} [{exc.code}]")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     command = typer.main.get_command(app)
     args = sys.argv[1:] if argv is None else argv
+    forget_json_request()
     try:
         result = command.main(args=args, prog_name="bookiji", standalone_mode=False)
         code = result if isinstance(result, int) else 0
@@ -103,16 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         error_line(str(exc))
         code = 2
-    except ValidationFailed as exc:
-        error_line(f"{exc.message} [{exc.code}]")
-        code = 2
     except BookijiError as exc:
-        error_line(f"{exc.message} [{exc.code}]")
-        code = 1
+        refuse(exc)
+        code = 2 if isinstance(exc, ValidationFailed) else 1
     except SQLAlchemyError as exc:
         cause = getattr(exc, "orig", None)
         if isinstance(cause, BookijiError):  # raised inside a column type (sealed data)
-            error_line(f"{cause.message} [{cause.code}]")
+            refuse(cause)
             return 1
         # Driver messages can echo connection strings; say what failed, not the raw text.
         error_line(

@@ -9,6 +9,7 @@ from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -18,6 +19,33 @@ from bookiji.domain.timeutil import format_instant, parse_instant
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class _Mode:
+    """Whether the running command was given `--json`: its failure then also prints the
+    error envelope on stdout, so a script reads the code and every detail, not a red line."""
+
+    json = False
+
+
+def _note_json(value: bool) -> bool:
+    _Mode.json = _Mode.json or value
+    return value
+
+
+def json_option(help: str = "Machine-readable output.") -> Any:
+    return typer.Option(False, "--json", help=help, callback=_note_json)
+
+
+JSON_OPTION: Any = json_option()
+
+
+def json_requested() -> bool:
+    return _Mode.json
+
+
+def forget_json_request() -> None:
+    _Mode.json = False
 
 
 def emit_json(document: Any) -> None:

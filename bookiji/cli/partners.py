@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from bookiji.cli.apikeys import apikey_service
 from bookiji.cli.output import (
+    JSON_OPTION,
     console,
     counted,
     emit_json,
@@ -24,7 +25,6 @@ app = typer.Typer(
     help="API partners: add them, rotate their webhook signing secret, list them.",
     no_args_is_help=True,
 )
-JSON_OPTION = typer.Option(False, "--json", help="Machine-readable output.")
 SHOWN_ONCE = (
     "the webhook signing secret is shown only now; give it to the partner over a safe channel."
 )

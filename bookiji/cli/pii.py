@@ -6,7 +6,7 @@ import typer
 from rich.progress import Progress
 
 from bookiji.cli.context import state
-from bookiji.cli.output import console, counted, emit_json
+from bookiji.cli.output import JSON_OPTION, console, counted, emit_json
 from bookiji.store.crypto import keyring, new_key
 
 
@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
     @pii.command("rotate")
     def rotate(
         ctx: typer.Context,
-        json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+        json_output: bool = JSON_OPTION,
     ) -> None:
         """Re-encrypt every stored secret and personal field with the newest key (also seals
         rows written before encryption). Safe to stop and run again."""
@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
         requester_id: str = typer.Argument(..., metavar="REQUESTER_ID"),
         partner: str | None = typer.Option(None, "--partner", help="Only this partner's."),
         yes: bool = typer.Option(False, "--yes", help="Do it without asking."),
-        json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+        json_output: bool = JSON_OPTION,
     ) -> None:
         """Erase a requester's personal data: contact details, metadata and their id (replaced
         by a pseudonym). Amounts, payment references, states and the transition log stay."""

@@ -7,7 +7,7 @@ import typer
 from rich.markup import escape
 
 from bookiji.cli.context import state
-from bookiji.cli.output import console, emit_json
+from bookiji.cli.output import JSON_OPTION, console, emit_json
 from bookiji.daemon.jobs import job_runner
 from bookiji.domain.errors import ValidationFailed
 from bookiji.services.audit import audit as run_audit
@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
     def reconcile(
         ctx: typer.Context,
         once: bool = typer.Option(False, "--once", help="Run every job once and exit."),
-        json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+        json_output: bool = JSON_OPTION,
     ) -> None:
         """Expire passed deadlines, finish or unwind stuck commits, release stale
         authorizations, retry compensations, and flag unexplained money.
@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
         provider: bool = typer.Option(
             True, "--provider/--no-provider", help="Also check each payment at the provider."
         ),
-        json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+        json_output: bool = JSON_OPTION,
     ) -> None:
         """Check the invariants (no overlaps, logs replay, money only where allowed).
 

@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from bookiji.cli.context import instant, state
 from bookiji.cli.output import (
+    JSON_OPTION,
     attempts,
     console,
     counted,
@@ -31,7 +32,6 @@ app = typer.Typer(
 )
 
 ACTOR = "operator:cli"
-JSON_OPTION = typer.Option(False, "--json", help="Machine-readable output.")
 
 
 def _metadata(raw: str | None) -> dict[str, Any]:

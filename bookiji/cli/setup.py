@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from bookiji.cli.context import state
-from bookiji.cli.output import console, emit_json
+from bookiji.cli.output import JSON_OPTION, console, emit_json
 from bookiji.config import DEFAULT_CONFIG_FILE, DEFAULT_DATABASE_URL
 from bookiji.store import crypto, migrate
 from bookiji.store.database import redact
@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
     @app.command("init")
     def init(
         ctx: typer.Context,
-        json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+        json_output: bool = JSON_OPTION,
     ) -> None:
         """Write a settings file (unless one exists) and bring the database to head."""
         cli = state(ctx)

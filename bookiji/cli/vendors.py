@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bookiji.cli.context import state
-from bookiji.cli.output import console, counted, emit_json, listing, print_listing
+from bookiji.cli.output import JSON_OPTION, console, counted, emit_json, listing, print_listing
 from bookiji.domain.timeutil import format_instant
 from bookiji.services.documents import vendor_document
 
@@ -22,7 +22,7 @@ app = typer.Typer(
 def import_(
     ctx: typer.Context,
     file: Path = typer.Argument(..., metavar="FILE.toml", help="Vendors file."),
-    json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    json_output: bool = JSON_OPTION,
 ) -> None:
     """Create or update vendors by id. An invalid file imports nothing."""
     report = state(ctx).container().vendors.import_file(file)
@@ -45,7 +45,7 @@ def import_(
 @app.command("list")
 def list_(
     ctx: typer.Context,
-    json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    json_output: bool = JSON_OPTION,
 ) -> None:
     """Every vendor with its timezone, slot length and prices."""
     vendors = state(ctx).container().vendors.all()
@@ -72,7 +72,7 @@ def list_(
 def show(
     ctx: typer.Context,
     vendor_id: str = typer.Argument(..., metavar="ID"),
-    json_output: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    json_output: bool = JSON_OPTION,
 ) -> None:
     """One vendor: rules, hours, overrides and calendar connections."""
     vendor, calendars = state(ctx).container().vendors.get(vendor_id)

@@ -6,14 +6,21 @@ import typer
 from rich.markup import escape
 
 from bookiji.cli.context import state
-from bookiji.cli.output import console, counted, emit_json, instant_cell, listing, print_listing
+from bookiji.cli.output import (
+    JSON_OPTION,
+    console,
+    counted,
+    emit_json,
+    instant_cell,
+    listing,
+    print_listing,
+)
 from bookiji.services.webhooks import WebhookService
 
 app = typer.Typer(
     help="Partner webhooks: list deliveries, replay dead letters, send a test event.",
     no_args_is_help=True,
 )
-JSON_OPTION = typer.Option(False, "--json", help="Machine-readable output.")
 STATUS_STYLES = {"delivered": "green", "dead": "red", "pending": "cyan"}
 
 

@@ -192,6 +192,28 @@ def test_an_invalid_vendor_file_imports_nothing(
     assert cli("vendors", "list", "--json", expect=0).json() == []  # not even studio-ok
 
 
+def test_json_lists_every_problem_of_an_invalid_vendor_file(cli: Cli, tmp_path: Path) -> None:
+    path = write_vendors(
+        tmp_path / "broken.toml",
+        vendor_toml("studio-a", timezone="Mars/Olympus", price=12.5),
+        vendor_toml("studio-b", hours="17:00-09:00"),
+    )
+    people = cli("vendors", "import", path, expect=2)
+    assert people.out == "" and len(people.err.strip().splitlines()) == 1
+    # the timezone, the price, and the hours of each of studio-b's seven days
+    assert "(and 8 more problems; --json lists them all)" in people.error
+    script = cli("vendors", "import", path, "--json", expect=2)
+    error = script.json()["error"]
+    assert error["code"] == "invalid_vendor_file" and error["retryable"] is False
+    found = {(p["vendor"], p["field"]) for p in error["details"]["problems"]}
+    days = {
+        ("studio-b", f"hours.{day}[0]") for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+    }
+    assert found == {("studio-a", "timezone"), ("studio-a", "price"), *days}
+    assert len(script.err.strip().splitlines()) == 1  # people still read one line
+    assert cli("vendors", "list", "--json", expect=0).json() == []
+
+
 # -- reservations ----------------------------------------------------------------------------
 
 
@@ -387,6 +409,21 @@ def test_decline_after_confirm_is_an_invalid_transition(ready: Cli) -> None:
 def test_an_unknown_reservation_is_not_found(ready: Cli, action: str) -> None:
     error = ready("reservations", action, "res_missing", expect=1).error
     assert "res_missing" in error and "not_found" in error
+
+
+def test_a_refusal_with_json_prints_the_error_envelope(ready: Cli) -> None:
+    """Scripts read the same envelope as API partners, on stdout, with the same exit code."""
+    refused = ready("reservations", "show", "res_missing", "--json", expect=1)
+    assert refused.json() == {
+        "error": {
+            "code": "not_found",
+            "message": "no reservation 'res_missing'",
+            "retryable": False,
+            "details": {"reservationId": "res_missing"},
+        }
+    }
+    assert "not_found" in refused.error
+    assert ready("reservations", "show", "res_missing", expect=1).out == ""
 
 
 def test_an_unknown_vendor_is_not_found(ready: Cli) -> None:

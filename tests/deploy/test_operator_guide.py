@@ -89,3 +89,27 @@ def test_the_checker_catches_a_wrong_command_and_option() -> None:
     assert check("--config /etc/bookiji/bookiji.toml reconcile --once", root) == []
     assert check("apikeys rotat KEY", root) == ["`bookiji apikeys rotat` is not a command"]
     assert check("compensate RES --force", root) == ["`bookiji compensate` has no option --force"]
+
+
+def _vendors_section() -> str:
+    text = GUIDE.read_text(encoding="utf-8")
+    return text.split("\n## Vendors\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_vendors_file_reference_documents_every_key_and_its_example_imports() -> None:
+    from bookiji.domain.vendors import (
+        _VENDOR_KEYS,
+        NOTIFY_KEYS,
+        PAYMENT_KEYS,
+        parse_vendor_document,
+    )
+
+    section = _vendors_section()
+    documented = set(re.findall(r"(?m)^\| `([a-z_]+)` \|", section))
+    assert documented == set(_VENDOR_KEYS)
+    for key in (*PAYMENT_KEYS, *NOTIFY_KEYS):
+        assert f"`{key}`" in section, key
+    example = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert example is not None
+    (vendor,) = parse_vendor_document(example.group(1), filename="operator-guide.md")
+    assert (vendor.slot_minutes, vendor.buffer_before_minutes, vendor.price) == (30, 10, 5000)
