@@ -55,7 +55,7 @@ def list_(
                 d.reservation_id or "",
                 f"[{style}]{d.status}[/{style}]" if style else d.status,
                 str(d.attempts),
-                instant_cell(d.next_attempt_at),
+                f"after {d.waiting_for}" if d.waiting_for else instant_cell(d.next_attempt_at),
                 escape(last),
             )
         )

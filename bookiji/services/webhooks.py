@@ -35,7 +35,7 @@ import builtins
 import logging
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -81,6 +81,9 @@ class DeliveryView:
     last_error: str | None
     created_at: datetime
     delivered_at: datetime | None
+    #: A pending row's earlier event, still pending, of the same partner and reservation:
+    #: this one is not sent before that one is delivered or dead, whatever its due time.
+    waiting_for: str | None = None
 
     def document(self) -> dict[str, Any]:
         """camelCase JSON for the CLI and the API."""
@@ -98,6 +101,7 @@ class DeliveryView:
             "lastError": self.last_error,
             "createdAt": format_instant(self.created_at),
             "deliveredAt": format_instant(self.delivered_at),
+            "waitingFor": self.waiting_for,
         }
 
 
@@ -563,6 +567,35 @@ class WebhookService:
             col(WebhookDelivery.event_seq).desc(), col(WebhookDelivery.partner_id)
         ).limit(limit)
         with UnitOfWork(self.db, readonly=True) as uow:
-            return [
+            views = [
                 delivery_view(row, event_type) for row, event_type in uow.session.exec(stmt).all()
             ]
+            heads = self._pending_heads(uow, views)
+        return [
+            replace(v, waiting_for=head)
+            if v.status == PENDING
+            and (head := heads.get((v.partner_id, v.reservation_id))) is not None
+            and head != v.event_id
+            else v
+            for v in views
+        ]
+
+    @staticmethod
+    def _pending_heads(
+        uow: UnitOfWork, views: builtins.list[DeliveryView]
+    ) -> dict[tuple[str, str | None], str]:
+        """The earliest pending event of each listed (partner, reservation): the only one
+        `deliver_due` may send (see `_claim`)."""
+        reservations = {v.reservation_id for v in views if v.status == PENDING and v.reservation_id}
+        if not reservations:
+            return {}
+        d = WebhookDelivery
+        rows = uow.session.exec(
+            select(d.partner_id, d.reservation_id, d.event_id)
+            .where(col(d.status) == PENDING, col(d.reservation_id).in_(reservations))
+            .order_by(col(d.event_seq).desc())
+        ).all()
+        # Descending: the last write per key is its lowest event_seq.
+        return {
+            (partner, reservation): event for partner, reservation, event in rows if reservation
+        }

@@ -489,7 +489,7 @@ def test_backoff_grows_with_jitter_and_waits(db: Database, live_clock: ManualClo
         rng=random.Random(11),
     )
     assert service.fan_out() == 2
-    head = events(db, "p1")[0].event_id
+    head, behind = (e.event_id for e in events(db, "p1"))
     ratios = []
     for attempt in range(1, 7):
         (result,) = service.deliver_due()
@@ -502,9 +502,13 @@ def test_backoff_grows_with_jitter_and_waits(db: Database, live_clock: ManualClo
         waited = result.next_attempt_at - live_clock.now()
         assert nominal * 0.5 <= waited <= nominal * 1.5
         ratios.append(waited / nominal)
-        # Not due yet: nothing is sent, and the later event waits behind it.
+        # Not due yet: nothing is sent, and the later event waits behind it, as the
+        # listing says (its own due time has passed: it is not late, it is queued).
         live_clock.set(result.next_attempt_at - timedelta(milliseconds=1))
         assert service.deliver_due() == []
+        listed = {v.event_id: v for v in service.list()}
+        assert listed[behind].waiting_for == head and listed[head].waiting_for is None
+        assert listed[behind].document()["waitingFor"] == head
         live_clock.set(result.next_attempt_at)
     assert len({round(r, 6) for r in ratios}) == len(ratios)  # jittered, not fixed
     assert [m for m, _ in failing.sent] == [head] * 6
@@ -513,6 +517,8 @@ def test_backoff_grows_with_jitter_and_waits(db: Database, live_clock: ManualClo
 
     (last,) = service.deliver_due()
     assert (last.status, last.attempts, last.next_attempt_at) == ("dead", 7, None)
+    # Dead, the head no longer holds the later event back.
+    assert {v.event_id: v.waiting_for for v in service.list()} == {head: None, behind: None}
 
 
 def test_dead_letter_after_max_attempts_then_replay(
@@ -908,7 +914,11 @@ def test_cli_list_replay_and_test(
     assert [(d["eventId"], d["status"], d["attempts"]) for d in json.loads(replayed.output)] == [
         (first, "pending", 0)
     ]
-    assert [r.status for r in service.deliver_due()] == ["delivered"]
+    assert invoke(service, "replay", second).exit_code == 0
+    queued = invoke(service, "list", "--partner", "p1").output.splitlines()
+    assert any(second in line and f"after {first}" in line for line in queued)
+    assert [r.event_id for r in service.deliver_due()] == [first]
+    assert [r.event_id for r in service.deliver_due()] == [second]
 
     tested = invoke(service, "test", "--partner", "p1", "--json")
     assert tested.exit_code == 0, tested.output
