@@ -127,6 +127,14 @@ class HoldLimitReached(BookijiError):
     http_status = 409
 
 
+class AuthorizationPending(BookijiError):
+    """An authorization already waits for the card holder (3-D Secure): it is finished with
+    its client secret, not replaced by another payment method."""
+
+    code = "authorization_pending"
+    http_status = 409
+
+
 class EncryptionKeyProblem(BookijiError):
     """The keys for personal data are missing or do not open what is stored: a setup
     problem the operator fixes (BOOKIJI_PII_KEYS / pii_keys_file), not the caller."""

@@ -25,6 +25,7 @@ from sqlmodel import col, select
 from bookiji.domain.availability import Audience
 from bookiji.domain.compensation import Action, Failure, Money, Party, plan
 from bookiji.domain.errors import (
+    AuthorizationPending,
     BookijiError,
     InvalidTransition,
     NotFound,
@@ -242,8 +243,14 @@ class PaymentService:
             money = party_money(reservation, party)
             if money in (Money.AUTHORIZED, Money.CAPTURED, Money.FAILED):
                 return self._outcome(reservation, party)
-            request = self._prepare(uow, reservation, party, payment_method, actor)
-            uow.commit()
+            pending = party_ref(reservation, party) if money is Money.PENDING else None
+            refresh = pending is not None and payment_method is None
+            if not refresh:
+                request = self._prepare(uow, reservation, party, payment_method, actor)
+                uow.commit()
+        if refresh:
+            assert pending is not None
+            return self._awaited(pending, actor, auto_commit)
         if request is None:  # nothing to authorize (a zero amount)
             return self._record_authorized(reservation_id, party, None, actor, auto_commit)
         op = self._begin_operation(reservation_id, party, "authorize", request.amount)
@@ -260,9 +267,34 @@ class PaymentService:
                     f"the payment provider is not answering; retry ({exc.message})",
                     details={"reservationId": reservation_id, "party": party.value},
                 ) from None
+            if pending is not None:
+                # The authorization sent first still waits for the card holder, and this
+                # request is not the same one (another payment method, say: the provider
+                # refuses the key with other parameters). Failing the reservation would leave
+                # that authorization to be completed for a reservation that is gone.
+                raise AuthorizationPending(
+                    f"the {party.value}'s payment {pending} is waiting for the card holder to "
+                    "authenticate (3-D Secure): finish it with its client secret (send this "
+                    "request without paymentMethod to get it again), or cancel the "
+                    "reservation; another payment method cannot replace it",
+                    details={"reservationId": reservation_id, "party": party.value,
+                             "paymentIntentId": pending},
+                ) from None  # fmt: skip
             self._finish_operation(op.id, "failed", error=exc)
             return self._record_declined(reservation_id, party, exc, actor)
         self._finish_operation(op.id, "succeeded", intent_id=intent.id)
+        return self.apply_intent(intent, actor=actor, auto_commit=auto_commit)
+
+    def _awaited(self, intent_id: str, actor: str, auto_commit: bool) -> AuthorizationOutcome:
+        """An authorization waiting for the card holder, as the provider sees it now: its
+        client secret again, or its news (authenticated, failed) applied at once."""
+        try:
+            intent = self.gateway.retrieve(intent_id)
+        except PaymentProviderError as exc:
+            raise Unavailable(
+                f"the payment provider is not answering; retry ({exc.message})",
+                details={"paymentIntentId": intent_id},
+            ) from None
         return self.apply_intent(intent, actor=actor, auto_commit=auto_commit)
 
     def _prepare(

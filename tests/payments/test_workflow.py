@@ -7,7 +7,12 @@ from datetime import timedelta
 
 import pytest
 
-from bookiji.domain.errors import InvalidTransition, Unavailable, ValidationFailed
+from bookiji.domain.errors import (
+    AuthorizationPending,
+    InvalidTransition,
+    Unavailable,
+    ValidationFailed,
+)
 from bookiji.services.audit import audit
 from bookiji.services.documents import load_reservation_document
 from tests.payments.harness import Workflow
@@ -126,6 +131,40 @@ def test_three_d_secure_then_authenticated_commits(workflow: Workflow) -> None:
     [report] = [r for r in w.reconciler.run_once() if r.name == "pending_authentications"]
     assert report.processed == 1
     assert doc(w, rid)["state"] == "COMMITTED"
+    assert_clean(w)
+
+
+def test_another_card_while_three_d_secure_waits_is_refused_and_the_hold_lives_on(
+    workflow: Workflow,
+) -> None:
+    """A requester who leaves the 3-D Secure challenge and offers another card: the partner
+    is told to finish the first (it can still be completed), and nothing fails."""
+    w = workflow
+    rid = w.vendor_authorized(10)
+    first = w.payments.authorize(
+        rid, "requester", payment_method="pm_card_authenticationRequired", actor="t"
+    )
+    assert first.money == "pending" and first.intent_id and first.client_secret
+    again = w.payments.authorize(
+        rid, "requester", payment_method="pm_card_authenticationRequired", actor="t"
+    )
+    refreshed = w.payments.authorize(rid, "requester", actor="t")  # no card: the secret again
+    for answer in (again, refreshed):
+        assert (answer.state, answer.money) == ("AWAITING_REQUESTER_AUTH", "pending")
+        assert (answer.intent_id, answer.client_secret) == (first.intent_id, first.client_secret)
+
+    with pytest.raises(AuthorizationPending) as refused:
+        w.payments.authorize(rid, "requester", payment_method="pm_card_visa", actor="t")
+    assert refused.value.http_status == 409
+    assert refused.value.details["paymentIntentId"] == first.intent_id
+    assert doc(w, rid)["state"] == "AWAITING_REQUESTER_AUTH"
+    assert money(w, rid) == ("authorized", "pending")
+    assert w.gateway.retrieve(first.intent_id).status == "requires_action"
+
+    # The card holder finishes; asking again (no card) adopts the news at once.
+    w.faults.complete_authentication(first.intent_id, True)
+    done = w.payments.authorize(rid, "requester", actor="t")
+    assert (done.state, done.money) == ("COMMITTED", "captured")
     assert_clean(w)
 
 
