@@ -45,6 +45,21 @@ def party_ref(reservation: Reservation, party: Party) -> str | None:
     )
 
 
+def money_of(intent: IntentView) -> Money:
+    """What a provider's intent means for the party's money."""
+    if intent.status == "requires_capture":
+        return Money.AUTHORIZED
+    if intent.status == "requires_action":
+        return Money.PENDING
+    if intent.status == "succeeded":
+        if intent.amount_refunded >= intent.amount_received:
+            return Money.REFUNDED
+        return Money.CAPTURED
+    if intent.status == "canceled":
+        return Money.RELEASED
+    return Money.FAILED
+
+
 def set_money(reservation: Reservation, party: Party, money: Money, ref: str | None = None) -> None:
     if party is Party.VENDOR:
         reservation.vendor_payment_state = money.value
@@ -61,14 +76,19 @@ def action_key(reservation_id: str, party: Party, action: Action) -> str:
 
 
 def plan_into(
-    uow: UnitOfWork, reservation: Reservation, failure: Failure, now: datetime
+    uow: UnitOfWork,
+    reservation: Reservation,
+    failure: Failure,
+    now: datetime,
+    held: tuple[Money, Money] | None = None,
 ) -> list[CompensationAction]:
-    """Add the compensation rows `failure` calls for; existing rows are not duplicated."""
-    steps = plan(
-        failure,
+    """Add the compensation rows `failure` calls for; existing rows are not duplicated.
+    `held`: (vendor, requester) money to unwind when it is not what the row records."""
+    vendor, requester = held or (
         party_money(reservation, Party.VENDOR),
         party_money(reservation, Party.REQUESTER),
     )
+    steps = plan(failure, vendor, requester)
     created = []
     for step in steps:
         key = action_key(reservation.id, step.party, step.action)

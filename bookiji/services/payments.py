@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from bookiji.domain.availability import Audience
-from bookiji.domain.compensation import Action, Failure, Money, Party, plan
+from bookiji.domain.compensation import LIVE, Action, Failure, Money, Party, plan
 from bookiji.domain.errors import (
     AuthorizationPending,
     BookijiError,
@@ -41,6 +41,7 @@ from bookiji.services.calendars import CalendarService
 from bookiji.services.clock import Clock
 from bookiji.services.compensation import (
     CompensationRunner,
+    money_of,
     party_money,
     party_ref,
     plan_into,
@@ -737,21 +738,38 @@ class PaymentService:
                 "pass --refund to do that",
                 details={"state": reservation.state},
             )
-        steps = plan(
-            Failure.OPERATOR_FORCED,
-            party_money(reservation, Party.VENDOR),
-            party_money(reservation, Party.REQUESTER),
-        )
+        steps = plan(Failure.OPERATOR_FORCED, *self._held(reservation))
         return [
             {"party": s.party.value, "action": s.action.value,
              "paymentIntentId": party_ref(reservation, s.party)}
             for s in steps
         ]  # fmt: skip
 
+    def _held(self, reservation: Reservation) -> tuple[Money, Money]:
+        """(vendor, requester) money an operator's unwind must undo: what the row says, or
+        what the provider still holds where the row says nothing is held (an authorization
+        the workflow lost track of, that the money sweep flags), so forcing releases it."""
+        held = []
+        for party in (Party.VENDOR, Party.REQUESTER):
+            money, ref = party_money(reservation, party), party_ref(reservation, party)
+            if money not in LIVE and ref is not None:
+                try:
+                    seen = money_of(self.gateway.retrieve(ref))
+                except PaymentProviderError as exc:
+                    raise Unavailable(
+                        f"the payment provider is not answering; retry ({exc.message})",
+                        details={"paymentIntentId": ref},
+                    ) from None
+                money = seen if seen in LIVE else money
+            held.append(money)
+        return held[0], held[1]
+
     def force_compensate(self, reservation_id: str, *, refund: bool, actor: str) -> list[str]:
         """Unwind a reservation an operator judges stuck: fail it (if not final) and release
         or refund every live authorization or capture. Safe to run twice."""
         self.compensation_preview(reservation_id, refund=refund)  # refuses COMMITTED unless refund
+        with UnitOfWork(self.db, readonly=True) as uow:
+            held = self._held(self._locked(uow, reservation_id))
         now = self.clock.now()
         with UnitOfWork(self.db) as uow:
             reservation = self._locked(uow, reservation_id)
@@ -762,7 +780,15 @@ class PaymentService:
                 )
             elif S.CANCELLED in TRANSITIONS[state]:
                 self._move(uow, reservation, S.CANCELLED, actor, "compensation forced by operator")
-            actions = plan_into(uow, reservation, Failure.OPERATOR_FORCED, now)
+            # The row's own money where it says something is held (it may have moved since
+            # `held` was read), else the provider's.
+            recorded = (party_money(reservation, Party.VENDOR),
+                        party_money(reservation, Party.REQUESTER))  # fmt: skip
+            held = (
+                recorded[0] if recorded[0] in LIVE else held[0],
+                recorded[1] if recorded[1] in LIVE else held[1],
+            )
+            actions = plan_into(uow, reservation, Failure.OPERATOR_FORCED, now, held)
             uow.commit()
         with UnitOfWork(self.db, readonly=True) as uow:
             pending = uow.session.exec(

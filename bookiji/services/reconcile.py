@@ -18,10 +18,9 @@ from bookiji.domain.errors import BookijiError, PaymentProviderError, Unavailabl
 from bookiji.domain.states import FINAL_STATES, ReservationState
 from bookiji.domain.timeutil import format_instant
 from bookiji.services.clock import Clock
-from bookiji.services.compensation import party_money, party_ref, plan_into, set_money
+from bookiji.services.compensation import money_of, party_money, party_ref, plan_into, set_money
 from bookiji.services.confirmation import ConfirmationService
 from bookiji.services.payments import PaymentService
-from bookiji.services.ports import IntentView
 from bookiji.services.reservations import ReservationService
 from bookiji.store.database import Database
 from bookiji.store.models import JobLease, PaymentOperation, Reservation
@@ -300,21 +299,6 @@ class Reconciler:
             except PaymentProviderError as exc:
                 report.errors.append(f"{reservation.id}: {exc.message}")
         return report
-
-
-def money_of(intent: IntentView) -> Money:
-    """What a provider's intent means for the party's money."""
-    if intent.status == "requires_capture":
-        return Money.AUTHORIZED
-    if intent.status == "requires_action":
-        return Money.PENDING
-    if intent.status == "succeeded":
-        if intent.amount_refunded >= intent.amount_received:
-            return Money.REFUNDED
-        return Money.CAPTURED
-    if intent.status == "canceled":
-        return Money.RELEASED
-    return Money.FAILED
 
 
 def unexplained_money(payments: PaymentService, reservation: Reservation) -> list[str]:

@@ -281,6 +281,48 @@ def test_forced_compensation_of_a_stuck_commit_and_of_a_committed_booking(
     assert_clean(w)
 
 
+def test_forced_compensation_releases_what_the_provider_holds_and_the_row_does_not_say(
+    workflow: Workflow,
+) -> None:
+    """An authorization the workflow lost track of (the row says `failed`, the provider still
+    waits on 3-D Secure, as a retried authorization under the first one's key once left it):
+    the audit flags it, and forcing compensation releases it instead of saying there is
+    nothing to do."""
+    from bookiji.domain.compensation import Failure, Money, Party
+    from bookiji.domain.states import ReservationState
+    from bookiji.services.compensation import set_money
+    from bookiji.store.uow import UnitOfWork
+
+    w = workflow
+    rid = w.vendor_authorized(10)
+    outcome = w.payments.authorize(
+        rid, "requester", payment_method="pm_card_authenticationRequired", actor="t"
+    )
+    assert outcome.intent_id is not None
+    with UnitOfWork(w.db) as uow:
+        row = uow.reservations.get(rid, for_update=True)
+        assert row is not None
+        set_money(row, Party.REQUESTER, Money.FAILED, outcome.intent_id)
+        uow.commit()
+    w.payments.fail(
+        rid,
+        Failure.REQUESTER_AUTH_FAILED,
+        target=ReservationState.FAILED_REQUESTER_AUTH,
+        actor="t",
+        reason="requester authorization failed",
+    )
+    assert money(w, rid) == ("released", "failed")
+    assert [b.invariant for b in audit(w.db, w.gateway)] == ["no_live_authorization"]
+
+    plan = w.payments.compensation_preview(rid, refund=False)
+    assert [(s["party"], s["action"]) for s in plan] == [("requester", "cancel_authorization")]
+    w.payments.force_compensate(rid, refund=False, actor="op")
+    assert w.gateway.retrieve(outcome.intent_id).status == "canceled"
+    assert money(w, rid) == ("released", "released")
+    assert w.payments.compensation_preview(rid, refund=False) == []  # nothing left
+    assert_clean(w)
+
+
 def test_both_captures_failing_past_the_deadline_releases_both(workflow: Workflow) -> None:
     """The provider stays down: past the commit deadline reconciliation unwinds instead."""
     w = workflow
