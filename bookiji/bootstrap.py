@@ -110,9 +110,17 @@ class Container:
         self.pii = PiiService(self.db)
         from bookiji.integrations.webhook_sender import HttpWebhookSender
 
-        self._webhook_sender = HttpWebhookSender()
+        hooks = self.settings.webhooks
+        self._webhook_sender = HttpWebhookSender(timeout=hooks.timeout_seconds)
         self.webhooks = WebhookService(
-            self.db, self.clock, traced(self._webhook_sender, "partner_webhook")
+            self.db,
+            self.clock,
+            traced(self._webhook_sender, "partner_webhook"),
+            max_attempts=hooks.max_attempts,
+            base_delay=timedelta(seconds=hooks.base_delay_seconds),
+            max_delay=timedelta(seconds=hooks.max_delay_seconds),
+            # A claimed row's lease: the HTTP timeout applies per phase (connect, send, read).
+            send_timeout=timedelta(seconds=3 * hooks.timeout_seconds),
         )
         self.reconciler = Reconciler(
             self.db,

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -133,6 +133,23 @@ class ApiSettings(BaseModel):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
 
 
+class WebhookSettings(BaseModel):
+    """Partner webhook deliveries: retries with exponential backoff, then a dead letter."""
+
+    model_config = {"extra": "forbid"}
+
+    max_attempts: int = Field(default=30, ge=1, le=100)
+    base_delay_seconds: float = Field(default=5, gt=0, le=3600)
+    max_delay_seconds: float = Field(default=3600, gt=0, le=7 * 24 * 3600)
+    timeout_seconds: float = Field(default=10, gt=0, le=120)
+
+    @model_validator(mode="after")
+    def _delays_grow(self) -> WebhookSettings:
+        if self.max_delay_seconds < self.base_delay_seconds:
+            raise ValueError("max_delay_seconds must be at least base_delay_seconds")
+        return self
+
+
 class TracingSettings(BaseModel):
     model_config = {"extra": "forbid"}
 
@@ -167,6 +184,7 @@ class Settings(BaseSettings):
     notifications: NotificationSettings = NotificationSettings()
     api: ApiSettings = ApiSettings()
     daemon: DaemonSettings = DaemonSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     tracing: TracingSettings = TracingSettings()
     redis_url: str | None = None
     #: Fernet keys for sealed columns, newest first: comma-separated (env BOOKIJI_PII_KEYS),
@@ -223,10 +241,25 @@ def load_settings(
     _CONFIG_PATH["path"] = path
     try:
         return Settings(**overrides)
-    except Exception as exc:  # pydantic ValidationError or a TOML syntax error
-        where = f" in {path}" if path else ""
-        first = str(exc).splitlines()
-        summary = "; ".join(line.strip() for line in first[1:3]) if len(first) > 1 else str(exc)
-        raise ConfigError(f"invalid configuration{where}: {summary}") from None
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {_problems(exc, path)}") from None
+    except Exception as exc:  # a TOML syntax error
+        raise ConfigError(f"invalid configuration in {path}: {exc}") from None
     finally:
         _CONFIG_PATH["path"] = None
+
+
+def _problems(exc: ValidationError, path: Path | None) -> str:
+    """Each bad setting, where it came from (an environment variable overrides the file)
+    and what is wrong with it, never the value given: a database URL or an API key in an
+    error line would end up in terminals, logs and tickets."""
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = [str(part) for part in error["loc"]]
+        variable = "BOOKIJI_" + "__".join(loc).upper()
+        if loc and variable in os.environ:
+            where = variable
+        else:
+            where = f"{path}: {'.'.join(loc)}" if path else ".".join(loc) or "settings"
+        problems.append(f"{where}: {str(error['msg']).removeprefix('Value error, ')}")
+    return "; ".join(problems)

@@ -195,7 +195,7 @@ class WebhookService:
         clock: Clock,
         sender: WebhookSender,
         *,
-        max_attempts: int = 8,
+        max_attempts: int = 30,
         base_delay: timedelta = timedelta(seconds=5),
         max_delay: timedelta = timedelta(hours=1),
         batch: int = 100,

@@ -68,3 +68,17 @@ def test_invalid_settings_name_the_file_and_field(
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_a_bad_setting_from_the_environment_is_named_and_its_value_never_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "bookiji.toml"
+    path.write_text("[webhooks]\nbase_delay_seconds = 60\nmax_delay_seconds = 10\n")
+    monkeypatch.setenv("BOOKIJI_DATABASE_URL", "mysql://bookiji:s3cret-pw@db.internal/bookiji")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = str(caught.value)
+    assert "BOOKIJI_DATABASE_URL: database_url must be a sqlite:/// or postgresql:// URL" in message
+    assert f"{path}: webhooks: max_delay_seconds must be at least base_delay_seconds" in message
+    assert "s3cret" not in message and "mysql" not in message

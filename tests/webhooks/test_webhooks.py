@@ -39,6 +39,7 @@ from bookiji.services.clock import ManualClock
 from bookiji.services.ports import WebhookSendFailed
 from bookiji.services.reservations import HoldRequest, ReservationService
 from bookiji.services.webhooks import DeliveryResult, WebhookService, backoff_delay
+from bookiji.store import crypto
 from bookiji.store.database import Database
 from bookiji.store.models import OutboxEvent, Partner, WebhookDelivery
 from bookiji.store.uow import UnitOfWork
@@ -560,6 +561,34 @@ def test_dead_letter_after_max_attempts_then_replay(
         service.replay("evt_unknown")
     with pytest.raises(NotFound):
         service.replay(first, partner_id="p2")
+
+
+def test_the_retry_policy_comes_from_the_settings(
+    db: Database, live_clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`[webhooks]` in the settings file decides when a failing delivery is a dead letter."""
+    from bookiji.bootstrap import build
+    from bookiji.config import Settings
+
+    # build() installs the settings' keyring; the one this process had comes back after.
+    monkeypatch.setattr(crypto, "_keyring", crypto.keyring())
+    monkeypatch.setenv("BOOKIJI_PII_KEYS", crypto.new_key())
+    settings = Settings(
+        database_url=db.url,
+        webhooks={"max_attempts": 2, "base_delay_seconds": 7, "max_delay_seconds": 7},
+    )
+    service = build(settings, clock=live_clock).webhooks
+    with Receiver(fail_first=10) as receiver:
+        add_partner(db, live_clock, "p1", receiver.url)
+        Bookings(db, live_clock).hold("p1")
+        service.fan_out()
+        (first,) = [r for r in service.deliver_due() if r.status == "pending"]
+        assert first.next_attempt_at is not None
+        waited = first.next_attempt_at - live_clock.now()
+        assert timedelta(seconds=3.5) <= waited <= timedelta(seconds=10.5)
+        live_clock.set(first.next_attempt_at)
+        (second,) = service.deliver_due()
+        assert (second.status, second.attempts) == ("dead", 2)
 
 
 def test_disabled_partner_or_no_url_gets_nothing(
