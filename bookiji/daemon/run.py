@@ -54,6 +54,10 @@ def _settle_garbage_collector() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+#: uvicorn's own default backlog (it calls listen() again with it, which is harmless).
+BACKLOG = 2048
+
+
 def listen(host: str, port: int) -> socket.socket:
     """The API's socket, bound before any job or thread starts: a port in use, an address
     this machine does not have or an unknown host name is one clear error, and nothing has
@@ -67,6 +71,9 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        # Listening from now on: the start-up line announces the port before uvicorn
+        # starts, and a client that connects at once must queue, not be refused.
+        sock.listen(BACKLOG)
     except OSError as exc:  # socket.gaierror for a name that does not resolve
         sock.close()
         raise Unavailable(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

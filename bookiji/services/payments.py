@@ -102,6 +102,13 @@ AUTH_FAILURE = {
 }
 
 
+def provider_down(exc: PaymentProviderError, details: dict[str, Any]) -> Unavailable:
+    """A call whose outcome is unknown: the caller may retry (the same key is sent again)."""
+    return Unavailable(
+        f"the payment provider is not answering; retry ({exc.message})", details=details
+    )
+
+
 class PaymentService:
     def __init__(
         self,
@@ -264,9 +271,8 @@ class PaymentService:
             return self._record_declined(reservation_id, party, exc, actor)
         except PaymentProviderError as exc:
             if exc.retryable:  # unknown outcome: the same key is sent again next time
-                raise Unavailable(
-                    f"the payment provider is not answering; retry ({exc.message})",
-                    details={"reservationId": reservation_id, "party": party.value},
+                raise provider_down(
+                    exc, {"reservationId": reservation_id, "party": party.value}
                 ) from None
             if pending is not None:
                 # The authorization sent first still waits for the card holder, and this
@@ -292,10 +298,7 @@ class PaymentService:
         try:
             intent = self.gateway.retrieve(intent_id)
         except PaymentProviderError as exc:
-            raise Unavailable(
-                f"the payment provider is not answering; retry ({exc.message})",
-                details={"paymentIntentId": intent_id},
-            ) from None
+            raise provider_down(exc, {"paymentIntentId": intent_id}) from None
         return self.apply_intent(intent, actor=actor, auto_commit=auto_commit)
 
     def _prepare(
@@ -756,10 +759,7 @@ class PaymentService:
                 try:
                     seen = money_of(self.gateway.retrieve(ref))
                 except PaymentProviderError as exc:
-                    raise Unavailable(
-                        f"the payment provider is not answering; retry ({exc.message})",
-                        details={"paymentIntentId": ref},
-                    ) from None
+                    raise provider_down(exc, {"paymentIntentId": ref}) from None
                 money = seen if seen in LIVE else money
             held.append(money)
         return held[0], held[1]
@@ -769,7 +769,8 @@ class PaymentService:
         or refund every live authorization or capture. Safe to run twice."""
         self.compensation_preview(reservation_id, refund=refund)  # refuses COMMITTED unless refund
         with UnitOfWork(self.db, readonly=True) as uow:
-            held = self._held(self._locked(uow, reservation_id))
+            seen = self._locked(uow, reservation_id)
+        held = self._held(seen)  # may ask the provider: outside any transaction
         now = self.clock.now()
         with UnitOfWork(self.db) as uow:
             reservation = self._locked(uow, reservation_id)

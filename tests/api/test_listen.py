@@ -35,3 +35,15 @@ def test_connections_on_the_daemon_socket_send_without_nagle(host: str) -> None:
     (a bound socket whose protocol was left 0 made asyncio skip TCP_NODELAY)."""
     sock = listen(host, 0)
     assert asyncio.run(_nodelay_of_an_accepted_connection(sock)) != 0
+
+
+def test_the_socket_accepts_connections_from_the_moment_its_port_is_announced() -> None:
+    """The start-up line names the port as soon as it is bound (with `--port 0` it is how
+    to find it); a client that connected at once was refused until uvicorn got round to
+    listening."""
+    sock = listen("127.0.0.1", 0)
+    try:
+        with socket.create_connection(sock.getsockname()[:2], timeout=5):
+            pass  # queued by the kernel: nobody has accepted it yet, and that is fine
+    finally:
+        sock.close()

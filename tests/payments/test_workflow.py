@@ -323,6 +323,25 @@ def test_forced_compensation_releases_what_the_provider_holds_and_the_row_does_n
     assert_clean(w)
 
 
+def test_a_commit_interrupted_between_its_captures_is_in_flight_not_a_breach(
+    workflow: Workflow,
+) -> None:
+    """The vendor's capture went through but its answer was lost: until the commit is
+    resumed (or unwound), one party is captured and the other not, by design."""
+    w = workflow
+    rid = w.authorized_both(10)
+    w.faults.capture_outage(1, True)
+    with pytest.raises(Unavailable):
+        w.payments.commit(rid, actor="t")
+    assert doc(w, rid)["state"] == "COMMIT_IN_PROGRESS"
+    vendor = intent(w, rid, "vendor")
+    assert w.gateway.retrieve(vendor).status == "succeeded"
+    assert_clean(w)
+    assert w.payments.commit(rid, actor="t") == "COMMITTED"
+    assert w.faults.captures(vendor) == 1  # resumed: asked, not captured twice
+    assert_clean(w)
+
+
 def test_both_captures_failing_past_the_deadline_releases_both(workflow: Workflow) -> None:
     """The provider stays down: past the commit deadline reconciliation unwinds instead."""
     w = workflow
