@@ -733,6 +733,16 @@ class PaymentService:
 
     def compensation_preview(self, reservation_id: str, *, refund: bool) -> list[dict[str, Any]]:
         """What `force_compensate` would do, without doing it."""
+        reservation = self._compensable(reservation_id, refund=refund)
+        steps = plan(Failure.OPERATOR_FORCED, *self._held(reservation))
+        return [
+            {"party": s.party.value, "action": s.action.value,
+             "paymentIntentId": party_ref(reservation, s.party)}
+            for s in steps
+        ]  # fmt: skip
+
+    def _compensable(self, reservation_id: str, *, refund: bool) -> Reservation:
+        """The reservation, unless forcing would refund a booking nobody asked to refund."""
         with UnitOfWork(self.db, readonly=True) as uow:
             reservation = self._locked(uow, reservation_id)
         if S(reservation.state) is S.COMMITTED and not refund:
@@ -741,12 +751,7 @@ class PaymentService:
                 "pass --refund to do that",
                 details={"state": reservation.state},
             )
-        steps = plan(Failure.OPERATOR_FORCED, *self._held(reservation))
-        return [
-            {"party": s.party.value, "action": s.action.value,
-             "paymentIntentId": party_ref(reservation, s.party)}
-            for s in steps
-        ]  # fmt: skip
+        return reservation
 
     def _held(self, reservation: Reservation) -> tuple[Money, Money]:
         """(vendor, requester) money an operator's unwind must undo: what the row says, or
@@ -767,9 +772,7 @@ class PaymentService:
     def force_compensate(self, reservation_id: str, *, refund: bool, actor: str) -> list[str]:
         """Unwind a reservation an operator judges stuck: fail it (if not final) and release
         or refund every live authorization or capture. Safe to run twice."""
-        self.compensation_preview(reservation_id, refund=refund)  # refuses COMMITTED unless refund
-        with UnitOfWork(self.db, readonly=True) as uow:
-            seen = self._locked(uow, reservation_id)
+        seen = self._compensable(reservation_id, refund=refund)
         held = self._held(seen)  # may ask the provider: outside any transaction
         now = self.clock.now()
         with UnitOfWork(self.db) as uow:
