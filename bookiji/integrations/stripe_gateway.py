@@ -126,7 +126,14 @@ class StripeGateway:
                 f"Stripe {what} failed: {exc.code or type(exc).__name__}: "
                 f"{exc.user_message or (exc.error.message if exc.error else '')}",
                 retryable=_retryable(exc),
-                details={"code": exc.code, "status": exc.http_status},
+                details={
+                    # A key sent before with other parameters: the caller's cue that an
+                    # earlier attempt's outcome decides (Stripe gives such errors no code).
+                    "code": "idempotency_error"
+                    if isinstance(exc, stripe.IdempotencyError)
+                    else exc.code,
+                    "status": exc.http_status,
+                },
             ) from None
 
     def authorize(self, request: AuthorizationRequest, *, idempotency_key: str) -> IntentView:
@@ -186,6 +193,15 @@ class StripeGateway:
         params: dict[str, Any] = {"payment_intent": intent_id}
         if amount is not None:
             params["amount"] = amount
+        paid = _plain(
+            self._call("refund", lambda: self.client.v1.payment_intents.retrieve(intent_id))
+        )
+        if paid.get("transfer_data"):
+            # A destination charge: without these Stripe refunds from the platform's balance
+            # and the vendor keeps the transfer (and the platform its fee).
+            params["reverse_transfer"] = True
+            if paid.get("application_fee_amount"):
+                params["refund_application_fee"] = True
         self._call(
             "refund",
             lambda: self.client.v1.refunds.create(

@@ -25,7 +25,7 @@ from bookiji.domain.states import FINAL_STATES, ReservationState, replay
 from bookiji.services.compensation import party_money, party_ref
 from bookiji.services.ports import PaymentGateway
 from bookiji.store.database import Database
-from bookiji.store.models import Booking, Reservation, ReservationTransition
+from bookiji.store.models import Booking, PaymentOperation, Reservation, ReservationTransition
 from bookiji.store.uow import UnitOfWork
 
 S = ReservationState
@@ -82,15 +82,14 @@ def audit(db: Database, gateway: PaymentGateway | None = None) -> list[Breach]:
                 ).all()
             )
             for reservation in page:
-                breaches.extend(_check(reservation, logs[reservation.id], bookings, gateway))
+                breaches.extend(_check(reservation, logs[reservation.id], bookings))
+            if gateway is not None:
+                breaches.extend(_check_page(uow, page, gateway))
     return breaches
 
 
 def _check(
-    reservation: Reservation,
-    log: list[tuple[S | None, S]],
-    bookings: dict[str, int],
-    gateway: PaymentGateway | None,
+    reservation: Reservation, log: list[tuple[S | None, S]], bookings: dict[str, int]
 ) -> list[Breach]:
     found: list[Breach] = []
     rid, state = reservation.id, S(reservation.state)
@@ -118,19 +117,48 @@ def _check(
             money = party_money(reservation, party)
             if amount and money not in (Money.CAPTURED, Money.REFUNDED):
                 found.append(Breach("two_captures", rid, f"{party} is {money}, not captured"))
-    if gateway is not None:
-        found.extend(_check_provider(reservation, gateway))
     return found
 
 
-def _check_provider(reservation: Reservation, gateway: PaymentGateway) -> list[Breach]:
+def _check_page(
+    uow: UnitOfWork, page: list[Reservation], gateway: PaymentGateway
+) -> Iterator[Breach]:
+    """Each reservation's payments as the provider has them: the ones its row records, the
+    ones our operation log saw the provider make, and, where a call's answer never came
+    back, whatever the provider holds under the reservation's id."""
+    called: dict[str, set[tuple[Party, str]]] = defaultdict(set)
+    unanswered: set[str] = set()
+    for rid, party, intent_id in uow.session.exec(
+        select(
+            PaymentOperation.reservation_id, PaymentOperation.party, PaymentOperation.intent_id
+        ).where(col(PaymentOperation.reservation_id).in_([r.id for r in page]))
+    ).all():
+        if intent_id is None:
+            unanswered.add(rid)
+        else:
+            called[rid].add((Party(party), intent_id))
+    for reservation in page:
+        rid = reservation.id
+        if rid in unanswered:
+            try:
+                for seen in gateway.find_by_reservation(rid):
+                    if seen.party in (Party.VENDOR.value, Party.REQUESTER.value):
+                        called[rid].add((Party(seen.party), seen.id))
+            except PaymentProviderError as exc:
+                yield Breach("provider_reachable", rid, f"search: {exc.message}")
+        yield from _check_provider(reservation, gateway, called[rid])
+
+
+def _check_provider(
+    reservation: Reservation, gateway: PaymentGateway, called: set[tuple[Party, str]]
+) -> list[Breach]:
+    """The row's payments, and any other the provider made for it (`called`: the ids our
+    operation log recorded), as the provider has them."""
     found: list[Breach] = []
     rid, state = reservation.id, S(reservation.state)
     terminal_uncommitted = state in FINAL_STATES and state is not S.COMMITTED
-    for party in Party:
-        ref = party_ref(reservation, party)
-        if ref is None:
-            continue
+    recorded = {(p, ref) for p in Party if (ref := party_ref(reservation, p)) is not None}
+    for party, ref in sorted(recorded | called):
         try:
             intent = gateway.retrieve(ref)
         except PaymentProviderError as exc:
@@ -141,6 +169,6 @@ def _check_provider(reservation: Reservation, gateway: PaymentGateway) -> list[B
             found.append(Breach("captured_only_if_committed", rid, f"{ref} captured in {state}"))
         if terminal_uncommitted and intent.status in ("requires_capture", "requires_action"):
             found.append(Breach("no_live_authorization", rid, f"{ref} is {intent.status}"))
-        if state is S.COMMITTED and intent.status != "succeeded":
+        if state is S.COMMITTED and (party, ref) in recorded and intent.status != "succeeded":
             found.append(Breach("two_captures", rid, f"{party} {ref} is {intent.status}"))
     return found

@@ -45,6 +45,11 @@ def party_ref(reservation: Reservation, party: Party) -> str | None:
     )
 
 
+def party_amount(reservation: Reservation, party: Party) -> int:
+    """What the party pays: the vendor its deposit, the requester the price."""
+    return reservation.deposit_amount if party is Party.VENDOR else reservation.price_amount
+
+
 def money_of(intent: IntentView) -> Money:
     """What a provider's intent means for the party's money."""
     if intent.status == "requires_capture":
@@ -97,9 +102,7 @@ def plan_into(
         ).first()
         if exists is not None:
             continue
-        amount = (
-            reservation.deposit_amount if step.party is Party.VENDOR else reservation.price_amount
-        )
+        amount = party_amount(reservation, step.party)
         action = CompensationAction(
             id=new_id("cmp"),
             reservation_id=reservation.id,

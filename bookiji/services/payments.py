@@ -11,6 +11,7 @@ compensation rows, which are executed right after and retried until done.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import signal
@@ -42,6 +43,7 @@ from bookiji.services.clock import Clock
 from bookiji.services.compensation import (
     CompensationRunner,
     money_of,
+    party_amount,
     party_money,
     party_ref,
     plan_into,
@@ -96,6 +98,8 @@ class PaymentSettings:
 
 
 AWAITING = {Party.VENDOR: S.AWAITING_VENDOR_AUTH, Party.REQUESTER: S.AWAITING_REQUESTER_AUTH}
+log = logging.getLogger(__name__)
+
 AUTH_FAILURE = {
     Party.VENDOR: Failure.VENDOR_AUTH_FAILED,
     Party.REQUESTER: Failure.REQUESTER_AUTH_FAILED,
@@ -287,10 +291,35 @@ class PaymentService:
                     details={"reservationId": reservation_id, "party": party.value,
                              "paymentIntentId": pending},
                 ) from None  # fmt: skip
+            if exc.details.get("code") == "idempotency_error":
+                # The key went out before with other parameters (another card, say) and that
+                # answer was lost: the first attempt's outcome decides, not this refusal.
+                return self._earlier_attempt(reservation_id, party, actor, auto_commit)
             self._finish_operation(op.id, "failed", error=exc)
             return self._record_declined(reservation_id, party, exc, actor)
         self._finish_operation(op.id, "succeeded", intent_id=intent.id)
         return self.apply_intent(intent, actor=actor, auto_commit=auto_commit)
+
+    def _earlier_attempt(
+        self, reservation_id: str, party: Party, actor: str, auto_commit: bool
+    ) -> AuthorizationOutcome:
+        """Adopt what the provider made of an earlier attempt whose answer was lost."""
+        try:
+            intents = [
+                i for i in self.gateway.find_by_reservation(reservation_id)
+                if i.party == party.value
+            ]  # fmt: skip
+        except PaymentProviderError as exc:
+            raise provider_down(exc, {"reservationId": reservation_id}) from None
+        if not intents:  # the provider's search lags its writes: ask again shortly
+            raise Unavailable(
+                f"an earlier {party.value} authorization's outcome is not known yet; retry shortly",
+                details={"reservationId": reservation_id, "party": party.value},
+            )
+        op = self._operation(reservation_id, party, "authorize")
+        if op is not None:
+            self._finish_operation(op.id, "succeeded", intent_id=intents[-1].id)
+        return self.apply_intent(intents[-1], actor=actor, auto_commit=auto_commit)
 
     def _awaited(self, intent_id: str, actor: str, auto_commit: bool) -> AuthorizationOutcome:
         """An authorization waiting for the card holder, as the provider sees it now: its
@@ -412,9 +441,21 @@ class PaymentService:
         actor: str,
         auto_commit: bool,
     ) -> AuthorizationOutcome:
+        release: list[str] = []
         with UnitOfWork(self.db) as uow:
             reservation = self._locked(uow, reservation_id)
-            if party_money(reservation, party) in (Money.NOT_STARTED, Money.PENDING):
+            money, state = party_money(reservation, party), S(reservation.state)
+            if intent_id is not None and state in FINAL_STATES and state is not S.COMMITTED:
+                if money in (Money.NOT_STARTED, Money.PENDING, Money.FAILED):
+                    # The reservation ended (cancelled, expired) while this authorization was
+                    # at the provider, or a declined payment was confirmed again with its
+                    # client secret: the money is held for nothing. Record it where every
+                    # check looks, and release it.
+                    set_money(reservation, party, Money.AUTHORIZED, intent_id)
+                    reservation.updated_at = self.clock.now()
+                    actions = plan_into(uow, reservation, Failure.OPERATOR_FORCED, self.clock.now())
+                    release = [a.id for a in actions]
+            elif money in (Money.NOT_STARTED, Money.PENDING):
                 set_money(reservation, party, Money.AUTHORIZED, intent_id)
                 details = {"paymentIntentId": intent_id}
                 if party is Party.VENDOR:
@@ -444,6 +485,10 @@ class PaymentService:
                     )
             uow.commit()
             outcome = self._outcome(reservation, party)
+        if release:
+            self.compensations.run(ids=release)
+            with UnitOfWork(self.db, readonly=True) as uow:
+                outcome = self._outcome(self._locked(uow, reservation_id), party)
         if auto_commit and outcome.state == S.AUTHORIZED_BOTH:
             self.commit(reservation_id, actor=actor)
             with UnitOfWork(self.db, readonly=True) as uow:
@@ -502,8 +547,23 @@ class PaymentService:
                 reason=f"{party.value} authorization failed: {error.message}",
                 details={"code": error.code, "declineCode": error.details.get("declineCode")},
             )
+        if intent_id:
+            self._void(reservation_id, party, str(intent_id))
         with UnitOfWork(self.db, readonly=True) as uow:
             return self._outcome(self._locked(uow, reservation_id), party)
+
+    def _void(self, reservation_id: str, party: Party, intent_id: str) -> None:
+        """Cancel a declined payment at the provider. Left open, it could still be confirmed
+        with its client secret and hold money for a reservation that has failed (were that
+        to happen anyway, its news is adopted and released: see `_record_authorized`)."""
+        key = f"bkj:{reservation_id}:{party.value}:void_declined"
+        try:
+            self.gateway.cancel(intent_id, idempotency_key=key)
+        except (PaymentDeclined, PaymentProviderError) as exc:
+            log.warning(
+                "reservation %s: declined payment %s left open at the provider (%s)",
+                reservation_id, intent_id, exc.code,
+            )  # fmt: skip
 
     def after_confirmation(self, reservation_id: str, *, actor: str) -> AuthorizationOutcome | None:
         """Once the vendor confirmed: authorize its deposit with its saved payment method.
@@ -677,7 +737,9 @@ class PaymentService:
         if money is not Money.AUTHORIZED or ref is None:
             return PaymentProviderError(f"{party.value} money is {money}", retryable=False)
         previous = self._operation(reservation_id, party, "capture")
-        op = self._begin_operation(reservation_id, party, "capture", reservation.price_amount)
+        op = self._begin_operation(
+            reservation_id, party, "capture", party_amount(reservation, party)
+        )
         crashpoint(f"before_{party.value}_capture")
         try:
             if previous is not None and previous.status == "started":

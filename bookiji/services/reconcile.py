@@ -201,6 +201,33 @@ class Reconciler:
             unknown = select(PaymentOperation.reservation_id).where(
                 col(PaymentOperation.status) == "started"
             )
+            # An authorization the provider made whose id the row never recorded (a crash
+            # between the two, or the reservation ending while the call was out).
+            op, row = PaymentOperation, Reservation
+            unrecorded = (
+                select(op.reservation_id)
+                .join(row, col(row.id) == col(op.reservation_id))
+                .where(
+                    col(op.kind) == "authorize",
+                    col(op.intent_id).is_not(None),
+                    or_(
+                        and_(
+                            col(op.party) == Party.VENDOR.value,
+                            or_(
+                                col(row.vendor_payment_ref).is_(None),
+                                col(row.vendor_payment_ref) != col(op.intent_id),
+                            ),
+                        ),
+                        and_(
+                            col(op.party) == Party.REQUESTER.value,
+                            or_(
+                                col(row.requester_payment_ref).is_(None),
+                                col(row.requester_payment_ref) != col(op.intent_id),
+                            ),
+                        ),
+                    ),
+                )
+            )
             ids = uow.session.exec(
                 select(Reservation.id)
                 .where(
@@ -210,7 +237,10 @@ class Reconciler:
                         col(Reservation.requester_payment_state).in_(live),
                         and_(
                             col(Reservation.updated_at) >= since,
-                            col(Reservation.id).in_(unknown),
+                            or_(
+                                col(Reservation.id).in_(unknown),
+                                col(Reservation.id).in_(unrecorded),
+                            ),
                         ),
                     ),
                 )

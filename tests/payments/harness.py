@@ -32,6 +32,8 @@ class Faults:
     capture_outage: Callable[[int, bool], None]
     captures: Callable[[str], int]  # capture operations the provider applied to an intent
     complete_authentication: Callable[[str, bool], object]  # the card holder's 3-D Secure
+    # The next authorization is made at the provider, but every answer to it is lost.
+    authorize_answer_lost: Callable[[], None]
 
 
 def local_faults(gateway: LocalGateway) -> Faults:
@@ -61,7 +63,12 @@ def local_faults(gateway: LocalGateway) -> Faults:
     def authenticate(intent_id: str, succeed: bool) -> object:
         return gateway.complete_authentication(intent_id, succeed=succeed)
 
-    return Faults(declined, outage, captures, authenticate)
+    def answer_lost() -> None:
+        gateway.faults.fail_next(
+            "authorize", PaymentProviderError("connection reset", retryable=True), after_apply=True
+        )
+
+    return Faults(declined, outage, captures, authenticate, answer_lost)
 
 
 @dataclass

@@ -39,4 +39,11 @@ def stripe_gateway_and_faults() -> Iterator[tuple[StripeGateway, Faults, StripeS
         def authenticate(intent_id: str, succeed: bool) -> object:
             return server.complete_authentication(intent_id, succeed=succeed)
 
-        yield gateway, Faults(declined, outage, server.captures, authenticate), server
+        def answer_lost() -> None:
+            server.fail_next(
+                "POST", "/v1/payment_intents", status=500, count=gateway.max_attempts,
+                after_apply=True,
+            )  # fmt: skip
+
+        faults = Faults(declined, outage, server.captures, authenticate, answer_lost)
+        yield gateway, faults, server

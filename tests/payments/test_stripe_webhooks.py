@@ -83,3 +83,33 @@ def test_unsigned_or_stale_webhooks_are_refused(
     kind, intent = parse_webhook(*server.signed_event({**event, "type": "charge.captured"}),
                                  server.webhook_secret)  # fmt: skip
     assert (kind, intent) == ("charge.captured", None)
+
+
+def test_refunding_a_destination_charge_takes_the_money_back_from_the_vendor(
+    stripe_workflow: tuple[Workflow, StripeServer],
+) -> None:
+    """The requester pays the vendor's connected account (a destination charge, less the
+    platform's fee): a refund reverses that transfer and the fee, or the platform would pay
+    the whole refund from its own balance while the vendor kept the money."""
+    from dataclasses import replace
+
+    from bookiji.store.models import Vendor
+    from bookiji.store.uow import UnitOfWork
+
+    w, server = stripe_workflow
+    with UnitOfWork(w.db) as uow:
+        vendor = uow.session.get(Vendor, "shop")
+        assert vendor is not None
+        vendor.payment_account_ref = "acct_shop"
+        uow.commit()
+    w.payments.settings = replace(w.payments.settings, application_fee_bps=1000)
+    rid = w.authorized_both(10)
+    assert w.payments.commit(rid, actor="t") == "COMMITTED"
+    w.payments.force_compensate(rid, refund=True, actor="op")
+    doc = load_reservation_document(w.db, rid)
+    paid = doc["payment"]["requesterPayment"]["paymentIntentId"]
+    deposit = doc["payment"]["vendorDeposit"]["paymentIntentId"]
+    [refund] = server.refunds_of(paid)
+    assert refund["amount"] == 5000 and refund["transfer_reversal"] is not None
+    [plain] = server.refunds_of(deposit)  # the vendor's own deposit: no transfer to reverse
+    assert plain["amount"] == 1000 and plain["transfer_reversal"] is None
