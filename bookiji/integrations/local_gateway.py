@@ -126,6 +126,10 @@ class LocalGateway:
             try:
                 result: IntentView | BookijiError = apply(uow)
             except (PaymentDeclined, PaymentProviderError) as exc:
+                if exc.details.get("param"):
+                    # As on Stripe, a request refused before it runs (an invalid parameter)
+                    # is not saved under its key: the same key may go again, corrected.
+                    raise
                 result = exc
             response = (
                 {"intent": asdict(result)}
@@ -175,7 +179,7 @@ class LocalGateway:
                 raise PaymentProviderError(
                     f"no such payment method {request.payment_method}",
                     retryable=False,
-                    details={"code": "resource_missing"},
+                    details={"code": "resource_missing", "param": "payment_method"},
                 )
             if outcome == "requires_action" and request.off_session:
                 outcome, decline = "declined", "authentication_required"

@@ -133,6 +133,7 @@ class StripeGateway:
                     if isinstance(exc, stripe.IdempotencyError)
                     else exc.code,
                     "status": exc.http_status,
+                    "param": exc.error.param if exc.error else None,
                 },
             ) from None
 

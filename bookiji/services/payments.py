@@ -248,6 +248,12 @@ class PaymentService:
             party = Party(party_name)
         except ValueError:
             raise ValidationFailed("party must be 'vendor' or 'requester'") from None
+        if partner_id is not None and party is Party.VENDOR and payment_method:
+            raise ValidationFailed(
+                "the vendor's deposit is authorized on the vendor's own saved payment method; "
+                "paymentMethod is only for the requester's payment",
+                details={"party": party.value},
+            )
         with UnitOfWork(self.db) as uow:
             reservation = self._locked(uow, reservation_id)
             if partner_id is not None and reservation.partner_id != partner_id:
@@ -291,6 +297,16 @@ class PaymentService:
                     details={"reservationId": reservation_id, "party": party.value,
                              "paymentIntentId": pending},
                 ) from None  # fmt: skip
+            if exc.details.get("param") == "payment_method" and payment_method:
+                # A mistyped or foreign payment method in this request is a bad request, not
+                # a decline: nothing was charged, and the request with a good one may follow.
+                # (A vendor's saved one that the provider does not know fails its deposit.)
+                self._finish_operation(op.id, "failed", error=exc)
+                raise ValidationFailed(
+                    f"the payment provider does not know the {party.value}'s payment method; "
+                    "nothing was charged",
+                    details={"reservationId": reservation_id, "party": party.value},
+                ) from None
             if exc.details.get("code") == "idempotency_error":
                 # The key went out before with other parameters (another card, say) and that
                 # answer was lost: the first attempt's outcome decides, not this refusal.

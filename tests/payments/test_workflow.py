@@ -356,3 +356,32 @@ def test_both_captures_failing_past_the_deadline_releases_both(workflow: Workflo
     assert money(w, rid) == ("released", "released")
     assert "could not finish before its deadline" in doc(w, rid)["stateHistory"][-1]["reason"]
     assert_clean(w)
+
+
+def test_an_unknown_payment_method_is_a_bad_request_and_fails_nothing(workflow: Workflow) -> None:
+    """A mistyped payment method is refused (400) with nothing charged and nothing failed;
+    the same request with a good one then goes through."""
+    w = workflow
+    rid = w.vendor_authorized(10)
+    with pytest.raises(ValidationFailed) as refused:
+        w.payments.authorize(rid, "requester", payment_method="pm_card_vsia", actor="t")
+    assert refused.value.http_status == 400
+    assert doc(w, rid)["state"] == "AWAITING_REQUESTER_AUTH"
+    assert money(w, rid) == ("authorized", "not_started")
+    done = w.payments.authorize(rid, "requester", payment_method="pm_card_visa", actor="t")
+    assert (done.state, done.money) == ("COMMITTED", "captured")
+    assert_clean(w)
+
+
+def test_a_partner_cannot_pay_the_vendor_deposit_with_a_card_of_its_own(
+    workflow: Workflow,
+) -> None:
+    w = workflow
+    rid = w.confirmed(10)
+    with pytest.raises(ValidationFailed) as refused:
+        w.payments.authorize(
+            rid, "vendor", payment_method="pm_card_amex", actor="partner:p", partner_id="p"
+        )
+    assert "saved payment method" in refused.value.message
+    assert money(w, rid) == ("not_started", "not_started")
+    assert_clean(w)
