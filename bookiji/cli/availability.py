@@ -26,9 +26,6 @@ def register(app: typer.Typer) -> None:
         slot_minutes: int | None = typer.Option(
             None, "--slot-minutes", metavar="N", help="Slot length (default: the vendor's)."
         ),
-        interval_minutes: int | None = typer.Option(
-            None, "--interval-minutes", metavar="N", help="Step between starts."
-        ),
         explain_at: str | None = typer.Option(
             None,
             "--explain",
@@ -54,7 +51,6 @@ def register(app: typer.Typer) -> None:
             instant(start, option="--start"),
             instant(end, option="--end"),
             slot_minutes=slot_minutes,
-            interval_minutes=interval_minutes,
         )
         if json_output:
             emit_json(document)

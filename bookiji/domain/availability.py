@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
+from itertools import accumulate
 from zoneinfo import ZoneInfo
 
 from bookiji.domain.intervals import merge
@@ -56,19 +57,15 @@ class Rules:
     max_advance: timedelta = timedelta(days=60)
 
     @classmethod
-    def from_spec(
-        cls,
-        spec: VendorSpec,
-        *,
-        slot_minutes: int | None = None,
-        interval_minutes: int | None = None,
-    ) -> Rules:
+    def from_spec(cls, spec: VendorSpec, *, slot_minutes: int | None = None) -> Rules:
+        """The vendor's rules, for slots of its own length or of `slot_minutes`. Starts
+        always step by the vendor's interval: a hold is judged on that grid."""
         return cls(
             timezone=spec.timezone,
             weekly=spec.hours,
             overrides={o.date: o.hours for o in spec.overrides},
             slot=timedelta(minutes=slot_minutes or spec.slot_minutes),
-            interval=timedelta(minutes=interval_minutes or spec.slot_interval_minutes),
+            interval=timedelta(minutes=spec.slot_interval_minutes),
             buffer_before=timedelta(minutes=spec.buffer_before_minutes),
             buffer_after=timedelta(minutes=spec.buffer_after_minutes),
             min_notice=timedelta(minutes=spec.min_notice_minutes),
@@ -306,7 +303,9 @@ def compute_slots(
     forbidden = [(x - slot - rules.buffer_after, y + rules.buffer_before) for x, y in blocked]
     forbidden_ends = [f[1] for f in forbidden]
     tentative = sorted((b.start, b.end, b.label) for b in blockers if b.tentative)
-    tentative_ends = [t[1] for t in tentative]
+    # Sorted by start, ends are not: bisect the furthest end reached so far. The first
+    # event whose end passes a point is then the earliest-starting one that does.
+    tentative_reach = list(accumulate((t[1] for t in tentative), max))
 
     base, calendar_reasons = _calendar_factors(calendars, now, freshness_ttl)
     all_fine: tuple[str, ...] = (
@@ -357,7 +356,7 @@ def compute_slots(
                     if tentative:
                         near_lo = start - rules.buffer_before - TENTATIVE_WINDOW
                         near_hi = start + slot + rules.buffer_after + TENTATIVE_WINDOW
-                        t = bisect_right(tentative_ends, near_lo)
+                        t = bisect_right(tentative_reach, near_lo)
                         if t < len(tentative) and tentative[t][0] < near_hi:
                             confidence *= TENTATIVE_NEARBY
                             extra.append(

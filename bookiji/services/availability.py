@@ -127,7 +127,6 @@ def load_schedule(
     end: datetime,
     *,
     slot_minutes: int | None = None,
-    interval_minutes: int | None = None,
     exclude_reservation: str | None = None,
     margin: timedelta = timedelta(days=1),
 ) -> VendorSchedule:
@@ -136,9 +135,7 @@ def load_schedule(
 
     `margin` widens the reach for a window of slots; checking one slot needs none, which
     keeps a hold's check to the few rows around it however busy the vendor's calendar is."""
-    rules = Rules.from_spec(
-        spec_of(vendor), slot_minutes=slot_minutes, interval_minutes=interval_minutes
-    )
+    rules = Rules.from_spec(spec_of(vendor), slot_minutes=slot_minutes)
     buffers = max(rules.buffer_before, rules.buffer_after)
     reach_lo = start - buffers - rules.slot - margin
     reach_hi = end + buffers + margin
@@ -199,7 +196,6 @@ class _Query(NamedTuple):
     start: datetime
     end: datetime
     slot_minutes: int | None
-    interval_minutes: int | None
     include_confidence: bool
 
 
@@ -285,13 +281,7 @@ class AvailabilityService:
         self.max_window = max_window
         self.cache = AnswerCache(cache_ttl)
 
-    def _validate(
-        self,
-        start: datetime,
-        end: datetime,
-        slot_minutes: int | None,
-        interval_minutes: int | None,
-    ) -> None:
+    def _validate(self, start: datetime, end: datetime, slot_minutes: int | None) -> None:
         problems = []
         if end <= start:
             problems.append("endTime must be after startTime")
@@ -299,8 +289,6 @@ class AvailabilityService:
             problems.append(f"the window may span at most {self.max_window.days} days")
         if slot_minutes is not None and not MIN_SLOT_MINUTES <= slot_minutes <= MAX_SLOT_MINUTES:
             problems.append(f"slotDuration must be {MIN_SLOT_MINUTES}-{MAX_SLOT_MINUTES} minutes")
-        if interval_minutes is not None and not 1 <= interval_minutes <= MAX_SLOT_MINUTES:
-            problems.append(f"the slot interval must be 1-{MAX_SLOT_MINUTES} minutes")
         if problems:
             raise ValidationFailed("; ".join(problems), details={"problems": problems})
 
@@ -318,11 +306,10 @@ class AvailabilityService:
         end: datetime,
         *,
         slot_minutes: int | None = None,
-        interval_minutes: int | None = None,
         include_confidence: bool = True,
     ) -> dict[str, Any]:
         """The availability document (`GET /v1/vendors/{id}/availability`)."""
-        query = _Query(vendor_id, start, end, slot_minutes, interval_minutes, include_confidence)
+        query = _Query(vendor_id, start, end, slot_minutes, include_confidence)
         found = self._cached(query)
         if found is not None:
             entry, cut = found
@@ -336,12 +323,11 @@ class AvailabilityService:
         end: datetime,
         *,
         slot_minutes: int | None = None,
-        interval_minutes: int | None = None,
         include_confidence: bool = True,
     ) -> bytes:
         """`availability` as the API sends it. A cached answer is encoded once per cut, so a
         hot vendor costs one small read per request."""
-        query = _Query(vendor_id, start, end, slot_minutes, interval_minutes, include_confidence)
+        query = _Query(vendor_id, start, end, slot_minutes, include_confidence)
         found = self._cached(query)
         if found is not None:
             entry, cut = found
@@ -359,14 +345,14 @@ class AvailabilityService:
     ) -> bytes | None:
         """`availability_json` when a cached answer is still valid (one small read), else
         None: computing the answer is work for a thread, not for the API's event loop."""
-        query = _Query(vendor_id, start, end, slot_minutes, None, include_confidence)
+        query = _Query(vendor_id, start, end, slot_minutes, include_confidence)
         found = self._cached(query)
         return None if found is None else found[0].answer_json(found[1])
 
     def _cached(self, query: _Query) -> tuple[_Entry, int] | None:
         """A cached answer still valid for the vendor's schedule version, and how many of its
         slots the passing of time has ruled out since (the vendor's minimum notice)."""
-        self._validate(query.start, query.end, query.slot_minutes, query.interval_minutes)
+        self._validate(query.start, query.end, query.slot_minutes)
         now = self.clock.now()
         current = self.db.read_first(VERSION_AND_NOTICE, {"vendor": query.vendor_id})
         if current is None:
@@ -380,18 +366,11 @@ class AvailabilityService:
         return entry, entry.cut(now + timedelta(minutes=notice_minutes))
 
     def _compute(self, query: _Query) -> dict[str, Any]:
-        vendor_id, start, end, slot_minutes, interval_minutes, include_confidence = query
+        vendor_id, start, end, slot_minutes, include_confidence = query
         now = self.clock.now()
         with UnitOfWork(self.db, readonly=True) as uow:
             vendor = self._vendor(uow, vendor_id)
-            schedule = load_schedule(
-                uow,
-                vendor,
-                start,
-                end,
-                slot_minutes=slot_minutes,
-                interval_minutes=interval_minutes,
-            )
+            schedule = load_schedule(uow, vendor, start, end, slot_minutes=slot_minutes)
         slots = compute_slots(
             schedule.rules,
             window_start=start,
@@ -438,7 +417,7 @@ class AvailabilityService:
         self, vendor_id: str, at: datetime, *, slot_minutes: int | None = None
     ) -> dict[str, Any]:
         """Why a slot starting at `at` is or is not bookable, rule by rule."""
-        self._validate(at, at + timedelta(minutes=1), slot_minutes, None)
+        self._validate(at, at + timedelta(minutes=1), slot_minutes)
         now = self.clock.now()
         with UnitOfWork(self.db, readonly=True) as uow:
             vendor = self._vendor(uow, vendor_id)

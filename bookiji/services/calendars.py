@@ -16,6 +16,7 @@ from sqlmodel import col, delete, select
 
 from bookiji.domain.busy import BusyPeriod
 from bookiji.domain.errors import NotFound, ValidationFailed
+from bookiji.services.availability import MAX_SLOT_MINUTES
 from bookiji.services.clock import Clock
 from bookiji.services.ids import new_id
 from bookiji.services.ports import CalendarSource, CalendarUnavailable
@@ -139,8 +140,14 @@ class CalendarService:
                 raise NotFound(f"no calendar connection {connection_id!r}")
             vendor = uow.vendors.get(connection.vendor_id)
             assert vendor is not None
-        start = now - self.lookback
-        end = now + timedelta(days=vendor.max_advance_days + 1)
+        # Every block a bookable slot can make: a slot starts from now to the horizon and
+        # lasts up to a day, and its buffers reach further on either side.
+        start = now - max(self.lookback, timedelta(minutes=vendor.buffer_before_minutes))
+        end = (
+            now
+            + timedelta(days=vendor.max_advance_days + 1)
+            + timedelta(minutes=MAX_SLOT_MINUTES + vendor.buffer_after_minutes)
+        )
         try:
             periods = self.build_source(connection, vendor).busy(start, end)
         except CalendarUnavailable as exc:

@@ -67,12 +67,21 @@ def test_the_table_groups_slots_by_local_day(cli: Cli) -> None:
     out = cli(
         "availability", "shop", "--start", at("00:00"),
         "--end", format_instant(DAY + timedelta(days=2)) or "",
-        "--slot-minutes", "120", "--interval-minutes", "60",
+        "--slot-minutes", "120",
     ).out  # fmt: skip
     assert "day (UTC)" in out and "slots of 120 min" in out
     assert DAY.strftime("%a %Y-%m-%d") in out
     assert (DAY + timedelta(days=1)).strftime("%a %Y-%m-%d") in out
-    assert "09:00 10:00 11:00 12:00 13:00 14:00 15:00" in out
+    assert "shop: 26 slots of 120 min" in out  # 09:00-15:00 every 30 min, two days
+    assert "09:00 09:30 10:00" in out
+
+
+def test_there_is_no_interval_of_ones_own_that_holds_would_refuse(cli: Cli) -> None:
+    """Starts step by the vendor's interval, the grid a hold is judged on: listing others
+    would offer slots that `reservations create` then refuses."""
+    refused = cli("availability", "shop", "--start", at("00:00"), "--end", at("23:00"),
+                  "--interval-minutes", "15", expect=2)  # fmt: skip
+    assert "--interval-minutes" in refused.error
 
 
 def test_explain_says_which_rule_blocks(cli: Cli) -> None:

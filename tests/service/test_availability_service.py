@@ -90,8 +90,8 @@ def test_the_document_has_the_partner_api_shape(
     assert document["sources"] == [] and document["cached"] is False
     bare = availability.availability("salon", z(0), z(24), include_confidence=False)
     assert set(bare["slots"][0]) == {"startTime", "endTime"}
-    custom = availability.availability("salon", z(0), z(24), slot_minutes=90, interval_minutes=60)
-    assert custom["slotDuration"] == 90 and starts(custom)[-1] == "15:00"
+    custom = availability.availability("salon", z(0), z(24), slot_minutes=90)
+    assert custom["slotDuration"] == 90 and starts(custom)[-1] == "15:30"
 
 
 def test_a_hold_takes_its_block_out_of_availability_and_cancel_gives_it_back(

@@ -206,3 +206,31 @@ def test_an_outlook_mailbox_syncs_through_msal_and_graph(db: Database, clock: Ma
         assert starts(document) == ["09:00", "12:00"]
     finally:
         server.close()
+
+
+def test_events_a_long_buffer_reaches_are_synced(
+    db: Database, clock: ManualClock, tmp_path: Path
+) -> None:
+    """A slot near the horizon, with a day's turnaround after it, must see an event just
+    past the horizon; and a day's preparation before the first slots, an event earlier
+    than a day ago."""
+    add_vendor(
+        db, "rent", slot_minutes=240, slot_interval_minutes=60, max_advance_days=30,
+        buffer_before_minutes=2880, buffer_after_minutes=1440,
+        hours={d: ["00:00-24:00"] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")},
+    )  # fmt: skip
+    horizon = NOW + timedelta(days=30)
+    late = (horizon + timedelta(hours=20), horizon + timedelta(hours=21))
+    early = (NOW - timedelta(hours=40), NOW - timedelta(hours=39))
+    feed = tmp_path / "rent.ics"
+    feed.write_text(ics_text([EventSpec(*late, "Rental"), EventSpec(*early, "Rental")]))
+    calendars, availability = services(db, clock)
+    calendars.connect("rent", "ics", str(feed))
+    [result] = calendars.sync()
+    assert (result.status, result.busy_periods) == ("ok", 2), result.error
+    last = horizon.replace(minute=0) - timedelta(hours=4)  # its turnaround reaches `late`
+    first = (NOW + timedelta(hours=1)).replace(minute=0)  # its preparation reaches `early`
+    for slot in (last, first):
+        explained = availability.explain("rent", slot)
+        assert explained["bookable"] is False
+        assert any("'Rental'" in r["message"] for r in explained["reasons"]), explained

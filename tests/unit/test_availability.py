@@ -277,6 +277,17 @@ def test_tentative_event_nearby_lowers_confidence() -> None:
     assert "Jane" not in " ".join(reasons)  # the event's title is the vendor's private data
 
 
+def test_a_long_tentative_event_nearby_counts_beside_a_later_shorter_one() -> None:
+    """Sorted by start, the ends of tentative events are not sorted: a long one ending just
+    before the slot must not be hidden by a short one that starts after it."""
+    long = Blocker(z("2026-01-01T12:00Z"), z("2026-01-02T08:45Z"), "calendar", "ics:work", True)
+    short = Blocker(z("2026-01-01T13:00Z"), z("2026-01-01T13:30Z"), "calendar", "ics:work", True)
+    assert one_slot(blockers=[long])[0] == 0.9
+    confidence, reasons = one_slot(blockers=[long, short])
+    assert confidence == 0.9
+    assert "tentative event nearby in ics:work at 2026-01-01 12:00Z" in reasons[0]
+
+
 def test_each_audience_reads_only_what_it_may_of_a_blocker() -> None:
     event = Blocker(z("2026-01-02T10:00Z"), z("2026-01-02T11:00Z"), "calendar", "ics:work",
                     title="Therapy - Jane")  # fmt: skip
