@@ -54,6 +54,13 @@ class InvalidTransition(BookijiError):
     http_status = 409
 
 
+class DeadlinePassed(InvalidTransition):
+    """The stage's deadline passed before this request: the reservation has expired, whether
+    or not the expiry job had got to it yet."""
+
+    code = "deadline_passed"
+
+
 class ConcurrentModification(BookijiError):
     """Someone else changed the row between our read and our write; reading again helps."""
 

@@ -35,7 +35,13 @@ from bookiji.domain.errors import (
     Unavailable,
     ValidationFailed,
 )
-from bookiji.domain.states import FINAL_STATES, TRANSITIONS, ReservationState, StageTTLs
+from bookiji.domain.states import (
+    FINAL_STATES,
+    TRANSITIONS,
+    ReservationState,
+    StageTTLs,
+    expiry_target,
+)
 from bookiji.services import transitions
 from bookiji.services.availability import check_bookable, load_schedule
 from bookiji.services.calendars import CalendarService
@@ -49,6 +55,7 @@ from bookiji.services.compensation import (
     plan_into,
     set_money,
 )
+from bookiji.services.deadlines import expire_now
 from bookiji.services.ids import new_id
 from bookiji.services.ports import AuthorizationRequest, IntentView, PaymentGateway
 from bookiji.services.tracing import span
@@ -261,11 +268,20 @@ class PaymentService:
             money = party_money(reservation, party)
             if money in (Money.AUTHORIZED, Money.CAPTURED, Money.FAILED):
                 return self._outcome(reservation, party)
-            pending = party_ref(reservation, party) if money is Money.PENDING else None
-            refresh = pending is not None and payment_method is None
-            if not refresh:
-                request = self._prepare(uow, reservation, party, payment_method, actor)
+            now = self.clock.now()
+            due = expiry_target(S(reservation.state), reservation.state_deadline, now)
+            if due is not None:  # too late: expire it as the job would, and say so
+                refusal, late = expire_now(uow, reservation, due, now, self.ttls)
                 uow.commit()
+            else:
+                pending = party_ref(reservation, party) if money is Money.PENDING else None
+                refresh = pending is not None and payment_method is None
+                if not refresh:
+                    request = self._prepare(uow, reservation, party, payment_method, actor)
+                    uow.commit()
+        if due is not None:
+            self.compensations.run(ids=[a.id for a in late])
+            raise refusal
         if refresh:
             assert pending is not None
             return self._awaited(pending, actor, auto_commit)
@@ -460,7 +476,14 @@ class PaymentService:
         release: list[str] = []
         with UnitOfWork(self.db) as uow:
             reservation = self._locked(uow, reservation_id)
-            money, state = party_money(reservation, party), S(reservation.state)
+            money, now = party_money(reservation, party), self.clock.now()
+            due = expiry_target(S(reservation.state), reservation.state_deadline, now)
+            if due is not None and money in (Money.NOT_STARTED, Money.PENDING):
+                # The card holder finished after the stage's deadline, before the expiry job
+                # ran: the reservation expires as it would have, and this money is released.
+                _, actions = expire_now(uow, reservation, due, now, self.ttls)
+                release.extend(a.id for a in actions)
+            state = S(reservation.state)
             if intent_id is not None and state in FINAL_STATES and state is not S.COMMITTED:
                 if money in (Money.NOT_STARTED, Money.PENDING, Money.FAILED):
                     # The reservation ended (cancelled, expired) while this authorization was
@@ -469,8 +492,8 @@ class PaymentService:
                     # check looks, and release it.
                     set_money(reservation, party, Money.AUTHORIZED, intent_id)
                     reservation.updated_at = self.clock.now()
-                    actions = plan_into(uow, reservation, Failure.OPERATOR_FORCED, self.clock.now())
-                    release = [a.id for a in actions]
+                    actions = plan_into(uow, reservation, Failure.OPERATOR_FORCED, now)
+                    release.extend(a.id for a in actions)
             elif money in (Money.NOT_STARTED, Money.PENDING):
                 set_money(reservation, party, Money.AUTHORIZED, intent_id)
                 details = {"paymentIntentId": intent_id}

@@ -25,6 +25,7 @@ from bookiji.domain.availability import Audience
 from bookiji.domain.compensation import Failure
 from bookiji.domain.errors import (
     ConcurrentModification,
+    DeadlinePassed,
     IdempotencyKeyReused,
     InvalidTransition,
     NotFound,
@@ -38,6 +39,8 @@ from bookiji.services.availability import check_bookable, load_schedule, refuse_
 from bookiji.services.clock import Clock
 from bookiji.services.compensation import plan_into
 from bookiji.services.confirmation import ASK_REASON, VendorAsk
+from bookiji.services.deadlines import ACTOR as EXPIRY_ACTOR
+from bookiji.services.deadlines import expire_now, expiry_failure, expiry_reason
 from bookiji.services.documents import reservation_document, view
 from bookiji.services.holdcaps import HoldCaps
 from bookiji.services.ids import new_id
@@ -468,7 +471,8 @@ class ReservationService:
                 planned.extend(a.id for a in plan_into(uow, reservation, Failure.CANCELLED, now))
             return moved
 
-        moved = self._with_reservation(reservation_id, partner_id, step)
+        # Past its deadline or not, a cancel ends the reservation as asked.
+        moved = self._with_reservation(reservation_id, partner_id, step, deadline=False)
         self._compensate(planned)
         return moved
 
@@ -510,18 +514,14 @@ class ReservationService:
                     deadline = reservation.state_deadline
                     assert deadline is not None
                     deadlines[reservation.id] = (reservation.state, deadline)
-                    reason = f"deadline {format_instant(deadline)} passed in {reservation.state}"
+                    reason = expiry_reason(reservation.state, deadline)
                     moves.append(transitions.Move(reservation, target, reason))
                 for move in transitions.apply_many(
-                    uow, moves, now=now, ttls=self.ttls, actor="system:expiry"
+                    uow, moves, now=now, ttls=self.ttls, actor=EXPIRY_ACTOR
                 ):
                     reservation = move.reservation
                     from_state, deadline = deadlines[reservation.id]
-                    failure = (
-                        Failure.VENDOR_TIMEOUT
-                        if move.target is S.FAILED_VENDOR_TIMEOUT
-                        else Failure.EXPIRED
-                    )
+                    failure = expiry_failure(move.target)
                     planned.extend(a.id for a in plan_into(uow, reservation, failure, now))
                     done.append(
                         ExpiredReservation(reservation.id, from_state, move.target.value, deadline)
@@ -561,9 +561,17 @@ class ReservationService:
         reservation_id: str,
         partner_id: str | None,
         step: Callable[[UnitOfWork, Reservation, datetime], T],
+        *,
+        deadline: bool = True,
     ) -> T:
-        """Run `step` on a locked, current copy of the reservation and commit."""
+        """Run `step` on a locked, current copy of the reservation and commit.
+
+        With `deadline`, a stage whose deadline has passed expires now instead, as the expiry
+        job would have, and the request is refused: what happens to a late answer must not
+        depend on whether the job ran first."""
         now = self.clock.now()
+        expired: DeadlinePassed | None = None
+        planned: list[str] = []
         try:
             with UnitOfWork(self.db) as uow:
                 reservation = uow.reservations.get(reservation_id, for_update=True)
@@ -574,11 +582,20 @@ class ReservationService:
                         f"no reservation {reservation_id!r}",
                         details={"reservationId": reservation_id},
                     )
-                result = step(uow, reservation, now)
-                uow.commit()
-                return result
+                due = expiry_target(S(reservation.state), reservation.state_deadline, now)
+                if deadline and due is not None:
+                    expired, actions = expire_now(uow, reservation, due, now, self.ttls)
+                    planned.extend(a.id for a in actions)
+                    uow.commit()
+                else:
+                    result = step(uow, reservation, now)
+                    uow.commit()
+                    return result
         except StaleDataError:
             raise ConcurrentModification(
                 "the reservation changed while this request ran; read it again and retry",
                 details={"reservationId": reservation_id},
             ) from None
+        self._compensate(planned)
+        assert expired is not None
+        raise expired

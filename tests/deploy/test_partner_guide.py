@@ -46,7 +46,8 @@ def test_every_error_code_in_the_guide_has_its_real_status_and_retryability() ->
         assert (int(status), retryable == "yes") in known.get(code, set()), code
     # The codes a partner meets on the routes the guide walks through.
     met = ("slot_unavailable", "idempotency_key_reused", "authorization_pending",
-           "hold_limit_reached", "rate_limited", "invalid_request", "unauthorized")  # fmt: skip
+           "hold_limit_reached", "rate_limited", "invalid_request", "unauthorized",
+           "deadline_passed")  # fmt: skip
     assert set(met) <= set(listed)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlmodel import col, select
 
-from bookiji.domain.errors import Unavailable
+from bookiji.domain.errors import DeadlinePassed, Unavailable
 from bookiji.services.audit import audit
 from bookiji.services.payments import PaymentService
 from bookiji.store.models import PaymentOperation
@@ -188,3 +188,49 @@ def test_each_capture_is_recorded_with_its_own_amount(workflow: Workflow) -> Non
             ).all()
         )
     assert captured == {"vendor": 1000, "requester": 5000}  # the deposit, the price
+
+
+# -- a request after its stage's deadline: expired on the spot, whether or not the job ran --
+
+
+def test_a_vendor_confirmation_after_the_deadline_is_refused_and_the_hold_times_out(
+    workflow: Workflow,
+) -> None:
+    w = workflow
+    rid = w.hold(10)
+    w.clock.advance(timedelta(minutes=11))  # the hold's 10 minutes are up; no job has run
+    with pytest.raises(DeadlinePassed) as late:
+        w.reservations.confirm(rid, actor="vendor")
+    assert late.value.http_status == 409 and late.value.details["state"] == "FAILED_VENDOR_TIMEOUT"
+    assert doc(w, rid)["state"] == "FAILED_VENDOR_TIMEOUT"
+    assert w.reconciler.expire().items == []  # nothing left for the job
+    assert_clean(w)
+
+
+def test_a_payment_after_the_deadline_is_refused_before_any_charge(workflow: Workflow) -> None:
+    w = workflow
+    rid = w.vendor_authorized(10)
+    w.clock.advance(timedelta(minutes=31))
+    with pytest.raises(DeadlinePassed):
+        w.payments.authorize(rid, "requester", payment_method="pm_card_visa", actor="p")
+    assert doc(w, rid)["state"] == "EXPIRED"
+    assert money(w, rid) == ("released", "not_started")  # the deposit let go, nothing charged
+    assert doc(w, rid)["payment"]["requesterPayment"]["paymentIntentId"] is None
+    assert_clean(w)
+
+
+def test_three_d_secure_finished_after_the_deadline_expires_and_releases(
+    workflow: Workflow,
+) -> None:
+    w = workflow
+    rid = w.vendor_authorized(10)
+    pending = w.payments.authorize(
+        rid, "requester", payment_method="pm_card_authenticationRequired", actor="p"
+    )
+    assert pending.intent_id is not None
+    w.clock.advance(timedelta(minutes=31))
+    w.faults.complete_authentication(pending.intent_id, True)
+    news = w.payments.apply_intent(w.gateway.retrieve(pending.intent_id), actor="stripe:webhook")
+    assert (news.state, news.money) == ("EXPIRED", "released")
+    assert w.gateway.retrieve(pending.intent_id).status == "canceled"
+    assert_clean(w)
