@@ -743,7 +743,15 @@ class PaymentService:
         """None if the slot is still bookable on fresh data, else why not."""
         if self.calendars is not None:
             for connection in self.calendars.connections(reservation.vendor_id):
-                self.calendars.sync_one(connection.id)  # a failure keeps the last good data
+                synced = self.calendars.sync_one(connection.id)
+                if synced.status != "ok":
+                    # Judged on its last good busy times: a calendar outage must not stop
+                    # every booking (the hold was checked on them too); say so where the
+                    # operator, already alerted to the failing sync, will look.
+                    log.warning(
+                        "reservation %s: commit revalidated on calendar %s's last good data "
+                        "(sync failed: %s)", reservation.id, connection.id, synced.error,
+                    )  # fmt: skip
         with UnitOfWork(self.db, readonly=True) as uow:
             vendor = uow.vendors.get(reservation.vendor_id)
             assert vendor is not None

@@ -385,3 +385,26 @@ def test_a_partner_cannot_pay_the_vendor_deposit_with_a_card_of_its_own(
     assert "saved payment method" in refused.value.message
     assert money(w, rid) == ("not_started", "not_started")
     assert_clean(w)
+
+
+def test_a_calendar_that_cannot_be_read_at_commit_is_judged_on_its_last_good_data(
+    workflow: Workflow, tmp_path: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A calendar outage does not stop bookings, and the operator is told which ones were
+    revalidated on old data."""
+    from pathlib import Path
+
+    from bookiji.config import Settings
+    from bookiji.integrations.calendar_sources import source_builder
+    from bookiji.services.calendars import CalendarService
+
+    w = workflow
+    calendars = CalendarService(w.db, w.clock, source_builder(Settings(database_url="sqlite://")))
+    connection = calendars.connect("shop", "ics", str(Path(str(tmp_path)) / "gone.ics"))
+    w.payments.calendars = calendars
+    rid = w.authorized_both(10)
+    with caplog.at_level("WARNING", logger="bookiji.services.payments"):
+        assert w.payments.commit(rid, actor="t") == "COMMITTED"
+    [warning] = [r.getMessage() for r in caplog.records if "last good data" in r.getMessage()]
+    assert rid in warning and connection.id in warning
+    assert_clean(w)
