@@ -105,7 +105,7 @@ def run_daemon(settings: Settings, *, host: str, port: int) -> int:
             metrics.observe_job(name, 1)
             return
         if report is not None:
-            metrics.observe_job(name, len(report.errors))
+            metrics.observe_job(name, len(report.errors), len(report.items))
 
     for name in runner.jobs:
         scheduler.every(intervals[name]).seconds.do(run, name)
