@@ -8,7 +8,7 @@ limits all run before any service is called).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -66,7 +66,7 @@ _ERROR_TEXTS = {
     404: "Not found (or another partner's)",
     409: "Conflict (slot taken, invalid transition, hold limit, in-flight key)",
     413: "Body larger than allowed",
-    422: "Idempotency key reused with another request; payment declined",
+    422: "Idempotency key reused with another request",
     429: "Rate limited (Retry-After says when to try again)",
     500: "Internal error",
     503: "A dependency is unavailable (database, payment provider); retry later",
@@ -83,39 +83,74 @@ API_KEY = HTTPBearer(
 KEYED = (400, 401, 403, 429, 500, 503)
 
 
+def _header(description: str, kind: str = "string") -> dict[str, Any]:
+    """A response header the answer always carries, for its OpenAPI entry."""
+    return {"description": description, "required": True, "schema": {"type": kind}}
+
+
+#: What a 429 carries: when to retry, and the key's budget (as every keyed answer does).
+_RATE_HEADERS = {
+    "Retry-After": _header("Seconds to wait before sending the request again", "integer"),
+    "RateLimit-Limit": _header("Requests per minute of this kind (read or write)", "integer"),
+    "RateLimit-Remaining": _header("Requests left in the current window", "integer"),
+    "RateLimit-Reset": _header("Seconds until one more request fits", "integer"),
+}
+
+
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The error responses a route can give, for its OpenAPI entry: a partner's client
-    generator should see the statuses it must handle, not every status of the API."""
-    return {
+    generator should see the statuses it must handle, not every status of the API. Every
+    route can answer 413: the edge refuses an oversized body before any route sees it."""
+    responses: dict[int | str, dict[str, Any]] = {
         status: {"model": ErrorEnvelope, "description": _ERROR_TEXTS[status]}
-        for status in sorted(set(statuses))
+        for status in sorted({*statuses, 413})
     }
+    if 429 in responses:
+        responses[429]["headers"] = _RATE_HEADERS
+    return responses
 
 
 def answers(
-    model: type[BaseModel], *statuses: int, status: int = 200
+    model: type[BaseModel],
+    *statuses: int,
+    status: int = 200,
+    headers: dict[str, dict[str, Any]] | None = None,
 ) -> dict[int | str, dict[str, Any]]:
-    """A route's OpenAPI responses: its document, then the errors it can give. The model
-    only describes: routes return their documents as built (no second validation per
-    request); schemathesis checks the two agree."""
-    return {status: {"model": model}, **errors(*statuses)}
+    """A route's OpenAPI responses: its document (with the headers it always carries), then
+    the errors it can give. The model only describes: routes return their documents as
+    built (no second validation per request); schemathesis checks the two agree."""
+    document: dict[str, Any] = {"model": model}
+    if headers:
+        document["headers"] = headers
+    return {status: document, **errors(*statuses)}
 
 
 def reject_unknown_query(request: Request, *names: str) -> None:
     """A misspelt parameter (`slotduration=45`) is an error, not a silently different
-    answer (30-minute slots)."""
-    unknown = [name for name in request.query_params if name not in names]
+    answer (30-minute slots); so is one given twice (which would silently take the last).
+    Every /v1 route calls it, with none for a route that takes no query parameters."""
+    given = [name for name, _ in request.query_params.multi_items()]
+    unknown = sorted({name for name in given if name not in names})
     if unknown:
-        listed = ", ".join(sorted(set(unknown)))
         raise InvalidRequest(
-            f"unknown query parameter(s): {listed}; this route takes "
+            f"unknown query parameter(s): {', '.join(unknown)}; this route takes "
             f"{', '.join(names) if names else 'none'}",
-            details={"unknown": sorted(set(unknown)), "allowed": list(names)},
+            details={
+                "problems": [f"{name}: unknown query parameter" for name in unknown],
+                "unknown": unknown,
+                "allowed": list(names),
+            },
+        )
+    repeated = sorted({name for name in given if given.count(name) > 1})
+    if repeated:
+        raise InvalidRequest(
+            f"query parameter(s) given more than once: {', '.join(repeated)}; give each once",
+            details={"problems": [f"{name}: given more than once" for name in repeated]},
         )
 
 
-def _envelope(error: BookijiError) -> JSONResponse:
-    headers = {}
+def _envelope(error: BookijiError, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    headers = dict(headers or {})
     retry_after = error.details.get("retryAfter")
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
@@ -128,7 +163,12 @@ def _location(reservation_id: str) -> dict[str, str]:
 
 
 class InvalidRequest(ValidationFailed):
+    """Always lists `details.problems`, as the partner guide promises of this code."""
+
     code = "invalid_request"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, details={"problems": [message], **(details or {})})
 
 
 class PayloadTooLarge(BookijiError):
@@ -195,13 +235,15 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own refusals in our envelope, with their headers (a 405's `Allow`,
+        which RFC 9110 requires)."""
         if exc.status_code == 405:
-            return _envelope(MethodNotAllowed("method not allowed on this path"))
+            return _envelope(MethodNotAllowed("method not allowed on this path"), exc.headers)
         if exc.status_code == 404:
-            return _envelope(RouteNotFound("no such path"))
+            return _envelope(RouteNotFound("no such path"), exc.headers)
         error = BookijiError(str(exc.detail))
         error.http_status = exc.status_code
-        return _envelope(error)
+        return _envelope(error, exc.headers)
 
     @app.exception_handler(DBAPIError)
     def _database(_request: Request, exc: DBAPIError) -> JSONResponse:
@@ -334,7 +376,15 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
         status_code=201,
         tags=["reservations"],
         response_model=None,
-        responses=answers(ReservationDocument, *KEYED, 404, 409, 413, 422, status=201),
+        responses=answers(
+            ReservationDocument,
+            *KEYED,
+            404,
+            409,
+            422,
+            status=201,
+            headers={"Location": _header("Where the reservation is read (a replay's too)")},
+        ),
     )
     def create_reservation(
         http: Request,
@@ -342,6 +392,10 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
         idempotency_header: str | None = Header(default=None, alias="Idempotency-Key"),
         principal: ApiPrincipal = authorized("reservations:write", "write"),
     ) -> JSONResponse:
+        reject_unknown_query(http)
+        if idempotency_header is not None and not idempotency_header.strip():
+            # As an empty body idempotencyKey is: dropping it would create without a key.
+            raise InvalidRequest("Idempotency-Key: the header is empty; send a key or leave it out")
         key = idempotency_header or body.idempotencyKey
         if idempotency_header and body.idempotencyKey and idempotency_header != body.idempotencyKey:
             raise InvalidRequest("Idempotency-Key header and idempotencyKey differ")
@@ -364,6 +418,8 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
                 raise IdempotencyInProgress(
                     "a request with this idempotency key is still being processed; retry"
                 )
+            # Rendered as the first answer was, from the document as stored (in its own key
+            # order), so a replay is the first answer byte for byte.
             return JSONResponse(
                 stored[1], status_code=stored[0], headers=_location(outcome.reservation_id)
             )
@@ -392,11 +448,14 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
         "/v1/reservations/{reservationId}/vendor-confirmation",
         tags=["vendors"],
         response_model=None,
-        responses=answers(ConfirmationAnswer, 400, 403, 404, 409, 413, 500, 503),
+        responses=answers(ConfirmationAnswer, 400, 403, 404, 409, 500, 503),
     )
-    def vendor_confirmation(reservationId: str, body: VendorConfirmation) -> dict[str, Any]:
+    def vendor_confirmation(
+        request: Request, reservationId: str, body: VendorConfirmation
+    ) -> dict[str, Any]:
         """The vendor's answer, authenticated by the token from its notification (403
         `invalid_token` for a wrong, used or expired one)."""
+        reject_unknown_query(request)
         state = container.confirmation.answer(reservationId, body.token, body.decision)
         return {"reservationId": reservationId, "state": state}
 
@@ -404,13 +463,16 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
         "/v1/reservations/{reservationId}/authorizations",
         tags=["payments"],
         response_model=None,
-        responses=answers(AuthorizationAnswer, *KEYED, 404, 409, 413, 422),
+        # No 422: a declined card is an answer (200, the reservation failed), not an error.
+        responses=answers(AuthorizationAnswer, *KEYED, 404, 409),
     )
     def authorize(
+        request: Request,
         reservationId: str,
         body: Authorization,
         principal: ApiPrincipal = authorized("payments:write", "write"),
     ) -> dict[str, Any]:
+        reject_unknown_query(request)
         outcome = container.payments.authorize(
             reservationId,
             body.party,
@@ -431,13 +493,15 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
         "/v1/reservations/{reservationId}/cancel",
         tags=["reservations"],
         response_model=None,
-        responses=answers(ReservationDocument, *KEYED, 404, 409, 413),
+        responses=answers(ReservationDocument, *KEYED, 404, 409),
     )
     def cancel(
+        request: Request,
         reservationId: str,
         body: Cancellation | None = None,
         principal: ApiPrincipal = authorized("reservations:write", "write"),
     ) -> dict[str, Any]:
+        reject_unknown_query(request)
         container.reservations.cancel(
             reservationId,
             actor=f"partner:{principal.partner_id}",
@@ -452,7 +516,7 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
         "/v1/stripe/webhooks",
         tags=["payments"],
         response_model=None,
-        responses=answers(StripeReceipt, 400, 404, 413, 500, 503),
+        responses=answers(StripeReceipt, 400, 404, 500, 503),
     )
     async def stripe_webhook(request: Request) -> dict[str, Any]:
         from bookiji.integrations.stripe_gateway import parse_webhook
@@ -460,6 +524,7 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
         secret = settings.payments.stripe_webhook_secret
         if not secret:  # not enabled here: as if the endpoint did not exist
             raise RouteNotFound("Stripe webhooks are not enabled on this installation")
+        reject_unknown_query(request)
         payload = await request.body()
         kind, intent = parse_webhook(payload, request.headers.get("stripe-signature", ""), secret)
         if intent is not None and intent.reservation_id and intent.party:

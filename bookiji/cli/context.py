@@ -74,8 +74,9 @@ def state(ctx: typer.Context) -> CliState:
 
 
 def instant(value: str, *, option: str) -> datetime:
-    """Parse an RFC 3339 option value; a bad one is a usage error (exit 2)."""
+    """Parse an RFC 3339 option value; a bad one is a usage error (exit 2). Lenient, unlike
+    the API: an operator may type `2026-12-01 10:00Z`."""
     try:
-        return parse_instant(value, field=option)
+        return parse_instant(value, field=option, strict=False)
     except ValidationFailed as exc:
         raise typer.BadParameter(exc.message, param_hint=option) from None

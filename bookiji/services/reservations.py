@@ -143,15 +143,25 @@ def _validate_request(request: HoldRequest) -> None:
             problems.append("slotEndTime must be after slotStartTime")
         elif not MIN_SLOT <= duration <= MAX_SLOT:
             problems.append("a slot lasts between 5 minutes and 24 hours")
-        elif duration % timedelta(minutes=1) or request.slot_start.second:
+        elif (
+            duration % timedelta(minutes=1)
+            or request.slot_start.replace(second=0, microsecond=0) != request.slot_start
+        ):
+            # Sub-second too: the grid check would call it "not a slot start" (a 409).
             problems.append("slots start and end on whole minutes")
     try:
-        encoded = json.dumps(dict(request.metadata))
-    except (TypeError, ValueError):
-        problems.append("metadata must be a JSON object")
+        # Measured as sent: compact UTF-8 (an "é" is 2 bytes, not the 6 of "\u00e9"). NaN,
+        # Infinity and a lone surrogate are not JSON: the answer echoing them cannot render.
+        encoded = json.dumps(
+            dict(request.metadata), ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        ).encode()
+    except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
+        problems.append("metadata must be a JSON object (finite numbers, valid Unicode)")
     else:
-        if len(encoded.encode()) > MAX_METADATA_BYTES:
-            problems.append(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
+        if len(encoded) > MAX_METADATA_BYTES:
+            problems.append(
+                f"metadata is larger than {MAX_METADATA_BYTES} bytes (compact JSON, UTF-8)"
+            )
     problems.extend(contact_problems(request.contact))
     if problems:
         raise ValidationFailed("; ".join(problems), details={"problems": problems})

@@ -169,9 +169,11 @@ class SealedJSON(TypeDecorator[Any]):
         return dialect.type_descriptor(JSON(none_as_null=True))
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        """Sealed in the document's own key order (not sorted): a stored API answer is
+        replayed byte for byte, and a partner's metadata reads back as it was sent."""
         if value is None or value == {} or value == []:
             return value
-        return {_ENVELOPE: keyring().seal(json.dumps(value, sort_keys=True))}
+        return {_ENVELOPE: keyring().seal(json.dumps(value))}
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         if isinstance(value, str):  # SQLite may hand back the raw JSON text

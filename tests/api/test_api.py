@@ -108,8 +108,22 @@ def test_health_readiness_metrics_and_openapi(api: Api) -> None:
         read = schema["paths"]["/v1/vendors/{vendorId}/availability"]["get"]
         assert read["security"] == [{"bearerAuth": []}]
         assert [p["name"] for p in read["parameters"] if p["in"] == "path"] == ["vendorId"]
-        assert sorted(read["responses"]) == ["200", "400", "401", "403", "404", "429", "500", "503"]
-        assert "422" in schema["paths"]["/v1/reservations"]["post"]["responses"]  # key reused
+        assert sorted(read["responses"]) == [
+            "200", "400", "401", "403", "404", "413", "429", "500", "503"
+        ]  # fmt: skip
+        create = schema["paths"]["/v1/reservations"]["post"]["responses"]
+        assert "422" in create  # key reused
+        assert create["201"]["headers"]["Location"]["required"] is True
+        assert set(create["429"]["headers"]) == {
+            "Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"
+        }  # fmt: skip
+        # A declined card is a 200 with the failed state: no 422 on authorizations.
+        paying = schema["paths"]["/v1/reservations/{reservationId}/authorizations"]["post"]
+        assert "422" not in paying["responses"]
+        # The edge refuses an oversized body on any route, before the route runs.
+        for operations in schema["paths"].values():
+            for operation in operations.values():
+                assert "413" in operation["responses"]
         assert "HTTPValidationError" not in json.dumps(schema)
         assert "security" not in schema["paths"]["/healthz"]["get"]
         client.get("/nowhere")
@@ -170,6 +184,9 @@ def test_create_replay_conflicts_and_isolation(api: Api) -> None:
         replay = create(client, idempotencyKey="trip-1", metadata={"pnr": "X1"})
         assert (replay.status_code, replay.json()) == (201, body)
         assert replay.headers["Location"] == first.headers["Location"]
+        # Byte for byte, keys in the first answer's order (the stored copy came back sorted).
+        assert replay.content == first.content
+        assert replay.headers["Content-Type"] == first.headers["Content-Type"]
         header = client.post(
             "/v1/reservations",
             headers={"Idempotency-Key": "trip-1"},
@@ -251,6 +268,149 @@ def test_oversized_body_is_413(api: Api) -> None:
     with api.client(api.key) as client:
         big = create(client, metadata={"blob": "x" * 70_000})
         assert big.status_code == 413 and error(big)["code"] == "payload_too_large"
+
+
+def events_seen(client: httpx.Client) -> int:
+    return len(client.get("/v1/events").json()["events"])
+
+
+RANGE = "times must lie between 1970-01-01T00:00:00Z and 9000-01-01T00:00:00Z"
+
+
+def test_extreme_times_are_400_naming_the_range(api: Api) -> None:
+    """Valid RFC 3339 far from now overflowed datetime's years 1-9999 on the way (a 500)."""
+    window = "/v1/vendors/shop/availability"
+    with api.client(api.key) as client:
+        before = events_seen(client)
+        refused = [
+            client.get(window, params={"startTime": "0001-01-01T00:00:00+01:00",
+                                       "endTime": "2026-12-02T00:00:00Z"}),
+            client.get(window, params={"startTime": "9999-12-30T00:00:00Z",
+                                       "endTime": "9999-12-31T23:00:00Z"}),
+            create(client, slotStartTime="9999-12-31T23:00:00Z",
+                   slotEndTime="9999-12-31T23:30:00Z"),
+        ]  # fmt: skip
+        for response in refused:
+            assert response.status_code == 400, response.text
+            assert error(response)["code"] == "validation_error"
+            assert RANGE in str(error(response)["message"])
+        assert events_seen(client) == before
+
+
+def test_times_must_be_rfc_3339_at_the_api(api: Api) -> None:
+    """`datetime.fromisoformat` took any ISO 8601 form; the API takes RFC 3339's date-time
+    ('T' and 'Z' in either case)."""
+    window = "/v1/vendors/shop/availability"
+    day = at(0)[:10]
+    with api.client(api.key) as client:
+        before = events_seen(client)
+        for text in (f"{day} 10:00:00Z", f"{day.replace('-', '')}T100000Z",
+                     "2026-W49-2T10:00:00Z", f"{day}T10:00Z", f"{day}T11:00:00+0100"):  # fmt: skip
+            listed = client.get(window, params={"startTime": text, "endTime": at(24)})
+            held = create(client, slotStartTime=text)
+            for response in (listed, held):
+                assert response.status_code == 400, (text, response.text)
+                assert error(response)["code"] == "validation_error"
+                assert "is not an RFC 3339 timestamp" in str(error(response)["message"])
+        assert events_seen(client) == before
+        lower = client.get(window, params={"startTime": f"{day}t00:00:00z", "endTime": at(24)})
+        assert lower.status_code == 200 and lower.json()["startTime"] == at(0)
+
+
+def test_unknown_or_repeated_query_parameters_are_400_on_every_route(api: Api) -> None:
+    """POST routes silently ignored their query (a create went ahead); a repeated parameter
+    silently took its last value."""
+    with api.client(api.key) as client:
+        rid = create(client).json()["reservationId"]
+        before = events_seen(client)
+        body = {"vendorId": "shop", "slotStartTime": at(12), "slotEndTime": at(13),
+                "requesterId": "traveller-1"}  # fmt: skip
+        for method, path, content in [
+            ("POST", "/v1/reservations?idempotencyKey=q1&foo=bar", body),
+            ("POST", f"/v1/reservations/{rid}/cancel?foo=bar", None),
+            ("POST", f"/v1/reservations/{rid}/authorizations?foo=bar",
+             {"party": "requester", "paymentMethod": "pm_card_visa"}),
+            ("POST", f"/v1/reservations/{rid}/vendor-confirmation?foo=bar",
+             {"token": "x" * 20, "decision": "decline"}),
+            ("GET", f"/v1/reservations/{rid}?foo=bar", None),
+        ]:  # fmt: skip
+            response = client.request(method, path, json=content)
+            assert response.status_code == 400, (path, response.text)
+            refusal = error(response)
+            assert refusal["code"] == "invalid_request"
+            assert "foo: unknown query parameter" in refusal["details"]["problems"]  # type: ignore[index, operator]
+        assert events_seen(client) == before  # nothing created, cancelled or declined
+        twice = client.get(
+            "/v1/vendors/shop/availability",
+            params=[("startTime", at(9)), ("startTime", at(10)), ("endTime", at(13))],
+        )
+        assert twice.status_code == 400 and error(twice)["code"] == "invalid_request"
+        assert error(twice)["details"] == {"problems": ["startTime: given more than once"]}
+
+
+def test_sub_second_slot_times_are_400_not_a_misleading_409(api: Api) -> None:
+    with api.client(api.key) as client:
+        fraction = create(client, slotStartTime=at(10).replace("Z", ".500Z"),
+                          slotEndTime=at(11).replace("Z", ".500Z"))  # fmt: skip
+        assert fraction.status_code == 400, fraction.text
+        assert error(fraction)["code"] == "validation_error"
+        assert error(fraction)["message"] == "slots start and end on whole minutes"
+
+
+def test_metadata_is_measured_as_compact_utf8_and_must_be_json(api: Api) -> None:
+    """3,000 "é" is 6 KB of UTF-8 but was measured as 18 KB of `\\u00e9` escapes; NaN was
+    stored, then the answer echoing it could not render (a 500 after the write)."""
+    with api.client(api.key) as client:
+        accented = create(client, metadata={"note": "é" * 3000})
+        assert accented.status_code == 201, accented.text
+        assert accented.json()["metadata"] == {"note": "é" * 3000}
+        over = create(client, start=12, metadata={"note": "é" * 8200})  # 16,411 bytes
+        assert over.status_code == 400 and error(over)["code"] == "validation_error"
+        assert "metadata is larger than 16384 bytes" in str(error(over)["message"])
+        before = events_seen(client)
+        not_json = client.post(
+            "/v1/reservations",
+            content=json.dumps(
+                {"vendorId": "shop", "slotStartTime": at(14), "slotEndTime": at(15),
+                 "requesterId": "r", "metadata": {"x": float("nan")}}
+            ).encode(),
+            headers={"content-type": "application/json"},
+        )  # fmt: skip
+        assert not_json.status_code == 400, not_json.text
+        assert "metadata must be a JSON object" in str(error(not_json)["message"])
+        assert events_seen(client) == before
+
+
+def test_405_says_which_methods_are_allowed(api: Api) -> None:
+    with api.client(api.key) as client:
+        wrong = client.delete("/v1/reservations")
+        assert wrong.status_code == 405 and error(wrong)["code"] == "method_not_allowed"
+        assert wrong.headers["Allow"] == "POST"
+        assert client.put("/v1/events").headers["Allow"] == "GET"
+
+
+def test_idempotency_key_refusals(api: Api) -> None:
+    """An empty header was ignored (a create without a key) while an empty body key is 400;
+    every invalid_request carries details.problems, as the partner guide says."""
+    with api.client(api.key) as client:
+        before = events_seen(client)
+        body = {"vendorId": "shop", "slotStartTime": at(10), "slotEndTime": at(11),
+                "requesterId": "traveller-1"}  # fmt: skip
+        empty = client.post("/v1/reservations", headers={"Idempotency-Key": ""}, json=body)
+        assert empty.status_code == 400, empty.text
+        assert error(empty)["code"] == "invalid_request"
+        assert error(empty)["details"] == {"problems": [error(empty)["message"]]}
+        assert create(client, idempotencyKey="").status_code == 400
+        differ = client.post(
+            "/v1/reservations",
+            headers={"Idempotency-Key": "a"},
+            json={**body, "idempotencyKey": "b"},
+        )
+        assert differ.status_code == 400 and error(differ)["code"] == "invalid_request"
+        assert error(differ)["details"] == {
+            "problems": ["Idempotency-Key header and idempotencyKey differ"]
+        }
+        assert events_seen(client) == before
 
 
 def served(response: httpx.Response, model: type[BaseModel]) -> dict[str, Any]:

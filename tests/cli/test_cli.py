@@ -442,10 +442,12 @@ def test_an_unknown_vendor_is_not_found(ready: Cli) -> None:
         (["--start", at("10:00"), "--end", at("11:00"), "--metadata", "[1]"], "JSON object"),
         (["--start", at("10:00"), "--end", at("11:00"), "--colour", "red"], "--colour"),
         (["--start", at("10:00")], "--end"),
+        (["--start", "9999-12-31T23:00:00Z", "--end", "9999-12-31T23:30:00Z"], "out of range"),
     ],
     ids=[
         "word-time", "naive-time", "bare-end", "end-before-start",
         "metadata-not-json", "metadata-not-object", "unknown-option", "missing-end",
+        "out-of-range",
     ],
 )  # fmt: skip
 def test_bad_input_is_a_usage_error_and_holds_nothing(

@@ -126,6 +126,10 @@ def test_explain_says_which_rule_blocks(cli: Cli) -> None:
         ),
         (("--start", "yesterday", "--end", "2026-12-02T00:00:00Z"), 2, "RFC 3339"),
         (("--end", "2026-12-02T00:00:00Z"), 2, "--start and --end"),
+        # Far instants overflowed datetime (a traceback); now a usage error naming the range.
+        (("--start", "0001-01-01T00:00:00+01:00", "--end", "2026-12-02T00:00:00Z"), 2, "range"),
+        (("--start", "9999-12-30T00:00:00Z", "--end", "9999-12-31T23:00:00Z"), 2, "range"),
+        (("--explain", "9999-12-31T23:00:00Z"), 2, "between 1970-01-01T00:00:00Z and 9000"),
     ],
 )
 def test_bad_queries_fail_with_one_line(
@@ -133,6 +137,17 @@ def test_bad_queries_fail_with_one_line(
 ) -> None:
     result = cli("availability", "shop", *args, expect=code)
     assert fragment in result.error
+
+
+def test_an_operator_may_type_times_loosely(cli: Cli) -> None:
+    """Unlike the API (strict RFC 3339), the CLI takes the ISO 8601 forms an operator types:
+    a space for 'T', no seconds, `+0000`."""
+    day = at("00:00")[:10]
+    loose = cli("availability", "shop", "--start", f"{day} 00:00Z", "--end",
+                f"{day}T23:59+0000", "--json", expect=0).json()  # fmt: skip
+    strict = cli(*window("--json"), expect=0).json()
+    assert (loose["startTime"], loose["endTime"]) == (strict["startTime"], strict["endTime"])
+    assert [s["startTime"] for s in loose["slots"]] == [s["startTime"] for s in strict["slots"]]
 
 
 def test_unknown_vendor_is_not_found(cli: Cli) -> None:

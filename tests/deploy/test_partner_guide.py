@@ -81,3 +81,10 @@ def test_the_scopes_and_states_tables_name_real_ones() -> None:
     assert {row[0].strip("`") for row in _table("Keys")} == set(SCOPES)
     named = {name for row in _table("States") for name in re.findall(r"`([A-Z_]+)`", row[0])}
     assert named == {state.value for state in ReservationState}
+
+
+def test_the_metadata_limit_in_the_guide_is_the_real_one() -> None:
+    from bookiji.services.reservations import MAX_METADATA_BYTES
+
+    guide = " ".join(GUIDE.read_text(encoding="utf-8").split())
+    assert f"at most {MAX_METADATA_BYTES:,} bytes as compact UTF-8 JSON" in guide
