@@ -7,6 +7,8 @@ Nested settings use a double underscore in the environment: BOOKIJI_TTL__HOLD_MI
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -233,8 +236,13 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
 
 
 def load_settings(
-    explicit_path: str | os.PathLike[str] | None = None, **overrides: Any
+    explicit_path: str | os.PathLike[str] | None = None,
+    *,
+    given_as: Mapping[str, str] | None = None,
+    **overrides: Any,
 ) -> Settings:
+    """`overrides` win over everything; `given_as` names where each came from (the CLI's
+    `--database`), for the error that blames it."""
     path = config_path(explicit_path)
     if path is not None and not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -242,24 +250,67 @@ def load_settings(
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(f"invalid configuration: {_problems(exc, path)}") from None
+        raise ConfigError(
+            f"invalid configuration: {_problems(exc, path, overrides, given_as or {})}"
+        ) from None
+    except SettingsError as exc:  # a table set in the environment that is not JSON
+        raise ConfigError(f"invalid configuration: {_unparsed(exc, path)}") from None
     except Exception as exc:  # a TOML syntax error
         raise ConfigError(f"invalid configuration in {path}: {exc}") from None
     finally:
         _CONFIG_PATH["path"] = None
 
 
-def _problems(exc: ValidationError, path: Path | None) -> str:
-    """Each bad setting, where it came from (an environment variable overrides the file)
-    and what is wrong with it, never the value given: a database URL or an API key in an
-    error line would end up in terminals, logs and tickets."""
+def _problems(
+    exc: ValidationError,
+    path: Path | None,
+    overrides: Mapping[str, Any],
+    given_as: Mapping[str, str],
+) -> str:
+    """Each bad setting, where it came from (an override, then an environment variable,
+    then the file) and what is wrong with it, never the value given: a database URL or an
+    API key in an error line would end up in terminals, logs and tickets."""
     problems = []
     for error in exc.errors(include_input=False, include_url=False):
         loc = [str(part) for part in error["loc"]]
-        variable = "BOOKIJI_" + "__".join(loc).upper()
-        if loc and variable in os.environ:
+        variable = _from_environment(loc)
+        if loc and loc[0] in overrides:
+            where = given_as.get(loc[0], ".".join(loc))
+        elif variable is not None:
             where = variable
         else:
             where = f"{path}: {'.'.join(loc)}" if path else ".".join(loc) or "settings"
         problems.append(f"{where}: {str(error['msg']).removeprefix('Value error, ')}")
     return "; ".join(problems)
+
+
+def _from_environment(loc: list[str]) -> str | None:
+    """The variable a setting came from: BOOKIJI_TTL__HOLD_MINUTES, or BOOKIJI_TTL holding
+    the whole table as JSON (then with the setting inside it named)."""
+    for n in range(len(loc), 0, -1):
+        variable = _variable("BOOKIJI_" + "__".join(loc[:n]))
+        if variable is not None:
+            return variable if n == len(loc) else f"{variable}: {'.'.join(loc[n:])}"
+    return None
+
+
+def _variable(name: str) -> str | None:
+    """The environment variable by that name as it is spelt there (the prefix and names
+    are read case-insensitively), or None."""
+    return next((key for key in os.environ if key.upper() == name.upper()), None)
+
+
+def _unparsed(exc: SettingsError, path: Path | None) -> str:
+    """pydantic-settings names the field and the source's class (`EnvSettingsSource`);
+    say which variable (or file) instead, and what it needs."""
+    found = re.search(r'field "(\w+)" from source "(\w+)"', str(exc))
+    if found is None:
+        return f"{path or 'settings'}: {exc}"
+    field, source = found.groups()
+    variable = _variable(f"BOOKIJI_{field}")
+    if source == "EnvSettingsSource" and variable is not None:
+        return (
+            f"{variable}: a table in one variable must be a JSON object; or set each "
+            f"setting alone, as BOOKIJI_{field.upper()}__<NAME>"
+        )
+    return f"{path or 'settings'}: {field}: cannot be read"

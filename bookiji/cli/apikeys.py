@@ -32,10 +32,16 @@ SHOWN_ONCE = "this is the only time the API key is shown (only a hash is stored)
 
 _DURATION = re.compile(r"\s*(\d+)\s*([dhms])\s*")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+#: A key's lifetime, and how long a rotated key keeps working: beyond these a mistyped
+#: duration (or one past the calendar's end) is refused, not stored as "practically never".
+MAX_EXPIRY_DAYS = 3650
+MAX_OVERLAP_DAYS = 365
 
 
-def parse_duration(value: str, *, option: str, allow_zero: bool = False) -> timedelta:
-    """`90d`, `24h`, `30m`, `45s`; anything else is a usage error (exit 2)."""
+def parse_duration(
+    value: str, *, option: str, max_days: int, allow_zero: bool = False
+) -> timedelta:
+    """`90d`, `24h`, `30m`, `45s`, up to `max_days`; anything else is a usage error (exit 2)."""
     match = _DURATION.fullmatch(value)
     if match is None:
         raise typer.BadParameter(
@@ -45,9 +51,12 @@ def parse_duration(value: str, *, option: str, allow_zero: bool = False) -> time
     if amount == 0 and not allow_zero:
         raise typer.BadParameter("the duration must be longer than zero", param_hint=option)
     try:
-        return timedelta(**{_UNITS[match.group(2)]: amount})
+        duration = timedelta(**{_UNITS[match.group(2)]: amount})
     except OverflowError:
-        raise typer.BadParameter(f"{value!r} is too long", param_hint=option) from None
+        duration = timedelta.max
+    if duration > timedelta(days=max_days):
+        raise typer.BadParameter(f"{value!r} is too long (at most {max_days}d)", param_hint=option)
+    return duration
 
 
 def apikey_service(ctx: typer.Context) -> ApiKeyService:
@@ -76,7 +85,7 @@ def _show_new_key(
     if json_output:
         emit_json({**key_document(key, service), "key": plaintext})
     else:
-        expires = format_instant(key.expires_at) or "never"
+        expires = instant_cell(key.expires_at, "never")
         console.print(
             f"{what} {key.id} for partner {escape(key.partner_id)} "
             f"(prefix {key.prefix}, scopes {', '.join(sorted(map(str, key.scopes)))}, "
@@ -102,7 +111,11 @@ def create(
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Issue a key and print it once."""
-    lifetime = None if expires_in is None else parse_duration(expires_in, option="--expires-in")
+    lifetime = (
+        None
+        if expires_in is None
+        else parse_duration(expires_in, option="--expires-in", max_days=MAX_EXPIRY_DAYS)
+    )
     scope_list = None if scopes is None else scopes.split(",")
     service = apikey_service(ctx)
     key, plaintext = service.create_key(partner, scopes=scope_list, expires_in=lifetime)
@@ -153,12 +166,12 @@ def rotate(
 ) -> None:
     """Issue a successor with the same partner and scopes; the old key expires after the
     overlap."""
-    window = parse_duration(overlap, option="--overlap", allow_zero=True)
+    window = parse_duration(overlap, option="--overlap", max_days=MAX_OVERLAP_DAYS, allow_zero=True)
     service = apikey_service(ctx)
     key, plaintext = service.rotate(key_id, overlap=window)
     if not json_output:
         old = service.get_key(key_id)
-        console.print(f"{key_id} keeps working until {format_instant(old.expires_at)}")
+        console.print(f"{key_id} keeps working until {instant_cell(old.expires_at)}")
     _show_new_key(key, plaintext, service, json_output=json_output, what="rotated into key")
 
 
@@ -174,4 +187,4 @@ def revoke(
     if json_output:
         emit_json(key_document(key, service))
     else:
-        console.print(f"revoked {key.id} (prefix {key.prefix}) at {format_instant(key.revoked_at)}")
+        console.print(f"revoked {key.id} (prefix {key.prefix}) at {instant_cell(key.revoked_at)}")

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bookiji.cli.context import instant, state
-from bookiji.cli.output import console, emit_json, json_option, print_listing
+from bookiji.cli.output import console, emit_json, instant_cell, json_option, print_listing
 from bookiji.domain.errors import ValidationFailed
 
 
@@ -100,5 +100,5 @@ def _print_slots(document: dict[str, Any]) -> None:
     for source in document["sources"]:
         console.print(
             f"calendar {escape(source['calendar'])}: {source['status']}, "
-            f"fetched {source['fetchedAt'] or 'never'}"
+            f"fetched {instant_cell(source['fetchedAt'], 'never')}"
         )

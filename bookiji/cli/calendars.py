@@ -24,6 +24,7 @@ from bookiji.cli.output import (
 from bookiji.domain.errors import ValidationFailed
 from bookiji.domain.timeutil import format_instant
 from bookiji.integrations.calendar_sources import stored_json
+from bookiji.integrations.ics import shown_source
 from bookiji.services.calendars import SyncResult
 from bookiji.store.models import CalendarConnection
 
@@ -38,7 +39,7 @@ def _document(c: CalendarConnection) -> dict[str, Any]:
         "id": c.id,
         "vendorId": c.vendor_id,
         "provider": c.provider,
-        "source": c.source,
+        "source": shown_source(c.source),
         "name": c.name,
         "status": c.status,
         "lastSyncedAt": format_instant(c.last_synced_at),
@@ -76,7 +77,7 @@ def list_(
             escape(c.id),
             escape(c.vendor_id),
             c.provider,
-            escape(c.source),
+            escape(shown_source(c.source)),
             c.status,
             instant_cell(c.last_synced_at, "never"),
             escape(c.last_error or ""),
@@ -161,7 +162,9 @@ def connect(
     name: str | None = typer.Option(
         None, "--name", help="The calendar's label; partners see it in availability answers."
     ),
-    port: int = typer.Option(0, "--port", help="Loopback port for the redirect (0: any)."),
+    port: int = typer.Option(
+        0, "--port", min=0, max=65535, help="Loopback port for the redirect (0: any)."
+    ),
     no_browser: bool = typer.Option(False, "--no-browser", help="Only print the consent URL."),
     timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for consent."),
     json_output: bool = JSON_OPTION,
@@ -173,6 +176,8 @@ def connect(
     cli = state(ctx)
     container = cli.container()
     settings = container.settings
+    # Before the consent: a vendor who granted access for nothing would have to do it again.
+    container.vendors.get(vendor)
 
     def show(url: str) -> None:
         err_console.print("Open this URL to grant access:", markup=False)

@@ -31,7 +31,9 @@ class CliState:
     def settings(self) -> Settings:
         if self._settings is None:
             overrides = {"database_url": self.database_url} if self.database_url else {}
-            self._settings = load_settings(self.config_path, **overrides)
+            self._settings = load_settings(
+                self.config_path, given_as={"database_url": "--database"}, **overrides
+            )
         return self._settings
 
     def container(self, *, require_schema: bool = True, create: bool = False) -> Container:
@@ -79,4 +81,6 @@ def instant(value: str, *, option: str) -> datetime:
     try:
         return parse_instant(value, field=option, strict=False)
     except ValidationFailed as exc:
-        raise typer.BadParameter(exc.message, param_hint=option) from None
+        # The hint names the option already ("Invalid value for --start: ...").
+        message = exc.message.removeprefix(f"{option}: ")
+        raise typer.BadParameter(message, param_hint=option) from None

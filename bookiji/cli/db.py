@@ -6,6 +6,7 @@ import typer
 
 from bookiji.cli.context import state
 from bookiji.cli.output import JSON_OPTION, console, emit_json
+from bookiji.domain.errors import ValidationFailed
 from bookiji.store import migrate
 from bookiji.store.database import redact
 
@@ -21,15 +22,32 @@ def upgrade(
     revision: str = typer.Argument("head", help="Target revision."),
     json_output: bool = JSON_OPTION,
 ) -> None:
-    """Apply migrations up to REVISION (default: head)."""
+    """Apply migrations up to REVISION (default: head). Migrations only go forward."""
+    try:  # before the database is opened (or, on SQLite, created)
+        target = migrate.resolve(revision)
+    except LookupError:
+        raise ValidationFailed(
+            f"no migration {revision!r} ('bookiji db current' names the newest)",
+            details={"revision": revision},
+        ) from None
     container = state(ctx).container(require_schema=False, create=True)
+    where = redact(container.db.url)
     before = migrate.current_revision(container.db)
-    migrate.upgrade(container.db, revision)
+    migrate.upgrade(container.db, target)
     after = migrate.current_revision(container.db)
     if json_output:
-        emit_json({"database": redact(container.db.url), "from": before, "to": after})
+        emit_json({"database": where, "from": before, "to": after})
+    elif before != after:
+        console.print(f"database {where}: {before or 'empty'} -> {after}")
+    elif after == target:
+        console.print(f"database {where}: already at {after}; nothing to apply")
     else:
-        console.print(f"database {redact(container.db.url)}: {before or 'empty'} -> {after}")
+        # An older target: alembic's upgrade does nothing, which read as success.
+        console.print(
+            f"database {where}: at {after}, already past {target}; nothing applied "
+            "(migrations only go forward: to go back, restore the backup taken before "
+            "the upgrade)"
+        )
 
 
 @app.command("current")

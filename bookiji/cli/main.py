@@ -1,8 +1,9 @@
 """`bookiji`: the entry point, global options and the error policy.
 
-Exit codes: 0 done; 1 refused (slot taken, not found, invalid transition, a dependency
-down); 2 bad usage or bad input (unknown option, malformed time, invalid file or config).
-Errors are one line on stderr, never a traceback.
+Exit codes: 0 done; 1 refused (slot taken, not found, invalid transition, a conflict with
+what is stored, a dependency down); 2 bad usage or bad input (unknown option, malformed time,
+invalid file or config); 130 interrupted. Errors are one line on stderr, never a traceback;
+with `--json`, every refusal also prints the error envelope on stdout.
 """
 
 from __future__ import annotations
@@ -35,16 +36,46 @@ from bookiji.cli.output import (
     error_line,
     forget_json_request,
     json_requested,
+    note_json_argument,
 )
 from bookiji.config import ConfigError
-from bookiji.domain.errors import BookijiError, ValidationFailed
+from bookiji.domain.errors import BookijiError, Unavailable, ValidationFailed
 
 try:  # typer >= 0.2x ships its own copy of click and raises that copy's errors
+    import typer._click as click
     from typer._click.exceptions import UsageError
 except ImportError:  # pragma: no cover - older typer raises click's own
+    import click  # type: ignore[no-redef]
     from click import UsageError  # type: ignore[assignment]
 
+
+class Interrupted(Exception):
+    """Ctrl-C during a command. Typer turns a KeyboardInterrupt into a silent exit 130 before
+    `main` sees it; this passes through Typer, so `main` can say so."""
+
+
+class _Group(typer.core.TyperGroup):
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted from None
+
+
+class InvalidSettings(BookijiError):
+    """Settings (file, environment, --database) that cannot be used: exit 2, like bad input."""
+
+    code = "invalid_settings"
+
+
+class OsFailure(BookijiError):
+    """The operating system refused (a file, a directory, a socket): exit 1."""
+
+    code = "os_error"
+
+
 app = typer.Typer(
+    cls=_Group,
     name="bookiji",
     help="Bookiji core: availability, holds, vendor confirmation and atomic booking commit.",
     no_args_is_help=True,
@@ -101,11 +132,27 @@ def refuse(exc: BookijiError) -> None:
     error_line(f"{message} [{exc.code}]")
 
 
+def database_problem(exc: SQLAlchemyError) -> BookijiError:
+    """What a database failure means to the operator. Driver messages can echo connection
+    strings: say what failed, never the raw text."""
+    if "database is locked" in str(getattr(exc, "orig", "")):
+        # SQLite's busy timeout ran out behind another process's write transaction: the
+        # database is reachable, and the same command works once that writer is done.
+        return Unavailable(
+            "the database is locked by another writer; try again when it has finished"
+        )
+    return Unavailable(
+        f"database error ({exc.__class__.__name__}); "
+        "check the database URL and that the server is reachable"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     command = typer.main.get_command(app)
     args = sys.argv[1:] if argv is None else argv
     forget_json_request()
+    note_json_argument(args)
     try:
         result = command.main(args=args, prog_name="bookiji", standalone_mode=False)
         code = result if isinstance(result, int) else 0
@@ -115,32 +162,29 @@ def main(argv: list[str] | None = None) -> int:
             console.print(exc.ctx.get_help(), markup=False)
             return 2
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        if json_requested():
+            emit_json(ValidationFailed(exc.format_message()).to_envelope())
         error_line(f"{exc.format_message()}{hint}")
         code = 2
     except typer.Abort:
         error_line("aborted")
         code = 1
     except ConfigError as exc:
-        error_line(str(exc))
+        refuse(InvalidSettings(str(exc)))
         code = 2
     except BookijiError as exc:
         refuse(exc)
         code = 2 if isinstance(exc, ValidationFailed) else 1
     except SQLAlchemyError as exc:
         cause = getattr(exc, "orig", None)
-        if isinstance(cause, BookijiError):  # raised inside a column type (sealed data)
-            refuse(cause)
-            return 1
-        # Driver messages can echo connection strings; say what failed, not the raw text.
-        error_line(
-            f"database error ({exc.__class__.__name__}); "
-            "check the database URL and that the server is reachable"
-        )
+        # A BookijiError raised inside a column type (sealed data) speaks for itself.
+        refuse(cause if isinstance(cause, BookijiError) else database_problem(exc))
         code = 1
     except OSError as exc:
-        error_line(f"{exc.__class__.__name__}: {exc.strerror or exc}")
+        where = f" ({exc.filename})" if exc.filename else ""
+        refuse(OsFailure(f"{exc.__class__.__name__}: {exc.strerror or exc}{where}"))
         code = 1
-    except KeyboardInterrupt:
+    except (Interrupted, KeyboardInterrupt):
         error_line("interrupted")
         code = 130
     return code

@@ -48,6 +48,12 @@ def forget_json_request() -> None:
     _Mode.json = False
 
 
+def note_json_argument(args: Sequence[str]) -> None:
+    """`--json` among the arguments: parsing may stop before the option is read (an unknown
+    option or a bad value ahead of it), and the script still expects the envelope."""
+    _note_json("--json" in args)
+
+
 def emit_json(document: Any) -> None:
     """Plain JSON on stdout: no colour codes, no wrapping, stable key order."""
     sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")

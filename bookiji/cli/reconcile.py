@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import typer
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from bookiji.cli.context import state
-from bookiji.cli.output import JSON_OPTION, console, emit_json
+from bookiji.cli.output import JSON_OPTION, console, emit_json, err_console
 from bookiji.daemon.jobs import job_runner
 from bookiji.domain.errors import ValidationFailed
 from bookiji.services.audit import audit as run_audit
+from bookiji.services.reconcile import JobReport
 
 
 def register(app: typer.Typer) -> None:
@@ -29,7 +31,22 @@ def register(app: typer.Typer) -> None:
                 "reconcile runs only with --once; 'bookiji daemon' runs it continuously"
             )
         runner = job_runner(state(ctx).container())
-        outcome = {name: runner.run(name) for name in runner.jobs}
+        outcome: dict[str, JobReport | None] = {}
+        # A round after an outage can take minutes (stuck commits, calendars, webhooks):
+        # each job is a step, on stderr, so stdout stays the report.
+        with Progress(
+            TextColumn("reconciling: {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=err_console,
+            transient=True,
+            disable=json_output,
+        ) as progress:
+            task = progress.add_task("", total=len(runner.jobs))
+            for name in runner.jobs:
+                progress.update(task, description=name)
+                outcome[name] = runner.run(name)
+                progress.advance(task)
         reports = [r for r in outcome.values() if r is not None]
         skipped = [name for name, r in outcome.items() if r is None]
         failed = any(r.errors for r in reports)

@@ -121,7 +121,8 @@ def create(
     contact_phone: str | None = typer.Option(None, "--contact-phone", help="Stored encrypted."),
     json_output: bool = JSON_OPTION,
 ) -> None:
-    """Hold a slot for a requester (INTENT_CREATED -> HELD)."""
+    """Hold a slot for a requester and ask the vendor to confirm it (INTENT_CREATED -> HELD
+    -> AWAITING_VENDOR_CONFIRMATION)."""
     contact = {
         k: v
         for k, v in (("name", contact_name), ("email", contact_email), ("phone", contact_phone))

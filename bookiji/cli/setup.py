@@ -6,12 +6,13 @@ import os
 from pathlib import Path
 
 import typer
+from sqlalchemy.engine import make_url
 
 from bookiji.cli.context import state
 from bookiji.cli.output import JSON_OPTION, console, emit_json
-from bookiji.config import DEFAULT_CONFIG_FILE, DEFAULT_DATABASE_URL
+from bookiji.config import DEFAULT_CONFIG_FILE, DEFAULT_DATABASE_URL, ConfigError
 from bookiji.store import crypto, migrate
-from bookiji.store.database import redact
+from bookiji.store.database import redact, sqlite_file
 
 CONFIG_TEMPLATE = """\
 # Bookiji settings. Every setting and its default: config.example.toml in the source tree.
@@ -36,6 +37,30 @@ def _write_key_file(path: Path) -> Path:
     return path
 
 
+def _absolute(url: str) -> str:
+    """A SQLite URL with its file made absolute: the settings file is read from wherever the
+    next command runs, and a relative path would then name another database."""
+    database = sqlite_file(url)
+    if database is None or database.is_absolute():
+        return url
+    return make_url(url).set(database=str(database.resolve())).render_as_string(hide_password=False)
+
+
+def _make_room(url: str) -> None:
+    """The SQLite file's directory, made before anything is written: a path where no
+    database can be is a bad setting, named, not an OS error after the settings file."""
+    database = sqlite_file(url)
+    if database is None:
+        return
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the database {database}: {exc.strerror or exc} "
+            "(check --database / database_url)"
+        ) from None
+
+
 def register(app: typer.Typer) -> None:
     @app.command("init")
     def init(
@@ -47,20 +72,31 @@ def register(app: typer.Typer) -> None:
         path = Path(cli.config_path) if cli.config_path else Path(DEFAULT_CONFIG_FILE)
         wrote = False
         key_file: Path | None = None
-        if not path.exists():
-            url = cli.database_url or DEFAULT_DATABASE_URL
-            path.parent.mkdir(parents=True, exist_ok=True)
-            text = CONFIG_TEMPLATE.format(database_url=url)
-            if not os.environ.get(crypto.ENV_KEYS) and not os.environ.get(crypto.ENV_KEYS_FILE):
-                key_file = _write_key_file(path.parent / "bookiji-pii.keys")
-                text += f'pii_keys_file = "{key_file.resolve()}"\n'
-            path.write_text(text, encoding="utf-8")
-            wrote = True
-        cli.config_path = str(path)
-        container = cli.container(require_schema=False, create=True)
-        before = migrate.current_revision(container.db)
-        migrate.upgrade(container.db)
-        after = migrate.current_revision(container.db)
+        written: list[Path] = []  # removed again if init fails: a retry starts clean
+        try:
+            if not path.exists():
+                url = _absolute(cli.database_url or DEFAULT_DATABASE_URL)
+                _make_room(url)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                text = CONFIG_TEMPLATE.format(database_url=url)
+                keys = path.parent / "bookiji-pii.keys"
+                if not os.environ.get(crypto.ENV_KEYS) and not os.environ.get(crypto.ENV_KEYS_FILE):
+                    if not keys.exists():
+                        written.append(keys)
+                    key_file = _write_key_file(keys)
+                    text += f'pii_keys_file = "{key_file.resolve()}"\n'
+                written.append(path)
+                path.write_text(text, encoding="utf-8")
+                wrote = True
+            cli.config_path = str(path)
+            container = cli.container(require_schema=False, create=True)
+            before = migrate.current_revision(container.db)
+            migrate.upgrade(container.db)
+            after = migrate.current_revision(container.db)
+        except BaseException:
+            for created in written:
+                created.unlink(missing_ok=True)
+            raise
         if json_output:
             emit_json(
                 {

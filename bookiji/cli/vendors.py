@@ -11,6 +11,7 @@ from rich.table import Table
 from bookiji.cli.context import state
 from bookiji.cli.output import JSON_OPTION, console, counted, emit_json, listing, print_listing
 from bookiji.domain.timeutil import format_instant
+from bookiji.integrations.ics import shown_source
 from bookiji.services.documents import vendor_document
 
 app = typer.Typer(
@@ -80,7 +81,7 @@ def show(
         {
             "id": c.id,
             "provider": c.provider,
-            "source": c.source,
+            "source": shown_source(c.source),
             "name": c.name,
             "status": c.status,
             "lastSyncedAt": format_instant(c.last_synced_at),

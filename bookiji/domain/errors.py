@@ -61,6 +61,15 @@ class DeadlinePassed(InvalidTransition):
     code = "deadline_passed"
 
 
+class Conflict(BookijiError):
+    """The request is well formed but what is stored refuses it (a partner id already taken,
+    an API key already rotated or revoked): not bad input, and asking again will not help
+    until that state changes."""
+
+    code = "conflict"
+    http_status = 409
+
+
 class ConcurrentModification(BookijiError):
     """Someone else changed the row between our read and our write; reading again helps."""
 

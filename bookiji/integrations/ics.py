@@ -154,6 +154,13 @@ class IcsCalendarSource:
         return calendar
 
 
+def shown_source(source: str) -> str:
+    """A feed's address as operators are shown it (listings, `--json`): enough to recognise
+    the calendar, never the password or private token a published URL carries."""
+    scheme = urlsplit(source).scheme.lower()
+    return _redact(source) if scheme in ("http", "https", "webcal", "webcals") else source
+
+
 def _redact(url: str) -> str:
     """The URL without userinfo, query or fragment, and with secret path segments masked
     (Google's private feeds carry theirs as `/private-<hex>/`)."""

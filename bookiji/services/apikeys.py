@@ -40,7 +40,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import col, select
 
-from bookiji.domain.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
+from bookiji.domain.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from bookiji.domain.timeutil import format_instant
 from bookiji.services.clock import Clock
 from bookiji.services.ids import new_id
@@ -285,7 +285,7 @@ class ApiKeyService:
             webhook_secret=secret,
             created_at=self.clock.now(),
         )
-        duplicate = ValidationFailed(
+        duplicate = Conflict(
             f"partner {partner_id!r} already exists", details={"partnerId": partner_id}
         )
         with UnitOfWork(self.db) as uow:
@@ -344,7 +344,7 @@ class ApiKeyService:
         with UnitOfWork(self.db) as uow:
             partner = self._partner(uow, partner_id)
             if partner.disabled_at is not None:
-                raise ValidationFailed(
+                raise Conflict(
                     f"partner {partner_id!r} is disabled", details={"partnerId": partner_id}
                 )
         return self._insert_key(partner_id, scope_list, expires_in, rotated_from=None)
@@ -378,7 +378,7 @@ class ApiKeyService:
             old = self._key(uow, key_id)
             status = key_status(old, now)
             if status != "active":
-                raise ValidationFailed(
+                raise Conflict(
                     f"key {key_id} is {status}; create a new key instead",
                     details={"keyId": key_id, "status": status},
                 )
@@ -389,7 +389,7 @@ class ApiKeyService:
                 # Its expiry is now the overlap's end: a second successor would have inherited
                 # that as its lifetime, and the partner would hold two new keys.
                 until = format_instant(old.expires_at) if old.expires_at else "its overlap ends"
-                raise ValidationFailed(
+                raise Conflict(
                     f"key {key_id} was already rotated into {successor.id} (it keeps working "
                     f"until {until}); rotate {successor.id} instead",
                     details={"keyId": key_id, "successorId": successor.id},
@@ -502,7 +502,7 @@ class ApiKeyService:
                     old = self._key(uow, rotated_from, for_update=True)
                     status = key_status(old, now)
                     if status != "active":  # revoked or expired since rotate() looked
-                        raise ValidationFailed(
+                        raise Conflict(
                             f"key {rotated_from} is {status}; create a new key instead",
                             details={"keyId": rotated_from, "status": status},
                         )

@@ -45,7 +45,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 
-from bookiji.domain.errors import NotFound, ValidationFailed
+from bookiji.domain.errors import Conflict, NotFound, ValidationFailed
 from bookiji.domain.timeutil import format_instant
 from bookiji.services.clock import Clock
 from bookiji.services.ids import new_id
@@ -517,7 +517,7 @@ class WebhookService:
         if partner is None:
             raise NotFound(f"unknown partner {partner_id!r}", details={"partnerId": partner_id})
         if not partner.webhook_url or not partner.webhook_secret:
-            raise ValidationFailed(
+            raise Conflict(
                 f"partner {partner_id!r} has no webhook URL and secret",
                 details={"partnerId": partner_id},
             )

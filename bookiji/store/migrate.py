@@ -8,6 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 
 from bookiji.store.database import Database
 
@@ -43,8 +44,25 @@ def downgrade(db: Database, revision: str = "base") -> None:
 
 
 def current_revision(db: Database) -> str | None:
-    with db.engine.connect() as conn:
+    """A read (a deferred BEGIN on SQLite): every command, the dashboard and /readyz check
+    the schema first, and a WAL reader never waits behind another process's writer."""
+    with db.read_engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+def resolve(revision: str) -> str:
+    """The migration `revision` names (an id, a unique prefix of one, `head`), checked before
+    any database is opened; LookupError when it names none."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    script = ScriptDirectory.from_config(cfg)
+    try:
+        found = script.get_revisions(revision)
+    except CommandError as exc:
+        raise LookupError(str(exc)) from None
+    if len(found) != 1 or found[0] is None:
+        raise LookupError(f"{revision!r} does not name one migration")
+    return found[0].revision
 
 
 def head_revision(db: Database) -> str | None:

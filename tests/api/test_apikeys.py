@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from bookiji.cli import apikeys as apikeys_cli
 from bookiji.cli import partners as partners_cli
 from bookiji.cli.context import CliState
-from bookiji.domain.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
+from bookiji.domain.errors import Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from bookiji.services.apikeys import (
     CACHE_TTL,
     SCOPES,
@@ -140,7 +140,7 @@ def test_partner_ids_are_checked(service: ApiKeyService, bad: str) -> None:
 
 
 def test_duplicate_partner_is_refused(service: ApiKeyService) -> None:
-    with pytest.raises(ValidationFailed, match="already exists"):
+    with pytest.raises(Conflict, match="already exists"):
         service.add_partner("acme", "Acme again")
     with pytest.raises(ValidationFailed):
         service.add_partner("other", "Other", "ftp://nope")
@@ -250,7 +250,7 @@ def test_disabled_partner_is_refused(service: ApiKeyService) -> None:
     service.authenticate(plaintext)
     service.set_partner_disabled("acme", True)
     refused(service, plaintext)
-    with pytest.raises(ValidationFailed):
+    with pytest.raises(Conflict):
         service.create_key("acme")
     service.set_partner_disabled("acme", False)
     assert service.authenticate(plaintext).partner_id == "acme"
@@ -314,7 +314,7 @@ def test_a_key_rotates_once_then_its_successor_does(
     old, _ = service.create_key("acme")
     first, _ = service.rotate(old.id, overlap=timedelta(hours=1))
     clock.advance(timedelta(minutes=10))
-    with pytest.raises(ValidationFailed, match=f"already rotated into {first.id}") as caught:
+    with pytest.raises(Conflict, match=f"already rotated into {first.id}") as caught:
         service.rotate(old.id, overlap=timedelta(hours=1))
     assert f"rotate {first.id} instead" in caught.value.message
     assert [k.id for k in service.list_keys("acme")].count(first.id) == 1
@@ -328,11 +328,11 @@ def test_revoked_or_expired_keys_are_not_rotated(
 ) -> None:
     revoked, _ = service.create_key("acme")
     service.revoke(revoked.id)
-    with pytest.raises(ValidationFailed, match="revoked"):
+    with pytest.raises(Conflict, match="revoked"):
         service.rotate(revoked.id, overlap=timedelta(hours=1))
     expiring, _ = service.create_key("acme", expires_in=timedelta(minutes=5))
     clock.advance(timedelta(minutes=5))
-    with pytest.raises(ValidationFailed, match="expired"):
+    with pytest.raises(Conflict, match="expired"):
         service.rotate(expiring.id, overlap=timedelta(hours=1))
     with pytest.raises(ValidationFailed):
         service.rotate(revoked.id, overlap=timedelta(hours=-1))

@@ -8,9 +8,11 @@ around the clock with no minimum notice.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tomllib
@@ -25,7 +27,9 @@ from bookiji.domain.timeutil import format_instant
 from bookiji.services.clock import ManualClock
 from bookiji.services.documents import load_reservation_document
 from bookiji.services.reservations import HoldRequest, ReservationService
-from bookiji.store.database import Database
+from bookiji.store import database as database_module
+from bookiji.store import migrate
+from bookiji.store.database import Database, sqlite_file
 from tests.cli.support import DAY, WEEK, Cli, Result, at, vendor_toml, write_vendors
 
 AWAITING = "AWAITING_VENDOR_CONFIRMATION"  # where a new hold rests once the vendor is asked
@@ -126,6 +130,112 @@ def test_a_bad_settings_file_is_a_usage_error(run: Cli, tmp_path: Path) -> None:
     bad.write_text('database_url = "mysql://db/bookiji"\n')
     result = run("--config", bad, "vendors", "list", expect=2)
     assert "bad.toml" in result.error and "database_url" in result.error
+
+
+def test_a_bad_setting_names_where_it_came_from_never_its_value(
+    run: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--database was blamed on bookiji.toml, and a variable on "EnvSettingsSource"."""
+    (tmp_path / "bookiji.toml").write_text(f'database_url = "sqlite:///{tmp_path}/b.db"\n')
+    given = run("--database", "bogus://secret@x", "vendors", "list", expect=2).error
+    assert "--database: database_url must be a sqlite:/// or postgresql:// URL" in given
+    assert "bookiji.toml" not in given and "secret" not in given
+    monkeypatch.setenv("BOOKIJI_TTL", "notjson")
+    env = run("vendors", "list", expect=2).error
+    assert "BOOKIJI_TTL: a table in one variable must be a JSON object" in env
+    for wrong in ("bookiji.toml", "EnvSettingsSource", "notjson"):
+        assert wrong not in env
+    monkeypatch.setenv("BOOKIJI_TTL", '{"hold_minutes": 0}')
+    assert "BOOKIJI_TTL: hold_minutes: " in run("vendors", "list", expect=2).error
+
+
+def test_init_writes_an_absolute_database_url(
+    run: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative one named another database once a command ran from elsewhere."""
+    run("--config", "sub/b.toml", "init", expect=0)
+    config = tomllib.loads((tmp_path / "sub" / "b.toml").read_text())
+    assert config["database_url"] == f"sqlite:///{tmp_path.resolve() / 'bookiji.db'}"
+    monkeypatch.chdir(tmp_path / "sub")
+    assert run("--config", "b.toml", "db", "current", "--json", expect=0).json()["atHead"]
+
+
+def test_a_failed_init_names_the_path_and_leaves_nothing_behind(
+    run: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BOOKIJI_PII_KEYS")  # so init would write a key file
+    (tmp_path / "taken").write_text("a file, not a directory")
+    database = tmp_path / "taken" / "x.db"
+    refused = run("--database", f"sqlite:///{database}", "init", expect=2)
+    assert f"cannot create the database {database}: " in refused.error
+    assert sorted(os.listdir(tmp_path)) == ["taken"]
+    envelope = run("--database", f"sqlite:///{database}", "init", "--json", expect=2).json()
+    assert envelope["error"]["code"] == "invalid_settings"
+
+    # A failure after the settings were written takes them back too.
+    def disk_full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "bookiji.db"))
+
+    monkeypatch.setattr(migrate, "upgrade", disk_full)
+    failed = run("init", expect=1)
+    assert "No space left on device" in failed.error and "bookiji.db" in failed.error
+    assert not (tmp_path / "bookiji.toml").exists()
+    assert not (tmp_path / "bookiji-pii.keys").exists()
+
+
+# -- the schema and the database -------------------------------------------------------------
+
+
+def test_db_upgrade_refuses_an_unknown_revision_and_says_when_nothing_applied(
+    cli: Cli, run: Cli, tmp_path: Path
+) -> None:
+    head = cli("db", "current", "--json", expect=0).json()["head"]
+    bogus = cli("db", "upgrade", "bogus", expect=2)
+    assert "no migration 'bogus'" in bogus.error and bogus.out == ""
+    assert cli("db", "upgrade", "bogus", "--json", expect=2).json()["error"]["details"] == {
+        "revision": "bogus"
+    }
+    older = cli("db", "upgrade", "0001", expect=0).out
+    assert f"at {head}, already past 0001; nothing applied" in older
+    assert "migrations only go forward" in older
+    assert f"already at {head}; nothing to apply" in cli("db", "upgrade", expect=0).out
+    assert cli("db", "current", "--json", expect=0).json()["current"] == head
+    # Checked before a SQLite file is made.
+    missing = tmp_path / "new" / "x.db"
+    run("--database", f"sqlite:///{missing}", "db", "upgrade", "bogus", expect=2)
+    assert not missing.parent.exists()
+
+
+def test_db_upgrade_step_by_step(run: Cli, empty_database_url: str) -> None:
+    cli = Cli(run.capsys, empty_database_url)
+    assert "empty -> 0005" in cli("db", "upgrade", "0005", expect=0).out
+    head = cli("db", "current", "--json", expect=0).json()["head"]
+    assert f"0005 -> {head}" in cli("db", "upgrade", expect=0).out
+
+
+def test_reads_never_wait_for_a_writer_and_a_blocked_write_says_locked(
+    ready: Cli, database_url: str, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The schema check ran a write-mode BEGIN: every read queued behind any writer, then
+    failed as if the database were unreachable."""
+    if backend != "sqlite":
+        pytest.skip("SQLite's write lock")
+    monkeypatch.setattr(database_module, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    path = sqlite_file(database_url)
+    assert path is not None
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process writing
+    try:
+        assert ready("reservations", "list", "--json", expect=0).json() == []
+        assert "2 vendors" in ready("vendors", "list", expect=0).out
+        blocked = ready.create("10:00", "11:00", "--json")
+        assert blocked.code == 1
+        assert "the database is locked by another writer" in blocked.error
+        assert blocked.json()["error"]["code"] == "service_unavailable"
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert ready.ids() == []
 
 
 # -- vendors ---------------------------------------------------------------------------------
@@ -458,6 +568,35 @@ def test_bad_input_is_a_usage_error_and_holds_nothing(
     )
     assert message in result.error and result.out == ""
     assert ready.ids() == []
+
+
+def test_every_refusal_with_json_prints_the_envelope(ready: Cli, run: Cli, tmp_path: Path) -> None:
+    """Bad times, metadata, states, a prompt --json cannot answer, settings and database
+    errors printed only the red line: a script read nothing on stdout."""
+    rid = ready.hold("10:00", "11:00")["reservationId"]
+    window = ["--start", at("10:00")[:-1], "--end", at("11:00")]
+    cases: list[tuple[Cli, list[str], int, str]] = [
+        (ready, ["availability", "studio-a", *window], 2, "validation_error"),
+        (ready, ["reservations", "create", "--vendor", "studio-a", "--requester", "al", *window],
+         2, "validation_error"),
+        (ready, ["reservations", "create", "--vendor", "studio-a", "--requester", "al",
+                 "--start", at("12:00"), "--end", at("13:00"), "--metadata", "[1]"],
+         2, "validation_error"),
+        (ready, ["reservations", "list", "--state", "bogus"], 2, "validation_error"),
+        (ready, ["reservations", "list", "--bogus"], 2, "validation_error"),
+        (ready, ["compensate", rid], 2, "validation_error"),
+        (run, ["--config", "nowhere.toml", "vendors", "list"], 2, "invalid_settings"),
+        (run, ["--database", "postgresql://u:pw@127.0.0.1:1/none", "vendors", "list"],
+         1, "service_unavailable"),
+    ]  # fmt: skip
+    for cli, args, code, error in cases:
+        result = cli(*args, "--json", expect=code)
+        assert result.json()["error"]["code"] == error, args
+        assert result.error  # still one red line for people
+        if args[0] != "compensate":  # which would ask instead
+            assert cli(*args, expect=code).out == ""  # nothing on stdout without --json
+    assert "has no UTC offset" in ready("availability", "studio-a", *window, expect=2).error
+    assert ready.ids() == [rid]
 
 
 # -- reconcile -------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -294,3 +295,60 @@ def test_connect_outlook_stores_a_refresh_token_that_sync_uses(
         assert (synced[0]["status"], synced[0]["busyPeriods"]) == ("ok", 1)
     finally:
         server.close()
+
+
+def test_connect_checks_the_vendor_and_the_port_before_asking_for_consent(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --vendor nosuch, the consent URL was printed and awaited, and the vendor refused
+    only after the grant; --port 99999 was an OverflowError from bind()."""
+    from bookiji.integrations import google_oauth
+
+    secrets = tmp_path / "client.json"
+    secrets.write_text(json.dumps({"installed": {"client_id": "c", "client_secret": "s"}}))
+    monkeypatch.setenv("BOOKIJI_CALENDARS__GOOGLE__CLIENT_SECRETS_FILE", str(secrets))
+
+    def consent(*args: object, **kwargs: object) -> dict[str, object]:
+        raise AssertionError("asked for consent")
+
+    monkeypatch.setattr(google_oauth, "run_google_consent", consent)
+    refused = cli("calendars", "connect", "google", "--vendor", "nosuch", "--no-browser", expect=1)
+    assert "unknown vendor 'nosuch'" in refused.error and refused.out == ""
+    port = cli("calendars", "connect", "google", "--vendor", "shop", "--port", "99999", expect=2)
+    assert "--port" in port.error and "65535" in port.error
+
+
+def test_calendar_urls_are_shown_without_their_secrets(cli: Cli, tmp_path: Path) -> None:
+    """A published feed's password and private token were printed whole."""
+    feed = "https://user:hunter2@calendar.example/calendar/ical/x/private-SECRETTOKEN123/basic.ics"
+    path = tmp_path / "with-calendar.toml"
+    path.write_text(
+        vendor_toml("shop", hours="09:00-17:00", slot_interval_minutes=30)
+        + f'[[vendors.calendars]]\nprovider = "ics"\nsource = "{feed}"\n'
+    )
+    cli("vendors", "import", path, expect=0)
+    shown = "https://calendar.example/calendar/ical/x/private-…/basic.ics"
+    assert cli("calendars", "list", "--json", expect=0).json()[0]["source"] == shown
+    assert cli("vendors", "show", "shop", "--json", expect=0).json()["calendars"][0]["source"] == (
+        shown
+    )
+    for args in (("calendars", "list"), ("vendors", "show", "shop")):
+        for out in (cli(*args, expect=0).out, cli(*args, "--json", expect=0).out):
+            assert "calendar.example" in out
+            assert "hunter2" not in out and "SECRETTOKEN123" not in out
+
+
+def test_fetched_times_are_whole_seconds(cli: Cli, tmp_path: Path) -> None:
+    feed = tmp_path / "shop.ics"
+    feed.write_text(ics_text([EventSpec(DAY.replace(hour=9), DAY.replace(hour=11), "Delivery")]))
+    path = tmp_path / "with-calendar.toml"
+    path.write_text(
+        vendor_toml("shop", hours="09:00-17:00", slot_interval_minutes=30)
+        + f'[[vendors.calendars]]\nprovider = "ics"\nsource = "{feed}"\nname = "deliveries"\n'
+    )
+    cli("vendors", "import", path, expect=0)
+    cli("calendars", "sync", expect=0)
+    out = cli(*window(), expect=0).out
+    assert re.search(
+        r"calendar ics:deliveries: ok, fetched \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", out, re.M
+    )

@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 
 from bookiji.cli.context import CliState
 from bookiji.cli.webhooks import app as webhooks_cli
-from bookiji.domain.errors import NotFound, ValidationFailed
+from bookiji.domain.errors import Conflict, NotFound, ValidationFailed
 from bookiji.domain.states import StageTTLs
 from bookiji.domain.timeutil import format_instant
 from bookiji.integrations.webhook_sender import HttpWebhookSender
@@ -873,7 +873,7 @@ def test_send_test_is_signed_and_stores_nothing(
     assert events(db) == [] and deliveries(db) == []
     with pytest.raises(NotFound):
         service.send_test("nobody")
-    with pytest.raises(ValidationFailed):
+    with pytest.raises(Conflict):  # a state to change, not bad input
         service.send_test("p3")
 
 

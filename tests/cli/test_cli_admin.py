@@ -1,0 +1,119 @@
+"""`bookiji partners`, `apikeys`, `webhooks` and `reconcile` as an operator meets their edges:
+bounds on durations, conflicts (exit 1) apart from bad input (exit 2), Ctrl-C, progress."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from rich.console import Console
+
+from bookiji.cli import reconcile as reconcile_commands
+from bookiji.services.webhooks import WebhookService
+from tests.cli.support import Cli
+
+FRACTION = re.compile(r"\d\.\d+Z")  # 12:53:20.153252Z
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], database_url: str) -> Cli:
+    run = Cli(capsys, database_url)
+    run("partners", "add", "acme", "--name", "Acme", expect=0)
+    return run
+
+
+def keys(cli: Cli) -> list[dict[str, object]]:
+    listed: list[dict[str, object]] = cli("apikeys", "list", "--json", expect=0).json()
+    return listed
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        (["apikeys", "create", "--partner", "acme", "--expires-in", "999999999d"], "--expires-in"),
+        (["apikeys", "create", "--partner", "acme", "--expires-in", "3651d"], "--expires-in"),
+        (["apikeys", "rotate", "KEY", "--overlap", "999999999d"], "--overlap"),
+        (["apikeys", "rotate", "KEY", "--overlap", "366d"], "--overlap"),
+    ],
+)
+def test_a_duration_past_its_bound_is_one_line_and_changes_nothing(
+    cli: Cli, command: list[str], option: str
+) -> None:
+    """999999999d built a timedelta, then overflowed adding it to now: a traceback."""
+    key = cli("apikeys", "create", "--partner", "acme", "--json", expect=0).json()
+    before = keys(cli)
+    result = cli(*[key["id"] if part == "KEY" else part for part in command], expect=2)
+    assert option in result.error and "too long" in result.error and result.out == ""
+    assert keys(cli) == before
+
+
+def test_the_longest_durations_are_accepted(cli: Cli) -> None:
+    key = cli("apikeys", "create", "--partner", "acme", "--expires-in", "3650d", "--json",
+              expect=0).json()  # fmt: skip
+    cli("apikeys", "rotate", key["id"], "--overlap", "365d", expect=0)
+
+
+def test_conflicts_with_what_is_stored_exit_1_not_2(cli: Cli) -> None:
+    """A partner that exists, a key already rotated or revoked, a partner with no webhook
+    URL: the input is fine, the state refuses it (409 `conflict`, exit 1)."""
+    again = cli("partners", "add", "acme", "--name", "Acme", expect=1)
+    assert "already exists" in again.error and "[conflict]" in again.error
+    envelope = cli("partners", "add", "acme", "--name", "Acme", "--json", expect=1).json()
+    assert envelope["error"]["code"] == "conflict"
+
+    key = cli("apikeys", "create", "--partner", "acme", "--json", expect=0).json()
+    successor = cli("apikeys", "rotate", key["id"], "--json", expect=0).json()
+    rotated = cli("apikeys", "rotate", key["id"], expect=1)
+    assert "already rotated" in rotated.error and "[conflict]" in rotated.error
+    cli("apikeys", "revoke", successor["id"], expect=0)
+    revoked = cli("apikeys", "rotate", successor["id"], expect=1)
+    assert "is revoked" in revoked.error and "[conflict]" in revoked.error
+
+    hookless = cli("webhooks", "test", "--partner", "acme", expect=1)
+    assert "no webhook URL" in hookless.error and "[conflict]" in hookless.error
+    # Bad input is still bad input.
+    assert "validation_error" in cli("partners", "add", "Not An Id", "--name", "X", expect=2).error
+
+
+def test_times_in_key_messages_are_whole_seconds(cli: Cli) -> None:
+    created = cli("apikeys", "create", "--partner", "acme", "--expires-in", "90d", expect=0)
+    [key] = keys(cli)
+    assert re.search(r"expires \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\)", created.out)
+    rotated = cli("apikeys", "rotate", str(key["id"]), "--overlap", "1h", expect=0)
+    assert f"{key['id']} keeps working until " in rotated.out
+    revoked = cli("apikeys", "revoke", str(key["id"]), expect=0)
+    for out in (created.out, rotated.out, revoked.out):
+        assert not FRACTION.search(out), out
+    # JSON stays exact.
+    assert FRACTION.search(cli("apikeys", "list", "--json", expect=0).out)
+
+
+def test_ctrl_c_says_interrupted_and_exits_130(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Typer turned Ctrl-C into a silent exit 130 before main() could say anything."""
+
+    def wait_forever(self: WebhookService, partner_id: str) -> int:
+        raise KeyboardInterrupt  # what SIGINT raises while the endpoint never answers
+
+    monkeypatch.setattr(WebhookService, "send_test", wait_forever)
+    result = cli("webhooks", "test", "--partner", "acme", expect=130)
+    assert result.error == "error: interrupted" and result.out == ""
+
+
+def test_reconcile_shows_its_progress_on_a_terminal_and_never_with_json(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    terminal = io.StringIO()
+    monkeypatch.setattr(
+        reconcile_commands, "err_console", Console(file=terminal, force_terminal=True, width=100)
+    )
+    cli("reconcile", "--once", expect=0)
+    assert "reconciling: " in terminal.getvalue() and "/10" in terminal.getvalue()
+    terminal.truncate(0)
+    cli("reconcile", "--once", "--json", expect=0).json()
+    assert terminal.getvalue().strip("\x00") == ""
+
+
+def test_create_help_names_the_state_a_hold_rests_in(cli: Cli) -> None:
+    text = " ".join(cli("reservations", "create", "--help", expect=0).out.split())
+    assert "HELD -> AWAITING_VENDOR_CONFIRMATION" in text
