@@ -10,7 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -107,21 +107,24 @@ class NotificationSettings(BaseModel):
     twilio_base_url: str | None = None
 
 
+DAY_SECONDS = 86_400
+
+
 class JobIntervals(BaseModel):
-    """Seconds between runs of each daemon job."""
+    """Seconds between runs of each daemon job (at most a day: `schedule` cannot take inf)."""
 
     model_config = {"extra": "forbid"}
 
-    expiry: float = Field(default=5, gt=0)
-    vendor_notifications: float = Field(default=10, gt=0)
-    vendor_authorizations: float = Field(default=30, gt=0)
-    pending_authentications: float = Field(default=30, gt=0)
-    stuck_commits: float = Field(default=15, gt=0)
-    stale_authorizations: float = Field(default=60, gt=0)
-    compensations: float = Field(default=10, gt=0)
-    money_sweep: float = Field(default=300, gt=0)
-    calendar_sync: float = Field(default=300, gt=0)
-    webhooks: float = Field(default=2, gt=0)
+    expiry: float = Field(default=5, gt=0, le=DAY_SECONDS)
+    vendor_notifications: float = Field(default=10, gt=0, le=DAY_SECONDS)
+    vendor_authorizations: float = Field(default=30, gt=0, le=DAY_SECONDS)
+    pending_authentications: float = Field(default=30, gt=0, le=DAY_SECONDS)
+    stuck_commits: float = Field(default=15, gt=0, le=DAY_SECONDS)
+    stale_authorizations: float = Field(default=60, gt=0, le=DAY_SECONDS)
+    compensations: float = Field(default=10, gt=0, le=DAY_SECONDS)
+    money_sweep: float = Field(default=300, gt=0, le=DAY_SECONDS)
+    calendar_sync: float = Field(default=300, gt=0, le=DAY_SECONDS)
+    webhooks: float = Field(default=2, gt=0, le=DAY_SECONDS)
 
 
 class ApiSettings(BaseModel):
@@ -165,7 +168,7 @@ class DaemonSettings(BaseModel):
     model_config = {"extra": "forbid"}
 
     jobs: JobIntervals = JobIntervals()
-    job_lease_seconds: float = Field(default=60, gt=0)
+    job_lease_seconds: float = Field(default=60, gt=0, le=DAY_SECONDS)
     shutdown_grace_seconds: float = Field(default=8, gt=0, le=30)
     request_threads: int = Field(default=8, ge=1, le=200)
 
@@ -178,7 +181,8 @@ class Settings(BaseSettings):
     )
 
     database_url: str = DEFAULT_DATABASE_URL
-    log_level: str = "WARNING"
+    # The daemon's: INFO writes a line per request and per job run, WARNING only problems.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     ttl: TTLSettings = TTLSettings()
     reconcile: ReconcileSettings = ReconcileSettings()
     availability: AvailabilitySettings = AvailabilitySettings()
@@ -194,6 +198,11 @@ class Settings(BaseSettings):
     #: or a file with one per line. See bookiji/store/crypto.py.
     pii_keys: str | None = Field(default=None, repr=False)
     pii_keys_file: str | None = None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("database_url")
     @classmethod

@@ -41,3 +41,7 @@ def configure(level: str = "INFO") -> None:
     root.setLevel(level)
     for noisy in ("uvicorn.access",):
         logging.getLogger(noisy).disabled = True  # we log each request ourselves
+    for chatty in ("httpx", "httpcore"):
+        # Their INFO line names every URL called: a partner's webhook URL or a private
+        # calendar feed may carry a token in its path or query.
+        logging.getLogger(chatty).setLevel(max(root.level, logging.WARNING))

@@ -28,6 +28,7 @@ from bookiji.config import Settings
 from bookiji.daemon.dispatch import BackgroundSender
 from bookiji.daemon.jobs import job_runner
 from bookiji.domain.errors import Unavailable
+from bookiji.integrations.notify import console_notifications_to_log
 
 log = logging.getLogger("bookiji.daemon")
 
@@ -82,7 +83,8 @@ def listen(host: str, port: int) -> socket.socket:
 
 def run_daemon(settings: Settings, *, host: str, port: int) -> int:
     sock = listen(host, port)
-    jsonlog.configure("INFO")
+    jsonlog.configure(settings.log_level)
+    console_notifications_to_log()
     telemetry.configure(settings)
     container = build(settings)
     sender = BackgroundSender(container.confirmation.deliver_many)
@@ -107,15 +109,23 @@ def run_daemon(settings: Settings, *, host: str, port: int) -> int:
         if report is not None:
             metrics.observe_job(name, len(report.errors), len(report.items))
 
+    # Partner webhooks run on their own thread: a partner endpoint that hangs (or trickles
+    # its answer) holds up deliveries, never expiry, commits or compensations.
+    deliveries = schedule.Scheduler()
     for name in runner.jobs:
-        scheduler.every(intervals[name]).seconds.do(run, name)
+        (deliveries if name == "webhooks" else scheduler).every(intervals[name]).seconds.do(
+            run, name
+        )
 
-    def loop() -> None:
+    def loop(jobs: schedule.Scheduler) -> None:
         while not stop.is_set():
-            scheduler.run_pending()
+            jobs.run_pending()
             stop.wait(0.2)
 
-    jobs_thread = threading.Thread(target=loop, name="bookiji-jobs", daemon=True)
+    threads = [
+        threading.Thread(target=loop, args=(scheduler,), name="bookiji-jobs", daemon=True),
+        threading.Thread(target=loop, args=(deliveries,), name="bookiji-webhooks", daemon=True),
+    ]
     server = _Server(
         uvicorn.Config(
             app,
@@ -139,14 +149,16 @@ def run_daemon(settings: Settings, *, host: str, port: int) -> int:
     bound = sock.getsockname()[1]
     log.info("daemon starting", extra={"host": host, "port": bound, "owner": runner.owner})
     _settle_garbage_collector()
-    jobs_thread.start()
+    for thread in threads:
+        thread.start()
     try:
         server.run(sockets=[sock])
     finally:
         begin_shutdown()
         # Everything shares one grace period from the signal (the unit's stop timeout is
         # longer): requests drained meanwhile, the job in flight, queued notifications.
-        jobs_thread.join(timeout=max(0.1, deadline[0] - time.monotonic()))
+        for thread in threads:
+            thread.join(timeout=max(0.1, deadline[0] - time.monotonic()))
         sender.stop(timeout=max(0.1, deadline[0] - time.monotonic()))
         container.close()
         telemetry.shutdown()

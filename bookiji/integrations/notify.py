@@ -23,6 +23,7 @@ through `redact()` so nothing a server echoes can leak a secret either.
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 import sys
 import threading
@@ -204,6 +205,16 @@ def redact(text: str, *secrets: str | None) -> str:
 # -- console --------------------------------------------------------------------------------
 
 
+_console_log = logging.getLogger("bookiji.notify.console")
+_console_to_log = threading.Event()
+
+
+def console_notifications_to_log() -> None:
+    """The daemon writes JSON log lines on stderr: console notifications become log records
+    there too, or one raw text line would break every `jq` reading the log."""
+    _console_to_log.set()
+
+
 class ConsoleNotifier:
     """The embedded default: tells the operator, on one line, what the vendor was asked.
 
@@ -228,6 +239,13 @@ class ConsoleNotifier:
             f"As operator: bookiji reservations confirm {reservation} "
             f"(or: bookiji reservations decline {reservation})\n"
         )
+        if self._stream is None and _console_to_log.is_set():
+            _console_log.warning(
+                line.rstrip("\n").removeprefix("bookiji: "),
+                extra={"reservation_id": notification.reservation_id,
+                       "vendor_id": notification.vendor_id},
+            )  # fmt: skip
+            return
         stream = self._stream if self._stream is not None else sys.stderr
         try:
             with self._lock:

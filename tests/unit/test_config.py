@@ -82,3 +82,21 @@ def test_a_bad_setting_from_the_environment_is_named_and_its_value_never_shown(
     assert "BOOKIJI_DATABASE_URL: database_url must be a sqlite:/// or postgresql:// URL" in message
     assert f"{path}: webhooks: max_delay_seconds must be at least base_delay_seconds" in message
     assert "s3cret" not in message and "mysql" not in message
+
+
+def test_the_log_level_is_checked_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().log_level == "INFO"  # the daemon's request and job lines
+    monkeypatch.setenv("BOOKIJI_LOG_LEVEL", "warning")
+    assert load_settings().log_level == "WARNING"
+    monkeypatch.setenv("BOOKIJI_LOG_LEVEL", "chatty")
+    with pytest.raises(ConfigError, match="BOOKIJI_LOG_LEVEL"):
+        load_settings()
+
+
+@pytest.mark.parametrize("value", ["inf", "1e20"])
+def test_a_job_interval_too_large_for_the_scheduler_is_named(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("BOOKIJI_DAEMON__JOBS__WEBHOOKS", value)
+    with pytest.raises(ConfigError, match="BOOKIJI_DAEMON__JOBS__WEBHOOKS"):
+        load_settings()
