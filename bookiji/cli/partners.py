@@ -1,4 +1,5 @@
-"""`bookiji partners`: add partners (webhook secret shown once), rotate that secret, list."""
+"""`bookiji partners`: add partners (webhook secret shown once), rotate that secret, change
+their webhook URL, disable or enable them, list them."""
 
 from __future__ import annotations
 
@@ -18,11 +19,14 @@ from bookiji.cli.output import (
     listing,
     print_listing,
 )
+from bookiji.domain.errors import ValidationFailed
 from bookiji.domain.timeutil import format_instant
+from bookiji.services.apikeys import shown_webhook_url
 from bookiji.store.models import Partner
 
 app = typer.Typer(
-    help="API partners: add them, rotate their webhook signing secret, list them.",
+    help="API partners: add, rotate their webhook signing secret, change their webhook URL, "
+    "disable or enable, list.",
     no_args_is_help=True,
 )
 SHOWN_ONCE = (
@@ -31,11 +35,11 @@ SHOWN_ONCE = (
 
 
 def partner_document(p: Partner) -> dict[str, Any]:
-    """A partner without its webhook secret."""
+    """A partner without its webhook secret (nor the URL's query, where tokens live)."""
     return {
         "id": p.id,
         "name": p.name,
-        "webhookUrl": p.webhook_url,
+        "webhookUrl": shown_webhook_url(p.webhook_url),
         "hasWebhookSecret": bool(p.webhook_secret),
         "createdAt": format_instant(p.created_at),
         "disabledAt": format_instant(p.disabled_at),
@@ -77,6 +81,50 @@ def rotate_webhook_secret(
     _show_secret(partner, secret, json_output=json_output, what="new secret for")
 
 
+@app.command("set-webhook-url")
+def set_webhook_url(
+    ctx: typer.Context,
+    partner_id: str = typer.Argument(..., metavar="ID"),
+    url: str | None = typer.Argument(None, metavar="URL", help="Omit with --none."),
+    none: bool = typer.Option(False, "--none", help="Stop sending this partner webhooks."),
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """Send the partner's webhooks to URL from now on (events not yet delivered included)."""
+    if (url is None) == (not none):
+        raise ValidationFailed("give a URL, or --none to stop sending webhooks")
+    partner = apikey_service(ctx).set_webhook_url(partner_id, None if none else url)
+    _show(
+        partner, json_output, "webhooks to " + (shown_webhook_url(partner.webhook_url) or "nowhere")
+    )
+
+
+@app.command("disable")
+def disable(
+    ctx: typer.Context,
+    partner_id: str = typer.Argument(..., metavar="ID"),
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """Refuse the partner's keys from the next request on, and hold its webhooks."""
+    _show(apikey_service(ctx).set_partner_disabled(partner_id, True), json_output, "disabled")
+
+
+@app.command("enable")
+def enable(
+    ctx: typer.Context,
+    partner_id: str = typer.Argument(..., metavar="ID"),
+    json_output: bool = JSON_OPTION,
+) -> None:
+    """Accept the partner's keys again; held webhooks are sent."""
+    _show(apikey_service(ctx).set_partner_disabled(partner_id, False), json_output, "enabled")
+
+
+def _show(partner: Partner, json_output: bool, what: str) -> None:
+    if json_output:
+        emit_json(partner_document(partner))
+    else:
+        console.print(f"partner {escape(partner.id)}: {escape(what)}")
+
+
 @app.command("list")
 def list_(ctx: typer.Context, json_output: bool = JSON_OPTION) -> None:
     """Every partner with its webhook URL; secrets are never listed."""
@@ -88,7 +136,7 @@ def list_(ctx: typer.Context, json_output: bool = JSON_OPTION) -> None:
         (
             escape(p.id),
             escape(p.name),
-            escape(p.webhook_url or ""),
+            escape(shown_webhook_url(p.webhook_url) or ""),
             instant_cell(p.created_at),
             instant_cell(p.disabled_at),
         )

@@ -208,13 +208,29 @@ def _validate_webhook_url(url: str | None) -> str | None:
     if url is None or not url.strip():
         return None
     url = url.strip()
-    parts = urlsplit(url)
-    if parts.scheme not in {"https", "http"} or not parts.netloc:
+    # What the sender will need (a scheme, a host name, a port that exists), checked when
+    # it is set: otherwise every event goes dead on its first attempt.
+    try:
+        parts = urlsplit(url)
+        usable = parts.scheme in {"https", "http"} and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        usable = False
+    if not usable:
         raise ValidationFailed(
-            f"webhook URL must be an absolute http(s) URL, not {url!r}",
+            "webhook URL must be an absolute http(s) URL with a host name and a valid port",
             details={"field": "webhookUrl"},
         )
     return url
+
+
+def shown_webhook_url(url: str | None) -> str | None:
+    """The URL for listings: without user info, query or fragment, where tokens live."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}" + ("?…" if parts.query else "")
 
 
 # Every request runs it: the key's own columns and whether its partner is disabled, built
@@ -308,6 +324,16 @@ class ApiKeyService:
             partner.webhook_secret = secret
             uow.commit()
         return secret
+
+    def set_webhook_url(self, partner_id: str, url: str | None) -> Partner:
+        """Point the partner's webhooks elsewhere (None: stop sending them). Deliveries not yet
+        sent go to the new URL; dead letters can then be replayed there."""
+        checked = _validate_webhook_url(url)
+        with UnitOfWork(self.db) as uow:
+            partner = self._partner(uow, partner_id)
+            partner.webhook_url = checked
+            uow.commit()
+            return partner
 
     def set_partner_disabled(self, partner_id: str, disabled: bool) -> Partner:
         """A disabled partner's keys stop authenticating on the next request."""

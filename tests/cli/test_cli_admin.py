@@ -117,3 +117,24 @@ def test_reconcile_shows_its_progress_on_a_terminal_and_never_with_json(
 def test_create_help_names_the_state_a_hold_rests_in(cli: Cli) -> None:
     text = " ".join(cli("reservations", "create", "--help", expect=0).out.split())
     assert "HELD -> AWAITING_VENDOR_CONFIRMATION" in text
+
+
+@pytest.mark.parametrize("url", ["http://:8632/h", "http://127.0.0.1:99999/h", "http://[::1/h"])
+def test_a_webhook_url_delivery_could_never_use_is_refused_when_set(cli: Cli, url: str) -> None:
+    refused = cli("partners", "add", "beta", "--name", "Beta", "--webhook-url", url, expect=2)
+    assert "webhook URL must be an absolute http(s) URL" in refused.error
+    assert url not in refused.error
+    assert [p["id"] for p in cli("partners", "list", "--json", expect=0).json()] == ["acme"]
+
+
+def test_a_partner_s_webhook_url_can_be_changed_and_the_partner_disabled(cli: Cli) -> None:
+    url = "https://hooks.acme.example/bookiji?token=SEKRIT"
+    changed = cli("partners", "set-webhook-url", "acme", url, "--json", expect=0).json()
+    assert changed["webhookUrl"] == "https://hooks.acme.example/bookiji?…"  # no token shown
+    assert "SEKRIT" not in cli("partners", "list", expect=0).out
+    assert cli("partners", "set-webhook-url", "acme", "ftp://x/y", expect=2).code == 2
+    cleared = cli("partners", "set-webhook-url", "acme", "--none", "--json", expect=0).json()
+    assert cleared["webhookUrl"] is None
+    assert cli("partners", "disable", "acme", "--json", expect=0).json()["disabledAt"]
+    assert cli("partners", "enable", "acme", "--json", expect=0).json()["disabledAt"] is None
+    assert cli("partners", "disable", "nobody", expect=1).code == 1
