@@ -85,6 +85,11 @@ _HASH_BYTES = 32
 #: How long a verified key skips the KDF. Never delays revocation (see the module doc).
 CACHE_TTL = timedelta(seconds=10)
 CACHE_MAX_ENTRIES = 10_000
+#: Wrong secrets a key's prefix may be tried with per minute (per process) before further
+#: tries are refused without running the KDF: prefixes are not secret (listings, logs), and
+#: each wrong secret would otherwise cost ~40 ms of CPU, unlimited, as 401s are not rate
+#: limited. The right key, once verified, is answered from the cache and never waits.
+WRONG_SECRETS_PER_MINUTE = 10
 #: `last_used_at` is written at most this often per key, not on every request.
 TOUCH_INTERVAL = timedelta(minutes=1)
 
@@ -276,6 +281,7 @@ class ApiKeyService:
         # entry has lapsed waits for the first verification instead of each paying ~35 ms.
         # Keyed by the presented key's fingerprint, so wrong guesses never delay the right key.
         self._inflight: dict[bytes, threading.Lock] = {}
+        self._wrong: dict[str, tuple[datetime, int]] = {}  # prefix -> (window start, count)
 
     # -- partners ------------------------------------------------------------------------
 
@@ -480,6 +486,7 @@ class ApiKeyService:
         if key is None:
             raise self._refuse(prefix, "unknown prefix")
         if not self._verified(prefix, plaintext, key.key_hash, now):
+            self._count_wrong(prefix, now)
             raise self._refuse(prefix, "wrong secret")
         refusal = self._refusal(key, now)
         if refusal is not None:
@@ -544,10 +551,26 @@ class ApiKeyService:
             return key, plaintext
         raise RuntimeError("could not find a free API key prefix")  # pragma: no cover
 
+    def _count_wrong(self, prefix: str, now: datetime) -> None:
+        with self._lock:
+            start, count = self._wrong.get(prefix, (now, 0))
+            if now - start >= timedelta(minutes=1):
+                start, count = now, 0
+            self._wrong[prefix] = (start, count + 1)
+            if len(self._wrong) > CACHE_MAX_ENTRIES:
+                self._wrong.pop(next(iter(self._wrong)))
+
+    def _too_many_wrong(self, prefix: str, now: datetime) -> bool:
+        with self._lock:
+            start, count = self._wrong.get(prefix, (now, 0))
+        return now - start < timedelta(minutes=1) and count >= WRONG_SECRETS_PER_MINUTE
+
     def _verified(self, prefix: str, plaintext: str, stored: str, now: datetime) -> bool:
         fingerprint = _fingerprint(plaintext)
         if self._cached(prefix, fingerprint, stored, now):
             return True
+        if self._too_many_wrong(prefix, now):
+            return False
         with self._lock:
             gate = self._inflight.setdefault(fingerprint, threading.Lock())
         try:

@@ -514,3 +514,30 @@ def test_cli_overlap_may_be_zero(cli: Callable[..., Any]) -> None:
     cli("partners", "add", "acme", "--name", "Acme")
     key = json.loads(cli("apikeys", "create", "--partner", "acme", "--json").stdout)
     cli("apikeys", "rotate", key["id"], "--overlap", "0m")
+
+
+def test_a_prefix_tried_with_many_wrong_secrets_stops_costing_the_kdf(
+    db: Database, clock: ManualClock, service: ApiKeyService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prefixes are not secret and 401s are not rate limited: past a few wrong secrets a
+    minute, a prefix's guesses are refused without the ~40 ms key derivation. The right key,
+    verified before, is still answered from the cache."""
+    import bookiji.services.apikeys as apikeys_module
+
+    _, raw = service.create_key("acme")
+    assert service.authenticate(raw).partner_id == "acme"  # verified: now in the cache
+    derivations = []
+    real = apikeys_module.verify_key
+    monkeypatch.setattr(apikeys_module, "verify_key", lambda *a: derivations.append(1) or real(*a))
+    guess = raw[:-4] + ("AAAA" if not raw.endswith("AAAA") else "BBBB")
+    for _ in range(apikeys_module.WRONG_SECRETS_PER_MINUTE + 20):
+        refused(service, guess)
+    assert len(derivations) == apikeys_module.WRONG_SECRETS_PER_MINUTE
+    assert service.authenticate(raw).partner_id == "acme"
+
+    fresh = ApiKeyService(db, clock)  # another daemon: its cache and its count are its own
+    assert fresh.authenticate(raw).partner_id == "acme"
+    clock.advance(timedelta(minutes=1))
+    derivations.clear()
+    refused(service, guess)
+    assert derivations == [1]  # a new minute: guesses are checked again
