@@ -8,7 +8,6 @@ from typing import Any
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from bookiji.cli.context import state
 from bookiji.cli.output import (
@@ -20,6 +19,7 @@ from bookiji.cli.output import (
     instant_cell,
     listing,
     print_listing,
+    step_progress,
 )
 from bookiji.domain.errors import ValidationFailed
 from bookiji.domain.timeutil import format_instant
@@ -100,14 +100,7 @@ def sync(
     service = state(ctx).container().calendars
     connections = service.connections(vendor)
     results: list[SyncResult] = []
-    with Progress(
-        TextColumn("syncing calendars"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=err_console,
-        transient=True,
-        disable=json_output,
-    ) as progress:
+    with step_progress("syncing calendars", json_output=json_output) as progress:
         task = progress.add_task("sync", total=len(connections))
         for connection in connections:
             results.append(service.sync_one(connection.id))

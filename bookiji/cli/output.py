@@ -12,6 +12,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -157,3 +158,16 @@ def state_style(state: str) -> str:
     if state.startswith("FAILED"):
         return "red"
     return STATE_STYLES.get(state, "cyan")
+
+
+def step_progress(label: str, *, json_output: bool) -> Progress:
+    """A bar of N steps on stderr (stdout stays the report), hidden for `--json` and gone
+    once done; `{task.description}` in `label` names the step in progress."""
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err_console,
+        transient=True,
+        disable=json_output,
+    )

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from bookiji.cli.context import state
-from bookiji.cli.output import JSON_OPTION, console, emit_json, err_console
+from bookiji.cli.output import JSON_OPTION, console, emit_json, step_progress
 from bookiji.daemon.jobs import job_runner
 from bookiji.domain.errors import ValidationFailed
 from bookiji.services.audit import audit as run_audit
@@ -34,14 +33,7 @@ def register(app: typer.Typer) -> None:
         outcome: dict[str, JobReport | None] = {}
         # A round after an outage can take minutes (stuck commits, calendars, webhooks):
         # each job is a step, on stderr, so stdout stays the report.
-        with Progress(
-            TextColumn("reconciling: {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            console=err_console,
-            transient=True,
-            disable=json_output,
-        ) as progress:
+        with step_progress("reconciling: {task.description}", json_output=json_output) as progress:
             task = progress.add_task("", total=len(runner.jobs))
             for name in runner.jobs:
                 progress.update(task, description=name)

@@ -9,7 +9,7 @@ import re
 import pytest
 from rich.console import Console
 
-from bookiji.cli import reconcile as reconcile_commands
+from bookiji.cli import output as cli_output
 from bookiji.services.webhooks import WebhookService
 from tests.cli.support import Cli
 
@@ -105,7 +105,7 @@ def test_reconcile_shows_its_progress_on_a_terminal_and_never_with_json(
 ) -> None:
     terminal = io.StringIO()
     monkeypatch.setattr(
-        reconcile_commands, "err_console", Console(file=terminal, force_terminal=True, width=100)
+        cli_output, "err_console", Console(file=terminal, force_terminal=True, width=100)
     )
     cli("reconcile", "--once", expect=0)
     assert "reconciling: " in terminal.getvalue() and "/10" in terminal.getvalue()
