@@ -240,8 +240,10 @@ class ConsoleNotifier:
             f"(or: bookiji reservations decline {reservation})\n"
         )
         if self._stream is None and _console_to_log.is_set():
+            # The log outlives `requesters forget`: ids of the reservation, never the requester.
+            requested_by = f", requested by {one_line(notification.requester_id, 64)}"
             _console_log.warning(
-                line.rstrip("\n").removeprefix("bookiji: "),
+                line.rstrip("\n").removeprefix("bookiji: ").replace(requested_by, ""),
                 extra={"reservation_id": notification.reservation_id,
                        "vendor_id": notification.vendor_id},
             )  # fmt: skip

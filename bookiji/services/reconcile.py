@@ -85,8 +85,12 @@ class Reconciler:
     # -- jobs ----------------------------------------------------------------------------------
 
     def expire(self) -> JobReport:
-        """Passed deadlines (vendor timeouts included), releasing any authorization."""
+        """Passed deadlines (vendor timeouts included), releasing any authorization; and
+        idempotency records past their lifetime."""
         report = JobReport("expiry")
+        purged = self.reservations.purge_idempotency()
+        if purged:
+            report.add(idempotencyKeysPurged=purged)
         for item in self.reservations.expire_due(batch_size=self.batch_size):
             report.add(
                 reservationId=item.reservation_id,

@@ -281,14 +281,14 @@ class ReservationService:
         self, partner_id: str | None, key: str
     ) -> tuple[int, dict[str, Any]] | None:
         with UnitOfWork(self.db, readonly=True) as uow:
-            record = uow.idempotency.get(self.idempotency_scope(partner_id), key)
+            record = uow.idempotency.get(self.idempotency_scope(partner_id), key, self.clock.now())
             if record is None or record.response_body is None or record.response_status is None:
                 return None
             return record.response_status, record.response_body
 
     def _replay(self, scope: str, key: str, fingerprint: str) -> HoldOutcome:
         with UnitOfWork(self.db, readonly=True) as uow:
-            record = uow.idempotency.get(scope, key)
+            record = uow.idempotency.get(scope, key, self.clock.now())
             if record is None:  # pragma: no cover - the winner rolled back after all
                 raise ConcurrentModification("a request with this key is in flight; retry")
             return self._answer_replay(record, key, fingerprint)
@@ -320,9 +320,11 @@ class ReservationService:
             # us has committed by now, and we answer with its reservation.
             uow.reservations.lock_vendor_schedule(request.vendor_id)
             if request.idempotency_key:
-                record = uow.idempotency.get(scope, request.idempotency_key)
-                if record is not None:
+                record = uow.idempotency.stored(scope, request.idempotency_key)
+                if record is not None and record.expires_at > now:
                     return self._answer_replay(record, request.idempotency_key, fingerprint)
+                if record is not None:  # expired: the key starts afresh
+                    uow.idempotency.drop(scope, request.idempotency_key)
             if caps is not None:  # counted in the transaction that inserts the hold
                 uow.reservations.lock_requester_holds(request.partner_id, request.requester_id)
                 caps.ensure(uow, partner_id=request.partner_id, requester_id=request.requester_id)
@@ -542,6 +544,14 @@ class ReservationService:
                 break
         self._compensate(planned)
         return done
+
+    def purge_idempotency(self) -> int:
+        """Forget idempotency records past their lifetime, and the answers (with the
+        requester's data) they kept."""
+        with UnitOfWork(self.db) as uow:
+            purged = uow.idempotency.purge_expired(self.clock.now())
+            uow.commit()
+        return purged
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -310,8 +310,22 @@ class IdempotencyRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def get(self, scope: str, key: str) -> IdempotencyKey | None:
+    def get(self, scope: str, key: str, now: datetime) -> IdempotencyKey | None:
+        """The record, unless it has expired (the purge may not have run yet)."""
+        record = self.stored(scope, key)
+        return record if record is not None and record.expires_at > now else None
+
+    def stored(self, scope: str, key: str) -> IdempotencyKey | None:
+        """The record, expired or not."""
         return self.session.get(IdempotencyKey, (scope, key))
+
+    def drop(self, scope: str, key: str) -> None:
+        """Remove an expired record now, so its key can be used afresh."""
+        self.session.execute(
+            delete(IdempotencyKey).where(
+                col(IdempotencyKey.scope) == scope, col(IdempotencyKey.key) == key
+            )
+        )
 
     def add(self, record: IdempotencyKey) -> None:
         self.session.add(record)

@@ -66,3 +66,4 @@ def test_seeded_personal_data_never_reaches_logs(database_url: str, tmp_path: Pa
     lines = [line for line in logs.splitlines() if line.strip()]
     assert [line for line in lines if not line.startswith("{")] == []
     assert any("asked to confirm reservation" in line for line in lines)
+    assert "req-zq" not in logs  # the requester id, which `forget` replaced, is not kept here

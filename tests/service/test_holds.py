@@ -271,3 +271,28 @@ def test_every_log_replays_to_its_reservation(
             )
             reservation = uow.reservations.get(rid)
             assert reservation is not None and replayed.value == reservation.state
+
+
+def test_an_idempotency_key_past_its_lifetime_starts_afresh_and_is_purged(
+    service: ReservationService, db: Database
+) -> None:
+    """Kept 7 days, then forgotten: no replay of the old answer (which holds the requester's
+    data), the key may name a new request, and the expiry job deletes what is left."""
+    first = hold(service, 10, 11, key="k-1")
+    hold(service, 14, 15, key="k-2")
+    with UnitOfWork(db) as uow:
+        uow.session.execute(
+            text("UPDATE idempotency_keys SET expires_at = :past"), {"past": T0 - timedelta(days=1)}
+        )
+        uow.commit()
+    assert service.remembered_response(None, "k-1") is None
+    again = service.create_hold(
+        HoldRequest("v1", at(12), at(13), "req-1", idempotency_key="k-1"),
+        actor="t",  # type: ignore[arg-type]
+    )
+    assert not again.replayed and again.reservation_id != first
+    assert service.purge_idempotency() == 1  # k-2's; k-1 now names the new request
+    assert service.create_hold(
+        HoldRequest("v1", at(12), at(13), "req-1", idempotency_key="k-1"),
+        actor="t",  # type: ignore[arg-type]
+    ).replayed

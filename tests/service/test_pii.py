@@ -14,7 +14,7 @@ from sqlalchemy import JSON, text, type_coerce
 from sqlalchemy.exc import StatementError
 from sqlmodel import col, select
 
-from bookiji.domain.errors import EncryptionKeyProblem, NotFound
+from bookiji.domain.errors import EncryptionKeyProblem, IdempotencyKeyReused, NotFound
 from bookiji.integrations.local_gateway import LocalGateway
 from bookiji.services.apikeys import ApiKeyService
 from bookiji.services.audit import audit
@@ -191,6 +191,10 @@ def test_forget_erases_the_requester_but_keeps_money_and_audit_trail(
     assert answer.response_body is not None
     assert answer.response_body["requesterId"] == erasure.pseudonym
     assert "Zelda" not in str(answer.response_body)
+    # The key's fingerprint was a hash of the erased data: the original request no longer
+    # matches it (no way to confirm a guess), and the key stays taken.
+    with pytest.raises(IdempotencyKeyReused):
+        hold(flow, 10, metadata=METADATA, contact=CONTACT, idempotency_key="k1")
     assert load_reservation_document(db, other)["metadata"] == {"keep": "me"}
     assert audit(db, flow.gateway) == []
     with pytest.raises(NotFound):
