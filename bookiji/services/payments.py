@@ -494,7 +494,7 @@ class PaymentService:
                     reservation.updated_at = self.clock.now()
                     actions = plan_into(uow, reservation, Failure.OPERATOR_FORCED, now)
                     release.extend(a.id for a in actions)
-            elif money in (Money.NOT_STARTED, Money.PENDING):
+            elif money in (Money.NOT_STARTED, Money.PENDING) and state not in FINAL_STATES:
                 set_money(reservation, party, Money.AUTHORIZED, intent_id)
                 details = {"paymentIntentId": intent_id}
                 if party is Party.VENDOR:
