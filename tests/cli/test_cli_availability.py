@@ -156,15 +156,23 @@ def test_unknown_vendor_is_not_found(cli: Cli) -> None:
     assert "not_found" in result.error
 
 
-def test_calendars_from_the_vendors_file_list_sync_and_disconnect(cli: Cli, tmp_path: Path) -> None:
-    feed = tmp_path / "shop.ics"
-    feed.write_text(ics_text([EventSpec(DAY.replace(hour=9), DAY.replace(hour=11), "Delivery")]))
+def vendors_file_with_feed(tmp_path: Path, source: str | None = None) -> Path:
+    """`shop` with one ICS calendar: `source`, or a local feed with a 09:00-11:00 delivery."""
+    if source is None:
+        feed = tmp_path / "shop.ics"
+        events = [EventSpec(DAY.replace(hour=9), DAY.replace(hour=11), "Delivery")]
+        feed.write_text(ics_text(events))
+        source = str(feed)
     path = tmp_path / "with-calendar.toml"
     path.write_text(
         vendor_toml("shop", hours="09:00-17:00", slot_interval_minutes=30)
-        + f'[[vendors.calendars]]\nprovider = "ics"\nsource = "{feed}"\nname = "deliveries"\n'
+        + f'[[vendors.calendars]]\nprovider = "ics"\nsource = "{source}"\nname = "deliveries"\n'
     )
-    imported = cli("vendors", "import", path, expect=0).out
+    return path
+
+
+def test_calendars_from_the_vendors_file_list_sync_and_disconnect(cli: Cli, tmp_path: Path) -> None:
+    imported = cli("vendors", "import", vendors_file_with_feed(tmp_path), expect=0).out
     assert imported.rstrip().endswith(", 1 calendar added")
     [listed] = cli("calendars", "list", "--json", expect=0).json()
     assert (listed["provider"], listed["status"], listed["name"]) == (
@@ -181,7 +189,7 @@ def test_calendars_from_the_vendors_file_list_sync_and_disconnect(cli: Cli, tmp_
     explained = cli("availability", "shop", "--explain", at("10:00"), expect=0).out
     assert "ics:deliveries 'Delivery'" in explained
 
-    feed.unlink()
+    (tmp_path / "shop.ics").unlink()
     failed = cli("calendars", "sync", expect=1)
     assert "degraded" in failed.out and "shop.ics" in failed.out
     # Not "1 calendars synced" for a sync that failed.
@@ -321,12 +329,7 @@ def test_connect_checks_the_vendor_and_the_port_before_asking_for_consent(
 def test_calendar_urls_are_shown_without_their_secrets(cli: Cli, tmp_path: Path) -> None:
     """A published feed's password and private token were printed whole."""
     feed = "https://user:hunter2@calendar.example/calendar/ical/x/private-SECRETTOKEN123/basic.ics"
-    path = tmp_path / "with-calendar.toml"
-    path.write_text(
-        vendor_toml("shop", hours="09:00-17:00", slot_interval_minutes=30)
-        + f'[[vendors.calendars]]\nprovider = "ics"\nsource = "{feed}"\n'
-    )
-    cli("vendors", "import", path, expect=0)
+    cli("vendors", "import", vendors_file_with_feed(tmp_path, feed), expect=0)
     shown = "https://calendar.example/calendar/ical/x/private-…/basic.ics"
     assert cli("calendars", "list", "--json", expect=0).json()[0]["source"] == shown
     assert cli("vendors", "show", "shop", "--json", expect=0).json()["calendars"][0]["source"] == (
@@ -339,14 +342,7 @@ def test_calendar_urls_are_shown_without_their_secrets(cli: Cli, tmp_path: Path)
 
 
 def test_fetched_times_are_whole_seconds(cli: Cli, tmp_path: Path) -> None:
-    feed = tmp_path / "shop.ics"
-    feed.write_text(ics_text([EventSpec(DAY.replace(hour=9), DAY.replace(hour=11), "Delivery")]))
-    path = tmp_path / "with-calendar.toml"
-    path.write_text(
-        vendor_toml("shop", hours="09:00-17:00", slot_interval_minutes=30)
-        + f'[[vendors.calendars]]\nprovider = "ics"\nsource = "{feed}"\nname = "deliveries"\n'
-    )
-    cli("vendors", "import", path, expect=0)
+    cli("vendors", "import", vendors_file_with_feed(tmp_path), expect=0)
     cli("calendars", "sync", expect=0)
     out = cli(*window(), expect=0).out
     assert re.search(
