@@ -330,6 +330,14 @@ class IdempotencyRepository:
     def add(self, record: IdempotencyKey) -> None:
         self.session.add(record)
 
+    def any_expired(self, now: datetime) -> bool:
+        return (
+            self.session.exec(
+                select(IdempotencyKey.key).where(col(IdempotencyKey.expires_at) <= now).limit(1)
+            ).first()
+            is not None
+        )
+
     def purge_expired(self, now: datetime) -> int:
         result = self.session.execute(
             delete(IdempotencyKey).where(col(IdempotencyKey.expires_at) <= now)
