@@ -121,6 +121,7 @@ class Container:
             max_delay=timedelta(seconds=hooks.max_delay_seconds),
             # A claimed row's lease: the HTTP timeout applies per phase (connect, send, read).
             send_timeout=timedelta(seconds=3 * hooks.timeout_seconds),
+            concurrency=hooks.concurrency,
         )
         self.reconciler = Reconciler(
             self.db,

@@ -148,6 +148,8 @@ class WebhookSettings(BaseModel):
     base_delay_seconds: float = Field(default=5, gt=0, le=3600)
     max_delay_seconds: float = Field(default=3600, gt=0, le=7 * 24 * 3600)
     timeout_seconds: float = Field(default=10, gt=0, le=120)
+    # Partners sent to at once, each on its own thread (one partner's events one at a time).
+    concurrency: int = Field(default=4, ge=1, le=8)
 
     @model_validator(mode="after")
     def _delays_grow(self) -> WebhookSettings:

@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 from bookiji.domain.states import StageTTLs
 from bookiji.services.clock import ManualClock
-from bookiji.store import migrate
+from bookiji.store import crypto, migrate
 from bookiji.store.database import Database, normalize_url
 
 # One throw-away PII key per test run (never a key in the repo); daemons and CLI processes
@@ -109,6 +109,16 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     migrate.upgrade(db)
     db.dispose()
     return path
+
+
+@pytest.fixture(autouse=True)
+def _restore_pii_keyring() -> Iterator[None]:
+    """The process's PII keyring as it was before each test: an in-process CLI run installs
+    the keys of its settings (a key file `init` wrote, say), and data a later test seals
+    in-process must be sealed with the key the daemons it starts are given."""
+    saved = crypto._keyring
+    yield
+    crypto._keyring = saved
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

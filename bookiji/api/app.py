@@ -43,6 +43,7 @@ from bookiji.api.schemas import (
 from bookiji.bootstrap import Container
 from bookiji.domain.errors import (
     BookijiError,
+    EncryptionKeyProblem,
     IdempotencyInProgress,
     RateLimited,
     Unavailable,
@@ -51,6 +52,7 @@ from bookiji.domain.errors import (
 from bookiji.domain.timeutil import format_instant, parse_instant
 from bookiji.services.apikeys import ApiPrincipal
 from bookiji.services.documents import load_reservation_document
+from bookiji.services.events import cancel_notes, event_data
 from bookiji.services.holdcaps import HoldCaps
 from bookiji.services.ratelimit import RateLimitDecision, RateLimiter
 from bookiji.services.reservations import HoldRequest
@@ -322,6 +324,12 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
             raise Unavailable("the database is not reachable") from None
         if not ready:
             raise Unavailable("the database schema is not at the newest migration")
+        try:
+            keys = container.pii.key_problem()
+        except Exception:
+            raise Unavailable("the database is not reachable") from None
+        if keys is not None:  # e.g. another process began a rotation to a key not given here
+            raise EncryptionKeyProblem(keys)
         return {"status": "ready"}
 
     @app.get("/metrics", tags=["operations"], response_class=Response, responses=errors(500))
@@ -505,7 +513,8 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
         container.reservations.cancel(
             reservationId,
             actor=f"partner:{principal.partner_id}",
-            reason=(body.reason if body else None) or "cancelled by partner",
+            reason="cancelled by partner",
+            note=body.reason if body else None,
             partner_id=principal.partner_id,
         )
         return load_reservation_document(
@@ -543,9 +552,10 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
         reject_unknown_query(request, "after", "limit")
         with UnitOfWork(container.db, readonly=True) as uow:
             rows = uow.outbox.after(after, partner_id=principal.partner_id, limit=limit)
+            notes = cancel_notes(uow.session, rows)
             items = [
                 {"id": row.event_id, "cursor": row.id, "type": row.type,
-                 "createdAt": format_instant(row.created_at), "data": row.payload}
+                 "createdAt": format_instant(row.created_at), "data": event_data(row, notes)}
                 for row in rows
             ]  # fmt: skip
         return {"events": items, "nextCursor": items[-1]["cursor"] if items else after}

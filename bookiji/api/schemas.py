@@ -45,7 +45,12 @@ class Authorization(_Body):
 
 
 class Cancellation(_Body):
-    reason: str | None = Field(default=None, max_length=500)
+    reason: str | None = Field(
+        default=None,
+        max_length=500,
+        description="your note: shown as `cancelNote`, stored encrypted, erased with the "
+        "requester's data; the state history says `cancelled by partner`",
+    )
 
 
 class ErrorBody(BaseModel):
@@ -160,6 +165,9 @@ class ReservationDocument(_Document):
     compensationActions: list[CompensationStep]
     vendorNotifications: list[VendorNotification]
     metadata: dict[str, Any]
+    cancelNote: str | None = Field(
+        default=None, description="the text given with the cancel; personal data, null once erased"
+    )
     idempotencyKey: str | None
     version: int | None
     createdAt: Instant
@@ -186,7 +194,10 @@ class Event(_Document):
     cursor: int
     type: str
     createdAt: Instant
-    data: dict[str, Any]
+    data: dict[str, Any] = Field(
+        description="reservationId, vendorId, from, to, reason, at, stateDeadline; "
+        "a reservation.cancelled event also cancelNote (null when none or erased)"
+    )
 
 
 class EventPage(_Document):

@@ -36,9 +36,14 @@ class CliState:
             )
         return self._settings
 
-    def container(self, *, require_schema: bool = True, create: bool = False) -> Container:
+    def container(
+        self, *, require_schema: bool = True, create: bool = False, check_keys: bool = True
+    ) -> Container:
         """`create`: a SQLite file may be made here (init, db upgrade); every other command
-        refuses a path with no database file."""
+        refuses a path with no database file. With the schema required, the PII keys must
+        open the stored data's key-check records (one small read; a new newest key gets its
+        record), so no command reads or seals with a wrong key; `check_keys=False` for the
+        commands that check more themselves (`daemon`, `pii check`)."""
         if self._container is None:
             settings = self.settings()
             if not create:
@@ -59,6 +64,8 @@ class CliState:
                 raise SchemaNotReady(
                     f"database {where} is at revision {current or 'none'}, not at head: {hint}"
                 )
+            if require_schema and check_keys:
+                self._container.pii.check_keys(register=True, sample=False)
         return self._container
 
     def close(self) -> None:

@@ -134,7 +134,7 @@ def run_demo(workdir: Path, out: Console = console) -> dict[str, Any]:
             container.confirmation.answer(bob, inbox.tokens[bob], "confirm")
         except BookijiError as exc:
             say(f"the same token again: refused, {exc.code}: {exc.message}")
-        holds.cancel(erin, actor=ACTOR, reason="requester changed plans")
+        holds.cancel(erin, actor=ACTOR, note="requester changed plans")
         say(f"operator cancels {erin}: {state(erin)}")
 
         out.print(Rule("3. Dual authorization and the atomic commit"))

@@ -1,4 +1,4 @@
-"""`bookiji pii new-key|rotate` and `bookiji requesters forget ID`."""
+"""`bookiji pii new-key|check|rotate` and `bookiji requesters forget ID`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import typer
 from rich.progress import Progress
 
 from bookiji.cli.context import state
-from bookiji.cli.output import JSON_OPTION, console, counted, emit_json
+from bookiji.cli.output import JSON_OPTION, console, counted, emit_json, err_console
 from bookiji.store.crypto import keyring, new_key
 
 
@@ -21,6 +21,35 @@ def register(app: typer.Typer) -> None:
         """Print a new Fernet key. Put it FIRST in BOOKIJI_PII_KEYS or the key file, keep
         the old keys after it, then run `bookiji pii rotate`."""
         typer.echo(new_key())
+
+    @pii.command("check")
+    def check(ctx: typer.Context, json_output: bool = JSON_OPTION) -> None:
+        """Check that the configured keys open the stored data (every key-check record and
+        a sample of stored values) without writing anything: run it with the new settings
+        before a deploy. A daemon refuses to start where this fails."""
+        result = state(ctx).container(check_keys=False).pii.check_keys(register=False)
+        if json_output:
+            emit_json(
+                {
+                    "ok": True,
+                    "keyRecords": result.records,
+                    "sampledValues": result.sampled,
+                    "newestKeyInUse": result.newest_in_use,
+                }
+            )
+            return
+        if not result.records and not result.sampled:
+            console.print("nothing is encrypted in this database yet: any key will do")
+            return
+        console.print(
+            f"the PII keys open the stored data ({counted(result.records, 'key record')}, "
+            f"{counted(result.sampled, 'sampled value')})"
+        )
+        if not result.newest_in_use:
+            console.print(
+                "the newest key is new to this database: starting with it begins a rotation "
+                "(then run `bookiji pii rotate`)"
+            )
 
     @pii.command("rotate")
     def rotate(
@@ -66,6 +95,14 @@ def register(app: typer.Typer) -> None:
                 abort=True,
             )
         erasure = container.pii.forget(requester_id, partner_id=partner)
+        if erasure.wal_truncated is False:
+            err_console.print(
+                "[bold yellow]warning:[/bold yellow] another connection was reading, so the "
+                "SQLite write-ahead log (the database file's -wal) still holds the erased "
+                "values' old copies: it is emptied when the last connection closes (every "
+                "process using the database stopped) or by the next erasure",
+                markup=True,
+            )
         if json_output:
             emit_json(
                 {
@@ -73,6 +110,7 @@ def register(app: typer.Typer) -> None:
                     "reservations": erasure.reservations,
                     "bookings": erasure.bookings,
                     "storedAnswers": erasure.stored_answers,
+                    "walTruncated": erasure.wal_truncated,
                 }
             )
             return

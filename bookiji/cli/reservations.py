@@ -84,6 +84,8 @@ def _print_document(document: dict[str, Any], now: datetime) -> None:
             f"vendor asked by {note['channel']}: {note['status']} "
             f"after {attempts(note['attempts'])}{error}"
         )
+    if document["cancelNote"]:
+        console.print(f"cancel note: {escape(document['cancelNote'])}")
     steps = [
         (
             instant_cell(step["at"]),
@@ -231,11 +233,16 @@ def decline(
 def cancel(
     ctx: typer.Context,
     reservation_id: str = typer.Argument(..., metavar="ID"),
-    reason: str | None = typer.Option(None, "--reason", help="Why; goes into the state history."),
+    reason: str | None = typer.Option(
+        None,
+        "--reason",
+        help="Why, in your words: shown as the cancel note, stored encrypted, erased by "
+        "`requesters forget` (the state history says `cancelled`).",
+    ),
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Cancel a reservation that is not committing or final (-> CANCELLED)."""
-    changed = state(ctx).container().reservations.cancel(reservation_id, actor=ACTOR, reason=reason)
+    changed = state(ctx).container().reservations.cancel(reservation_id, actor=ACTOR, note=reason)
     _act(ctx, reservation_id, changed, "cancelled", json_output)
 
 

@@ -93,6 +93,9 @@ def register(app: typer.Typer) -> None:
             before = migrate.current_revision(container.db)
             migrate.upgrade(container.db)
             after = migrate.current_revision(container.db)
+            # A database sealed with other keys (an init in a new directory made a new key
+            # file for it): refused here, and the key file taken back.
+            container.pii.check_keys(register=True)
         except BaseException:
             for created in written:
                 created.unlink(missing_ok=True)

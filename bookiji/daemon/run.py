@@ -3,7 +3,9 @@
 Jobs run in one background thread (`schedule`), each round claiming the job's lease so that
 several daemons on one Postgres never run the same job at once. SIGTERM or Ctrl-C: uvicorn
 stops accepting, drains in-flight requests (up to the grace period), then the job thread
-finishes the job it is in and the process exits 0.
+finishes the job it is in and the process exits 0. Webhook delivery claims nothing more from
+the signal on; a send still waiting on a partner's endpoint when the grace period is over is
+left to its lease (the next daemon retries it; receivers dedupe by `webhook-id`).
 """
 
 from __future__ import annotations
@@ -110,7 +112,8 @@ def run_daemon(settings: Settings, *, host: str, port: int) -> int:
             metrics.observe_job(name, len(report.errors), len(report.items))
 
     # Partner webhooks run on their own thread: a partner endpoint that hangs (or trickles
-    # its answer) holds up deliveries, never expiry, commits or compensations.
+    # its answer) holds up deliveries, never expiry, commits or compensations; and within
+    # deliveries, it holds up only its own partner's (`WebhookService.deliver_due`, lanes).
     deliveries = schedule.Scheduler()
     for name in runner.jobs:
         (deliveries if name == "webhooks" else scheduler).every(intervals[name]).seconds.do(
@@ -143,6 +146,8 @@ def run_daemon(settings: Settings, *, host: str, port: int) -> int:
         if not stop.is_set():
             deadline[0] = time.monotonic() + grace
             stop.set()
+            # Webhook lanes claim nothing more; the sends in flight end within their timeout.
+            container.webhooks.stop()
 
     server.on_exit = begin_shutdown
     # The port bound, not the one asked for: with --port 0 this line is how to find it.

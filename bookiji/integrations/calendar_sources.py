@@ -85,7 +85,16 @@ def _google(connection: CalendarConnection, settings: Settings, timeout: float) 
     if info is not None:
         credentials = credentials_from_authorized_user_info(info, google.token_uri)
     elif path is not None:
-        credentials = load_google_credentials(path, token_uri=google.token_uri)
+        try:
+            credentials = load_google_credentials(path, token_uri=google.token_uri)
+        except CalendarUnavailable as exc:
+            # Stored as the calendar's last error, so without the file's path: the setting
+            # to check is named instead.
+            raise CalendarUnavailable(
+                f"calendar {connection.id}: {exc.message}; check this calendar's "
+                "`credentials` in the vendors file",
+                retryable=exc.retryable,
+            ) from None
     else:
         raise CalendarUnavailable(
             f"calendar {connection.id}: no Google credentials; run "

@@ -62,23 +62,23 @@ def load_google_credentials(
     `token_uri` replaces the file's token endpoint (tests point it at a local server).
     `subject` is the Workspace user to impersonate (service accounts with domain-wide
     delegation only). Raises CalendarUnavailable (not retryable) when the file is missing,
-    unreadable or not a Google credential; the message names the file, never its content.
+    unreadable or not a Google credential; the message names neither the file (its path is
+    a secret's whereabouts, and the message is stored as the calendar's last error) nor its
+    content.
     """
     try:
         with open(path, encoding="utf-8") as handle:
             info = json.load(handle)
     except FileNotFoundError:
-        raise CalendarUnavailable(
-            f"Google credentials file not found: {path}", retryable=False
-        ) from None
+        raise CalendarUnavailable("Google credentials file not found", retryable=False) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CalendarUnavailable(
-            f"Google credentials file {path} is not readable JSON ({type(exc).__name__})",
+            f"Google credentials file is not readable JSON ({type(exc).__name__})",
             retryable=False,
         ) from None
     if not isinstance(info, dict):
         raise CalendarUnavailable(
-            f"Google credentials file {path} does not hold a JSON object", retryable=False
+            "Google credentials file does not hold a JSON object", retryable=False
         )
     kind = info.get("type")
     try:
@@ -93,11 +93,11 @@ def load_google_credentials(
     except (ValueError, KeyError, TypeError) as exc:
         # The library's messages name missing fields, never values; still keep to our words.
         raise CalendarUnavailable(
-            f"Google credentials file {path} is not usable ({_describe_value_error(exc)})",
+            f"Google credentials file is not usable ({_describe_value_error(exc)})",
             retryable=False,
         ) from None
     raise CalendarUnavailable(
-        f"Google credentials file {path} has unsupported type {kind!r} "
+        f"Google credentials file has unsupported type {kind!r} "
         "(expected 'service_account' or 'authorized_user')",
         retryable=False,
     )

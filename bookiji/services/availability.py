@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, text, union_all
 from sqlalchemy import select as sa_select
+from sqlalchemy.orm import defer
 from sqlmodel import col, select
 
 from bookiji.domain.availability import (
@@ -69,8 +70,14 @@ class VendorSchedule:
 
 # Built once: a hold runs these on every create, and building the expressions cost more
 # than running them.
+# The sealed source and credentials are not needed here: left unread, so a hold or an
+# answer decrypts nothing (and touching them on these rows raises instead of loading).
 _CALENDARS = (
     select(CalendarConnection)
+    .options(
+        defer(CalendarConnection.source, raiseload=True),  # type: ignore[arg-type]
+        defer(CalendarConnection.credentials_ref, raiseload=True),  # type: ignore[arg-type]
+    )
     .where(col(CalendarConnection.vendor_id) == bindparam("vendor"))
     .order_by(col(CalendarConnection.created_at), col(CalendarConnection.id))
 )

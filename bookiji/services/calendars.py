@@ -72,20 +72,22 @@ class CalendarService:
         name: str | None = None,
         credentials_ref: str | None = None,
     ) -> CalendarConnection:
-        """Add (or update the credentials of) a connection; it syncs on the next run."""
+        """Add (or update the credentials of) a connection; it syncs on the next run.
+
+        A vendor has one connection per provider and source. Sources are sealed (random
+        tokens), so the database cannot compare them: the vendor's connections are opened and
+        compared here, under a lock on the vendor's row that every adding transaction takes
+        first, so two adds of one source cannot both find none."""
         if provider not in PROVIDERS:
             raise ValidationFailed(f"unknown calendar provider {provider!r}")
         now = self.clock.now()
         with UnitOfWork(self.db) as uow:
-            if uow.vendors.get(vendor_id) is None:
+            if uow.vendors.get(vendor_id, for_update=True) is None:
                 raise NotFound(f"unknown vendor {vendor_id!r}", details={"vendorId": vendor_id})
-            existing = uow.session.exec(
-                select(CalendarConnection).where(
-                    col(CalendarConnection.vendor_id) == vendor_id,
-                    col(CalendarConnection.provider) == provider,
-                    col(CalendarConnection.source) == source,
-                )
-            ).first()
+            existing = next(
+                (c for c in self._connections_of(uow, vendor_id, provider) if c.source == source),
+                None,
+            )
             connection = existing or CalendarConnection(
                 id=new_id("cal"),
                 vendor_id=vendor_id,
@@ -100,6 +102,17 @@ class CalendarService:
             uow.touch_schedule(vendor_id)
             uow.commit()
             return connection
+
+    @staticmethod
+    def _connections_of(uow: UnitOfWork, vendor_id: str, provider: str) -> list[CalendarConnection]:
+        return list(
+            uow.session.exec(
+                select(CalendarConnection).where(
+                    col(CalendarConnection.vendor_id) == vendor_id,
+                    col(CalendarConnection.provider) == provider,
+                )
+            ).all()
+        )
 
     def disconnect(self, connection_id: str) -> CalendarConnection:
         """Remove a connection and its cached busy times (the vendor's slots reopen)."""

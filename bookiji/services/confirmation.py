@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, bindparam, update
+from sqlalchemy import Row, Text, bindparam, type_coerce, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, or_, select
@@ -29,6 +29,7 @@ from bookiji.services import transitions
 from bookiji.services.clock import Clock
 from bookiji.services.ids import new_id
 from bookiji.services.ports import NotificationFailed, Notifier, VendorNotification
+from bookiji.store.crypto import PiiKeyError, unseal
 from bookiji.store.database import Database
 from bookiji.store.errors import is_unique_violation
 from bookiji.store.models import (
@@ -89,6 +90,8 @@ _TO_SEND = (
         _N.c.reservation_id, _N.c.vendor_id, _N.c.token_id, _R.c.state, _R.c.slot_start,
         _R.c.slot_end, _R.c.requester_id, _V.c.name.label("vendor_name"), _V.c.timezone,
         _T.c.expires_at,
+        # As stored (sealed): opened only for the webhook rows that send to it.
+        type_coerce(_V.c.notify_webhook_url, Text).label("webhook_url"),
     )
     .join(_R, _R.c.id == _N.c.reservation_id)
     .join(_V, _V.c.id == _N.c.vendor_id)
@@ -184,12 +187,15 @@ class ConfirmationService:
     # -- asking ------------------------------------------------------------------------------
 
     def _channels(self, vendor: Vendor) -> list[tuple[str, str]]:
+        """(channel, destination) for each way the vendor is asked. A webhook's URL is a
+        secret, sealed on the vendor's row: the notification does not copy it (its
+        destination stays empty) and the sender reads it from there."""
         wanted = [
-            ("email", vendor.notify_email),
-            ("webhook", vendor.notify_webhook_url),
-            ("sms", vendor.notify_sms),
+            ("email", vendor.notify_email, vendor.notify_email),
+            ("webhook", vendor.notify_webhook_url, ""),
+            ("sms", vendor.notify_sms, vendor.notify_sms),
         ]
-        chosen = [(c, d) for c, d in wanted if d and c in self.notifiers]
+        chosen = [(c, d or "") for c, given, d in wanted if given and c in self.notifiers]
         return chosen or [("console", vendor.id)]
 
     def request(self, reservation_id: str, *, actor: str) -> list[Delivery]:
@@ -307,10 +313,24 @@ class ConfirmationService:
         )  # fmt: skip
         notifier = self.notifiers.get(row.channel) or self.notifiers["console"]
         try:
-            notifier.send(row.destination, notification)
+            notifier.send(self._destination(row), notification)
         except NotificationFailed as exc:
             return _Outcome(row, "retry" if exc.retryable else "failed", exc.message)
         return _Outcome(row, "sent", None)
+
+    @staticmethod
+    def _destination(row: Row[Any]) -> str:
+        if row.channel != "webhook":
+            return str(row.destination)
+        try:
+            url = unseal(row.webhook_url)
+        except PiiKeyError as exc:  # the operator fixes the keys; then it goes out
+            raise NotificationFailed(
+                f"cannot open the vendor's webhook URL: {exc.message}", retryable=True
+            ) from None
+        if not url:
+            raise NotificationFailed("the vendor has no webhook URL any more", retryable=False)
+        return url
 
     def _record(self, outcomes: list[_Outcome]) -> dict[str, Delivery]:
         """Every outcome of a batch in one transaction: two statements, each run for many."""

@@ -68,6 +68,8 @@ class ReservationView(Protocol):
     @property
     def meta(self) -> dict[str, Any]: ...
     @property
+    def cancel_note(self) -> str | None: ...
+    @property
     def idempotency_key(self) -> str | None: ...
     @property
     def version(self) -> int | None: ...
@@ -173,6 +175,7 @@ def reservation_document(
             for note in notifications
         ],
         "metadata": reservation.meta,
+        "cancelNote": reservation.cancel_note,
         "idempotencyKey": reservation.idempotency_key,
         "version": reservation.version,
         "createdAt": format_instant(reservation.created_at),

@@ -1,9 +1,11 @@
 """Personal data: erasing a requester's, and re-sealing everything with the newest key.
 
 `forget` keeps what the money and the audit trail need (amounts, payment references, states,
-the transition log, which never held personal data) and replaces the requester's id on their
-reservations and bookings with a pseudonym, clearing contact details and partner metadata
-and redacting the stored idempotent answers. It is one transaction: all or nothing.
+the transition log, which holds ids and Bookiji's own reasons) and replaces the requester's id
+on their reservations and bookings with a pseudonym, clearing contact details, partner
+metadata and cancel notes and redacting the stored idempotent answers. It is one
+transaction: all or nothing. (Transitions written before migration 0013 may still carry a
+cancel's free text as their reason: the log is append-only, and that history stays.)
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sqlalchemy.orm.attributes import flag_modified
 from sqlmodel import SQLModel, col, select
 
 from bookiji.domain.errors import NotFound
+from bookiji.services import pii_keys
 from bookiji.store.crypto import sealed_with_newest
 from bookiji.store.database import Database
 from bookiji.store.models import (
@@ -27,6 +30,7 @@ from bookiji.store.models import (
     IdempotencyKey,
     Partner,
     Reservation,
+    Vendor,
 )
 from bookiji.store.uow import UnitOfWork
 
@@ -36,9 +40,13 @@ log = logging.getLogger(__name__)
 SEALED: tuple[tuple[type[SQLModel], str, str, Any], ...] = (
     (Reservation, "meta", "metadata", JSON),
     (Reservation, "requester_contact", "requester_contact", JSON),
+    (Reservation, "cancel_note", "cancel_note", Text),
     (IdempotencyKey, "response_body", "response_body", JSON),
     (CalendarConnection, "credentials_ref", "credentials_ref", Text),
+    (CalendarConnection, "source", "source", Text),
     (Partner, "webhook_secret", "webhook_secret", Text),
+    (Partner, "webhook_url", "webhook_url", Text),
+    (Vendor, "notify_webhook_url", "notify_webhook_url", Text),
 )
 
 
@@ -48,6 +56,9 @@ class Erasure:
     reservations: list[str]
     bookings: int
     stored_answers: int
+    #: SQLite: whether the write-ahead log, which still held the erased values, was emptied
+    #: (False: a reader held it up; it is emptied later). None on Postgres.
+    wal_truncated: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,7 @@ class PiiService:
                 reservation.requester_id = pseudonym
                 reservation.meta = {}
                 reservation.requester_contact = None
+                reservation.cancel_note = None
             bookings = uow.session.execute(
                 update(Booking)
                 .where(col(Booking.reservation_id).in_(ids))
@@ -105,7 +117,13 @@ class PiiService:
             "requester data erased",
             extra={"pseudonym": pseudonym, "reservations": len(ids), "partner_id": partner_id},
         )
-        return Erasure(pseudonym, ids, int(bookings.rowcount or 0), len(answers))  # type: ignore[attr-defined]
+        return Erasure(
+            pseudonym,
+            ids,
+            int(bookings.rowcount or 0),  # type: ignore[attr-defined]
+            len(answers),
+            wal_truncated=self.db.truncate_wal() if self.db.is_sqlite else None,
+        )
 
     def rotate(self, progress: Callable[[int, int], None] | None = None) -> Rotation:
         """Seal every stored value with the newest key (and seal rows from before sealing).
@@ -142,4 +160,14 @@ class PiiService:
                 done += len(pending[start : start + self.batch_size])
                 if progress is not None:
                     progress(done, total)
+        pii_keys.retire_old_keys(self.db)  # all sealed with the newest key: the rest may go
         return Rotation(examined, resealed)
+
+    def check_keys(self, *, register: bool = False, sample: bool = True) -> pii_keys.KeyCheck:
+        """Refuse (PiiKeyError) unless the configured keys open the stored data; see
+        `pii_keys`. `register`: a new newest key is recorded (a daemon's or the CLI's start)."""
+        return pii_keys.verify(self.db, SEALED, register=register, sample=sample)
+
+    def key_problem(self) -> str | None:
+        """What is wrong with the keys by the key-check records alone (cheap, for /readyz)."""
+        return pii_keys.problem(self.db)

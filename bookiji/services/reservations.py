@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, get_args
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
@@ -73,6 +73,12 @@ class AskVendor(Protocol):
         self, vendor: Vendor, reservation_id: str, expires_at: datetime, now: datetime
     ) -> VendorAsk: ...
 
+
+#: What the transition log and the events say of a cancel: Bookiji's own words only, since the
+#: log is append-only and `requesters forget` cannot erase it. Whatever the partner or the
+#: operator wrote goes to the cancel's `note` (sealed on the reservation, erasable).
+CancelReason = Literal["cancelled", "cancelled by partner", "cancelled by support (dashboard)"]
+CANCEL_REASONS: frozenset[str] = frozenset(get_args(CancelReason))
 
 MAX_METADATA_BYTES = 16 * 1024
 MIN_SLOT = timedelta(minutes=5)
@@ -390,6 +396,7 @@ class ReservationService:
                 "meta": dict(request.metadata),
                 "requester_contact": dict(request.contact) if request.contact else None,
                 "idempotency_key": request.idempotency_key,
+                "cancel_note": None,
                 "created_at": now,
                 "updated_at": now,
             }
@@ -472,14 +479,25 @@ class ReservationService:
         reservation_id: str,
         *,
         actor: str,
-        reason: str | None = None,
+        reason: CancelReason = "cancelled",
+        note: str | None = None,
         partner_id: str | None = None,
     ) -> bool:
+        """End a reservation that is not committing or final (-> CANCELLED).
+
+        `reason` is what the log and the event say; `note` is the caller's own text, kept
+        sealed on the reservation in the same transaction (the partner's document and the
+        cancel event show it) and erased by `requesters forget`. Cancelling again changes
+        nothing, the first note included."""
+        if reason not in CANCEL_REASONS:
+            # The log is never erased: free text belongs in `note`.
+            raise ValueError(f"a cancel's reason is one of {sorted(CANCEL_REASONS)}")
         planned: list[str] = []
 
         def step(uow: UnitOfWork, reservation: Reservation, now: datetime) -> bool:
-            moved = self._move(uow, reservation, S.CANCELLED, now, actor, reason or "cancelled")
+            moved = self._move(uow, reservation, S.CANCELLED, now, actor, reason)
             if moved:
+                reservation.cancel_note = note or None
                 planned.extend(a.id for a in plan_into(uow, reservation, Failure.CANCELLED, now))
             return moved
 

@@ -106,6 +106,10 @@ class VendorService:
         unchanged: list[str] = []
         calendars_added = 0
         with UnitOfWork(self.db) as uow:
+            # Calendar sources are sealed, so the database cannot refuse a vendor's second
+            # connection to one source: they are compared below, under these row locks, which
+            # `CalendarService.connect` takes too.
+            uow.vendors.lock([spec.id for spec in specs])
             for spec in specs:
                 fields = _fields(spec)
                 vendor = uow.vendors.get(spec.id)

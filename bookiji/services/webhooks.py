@@ -7,22 +7,31 @@ Three steps, each safe to run from several processes at once:
   for partners with a webhook URL that are not disabled. An anti-join finds the events
   without a row; `INSERT ... ON CONFLICT DO NOTHING` on the unique (event_id, partner_id)
   makes two concurrent fan-outs insert each row once.
-* `deliver_due` claims due rows in a short transaction (`FOR UPDATE SKIP LOCKED` on
-  Postgres, the BEGIN IMMEDIATE writer lock on SQLite), counts the attempt and pushes
-  `next_attempt_at` out by a lease of one send timeout, commits, and only then sends the
-  rows one by one: network time never holds a lock. Just before each send, a short
-  conditional UPDATE (the row still pending with this worker's attempt count) renews the
-  row's lease to a full send timeout from then, and the lease of the rows still waiting in
-  the batch along with it once half of theirs has gone; a row found claimed by another
-  worker meanwhile is skipped. The lease keeps other workers off a row while it is in
-  flight or waiting its turn; a worker that dies mid-batch loses nothing, because its rows
-  become due again at most one send timeout after it last renewed them. Only the earliest
-  pending row of each (partner, reservation) is claimable, so a later event waits while an
-  earlier one is retried (a dead one no longer blocks).
+* `deliver_due` sends due rows on a few lanes (threads, `concurrency` of them), one
+  partner per lane, so an endpoint that hangs until the send timeout holds up its own
+  partner's deliveries, never another partner's. A lane claims a few of its partner's due
+  rows (`chunk`) in a short transaction (`FOR UPDATE SKIP LOCKED` on Postgres, the BEGIN
+  IMMEDIATE writer lock on SQLite) that counts an attempt on each and pushes
+  `next_attempt_at` out by a lease of one send timeout, commits, and only then sends them
+  one by one: network time never holds a lock. Just before each send, a short conditional
+  UPDATE (the row still pending with this worker's attempt count) renews the row's lease
+  to a full send timeout from then, and the lease of the rows still waiting their turn
+  along with it once half of theirs has gone; a row found claimed by another worker
+  meanwhile is skipped. A worker that dies loses nothing: its rows are due again at most
+  one send timeout after it last renewed them. Only the earliest pending row of each
+  (partner, reservation) is claimable, so a later event waits while an earlier one is
+  retried (a dead one no longer blocks). A send that got no answer (a timeout, a refused
+  connection) ends its partner's turn in this call: the rows still waiting are released
+  (due now, their attempt not counted) for the next call, rather than each costing a
+  timeout now. While a lane is still sending after `idle_poll` seconds, the free lanes
+  fan out new events and take up other partners' due rows meanwhile.
 * The outcome is written in a second transaction: 2xx delivered; anything else waits
   `min(max_delay, base_delay * 2**(attempts-1))` times a jitter in [0.5, 1.5), and after
-  `max_attempts` attempts (or a failure that can never succeed) the row is dead. Dead rows
-  stay visible to operators and `replay` puts them back.
+  `max_attempts` attempts (or a failure that can never succeed) the row is dead. A row is
+  never claimed once it has had `max_attempts` attempts: when the last one's outcome was
+  never recorded (its worker died, or overran its lease) the row is dead once that lease
+  has run out, not sent once more. Dead rows stay visible to operators and `replay` puts
+  them back.
 
 The message id is the event id, identical on every attempt and every replay, so receivers
 deduplicate; the body is `{"type", "id", "createdAt", "data"}`. HTTP itself is behind the
@@ -34,12 +43,13 @@ from __future__ import annotations
 import builtins
 import logging
 import random
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, update
+from sqlalchemy import and_, bindparam, exists, func, or_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import aliased
@@ -48,6 +58,7 @@ from sqlmodel import col, select
 from bookiji.domain.errors import Conflict, NotFound, ValidationFailed
 from bookiji.domain.timeutil import format_instant
 from bookiji.services.clock import Clock
+from bookiji.services.events import cancel_notes, event_data
 from bookiji.services.ids import new_id
 from bookiji.services.ports import WebhookSender, WebhookSendFailed
 from bookiji.store.database import Database
@@ -59,6 +70,16 @@ log = logging.getLogger(__name__)
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 STATUSES = (PENDING, DELIVERED, DEAD)
 TEST_EVENT_TYPE = "webhook.test"
+
+#: Partners `deliver_due` sends to at once by default, and at most: each lane is a thread
+#: that holds a database connection for its short transactions (see store/database.py).
+DEFAULT_CONCURRENCY = 4
+MAX_CONCURRENCY = 8
+
+
+class _NoAnswer(Exception):
+    """A send got no answer: the partner's turn in this round is over."""
+
 
 #: 2**48 base delays is beyond any sensible cap; stops the multiplication from overflowing.
 _MAX_EXPONENT = 48
@@ -161,12 +182,16 @@ def backoff_delay(
     return delay * rng.uniform(0.5, 1.5)
 
 
-def event_payload(event: OutboxEvent) -> dict[str, object]:
+def event_payload(
+    event: OutboxEvent, notes: Mapping[str, str | None] | None = None
+) -> dict[str, object]:
+    """The body sent; `notes` are the cancel notes of the events' reservations, read when
+    the event is claimed (see `bookiji.services.events`)."""
     return {
         "type": event.type,
         "id": event.event_id,
         "createdAt": format_instant(event.created_at),
-        "data": event.payload,
+        "data": event_data(event, notes or {}),
     }
 
 
@@ -201,11 +226,19 @@ class WebhookService:
         batch: int = 100,
         rng: random.Random | None = None,
         send_timeout: timedelta = timedelta(seconds=30),
+        concurrency: int = DEFAULT_CONCURRENCY,
+        idle_poll: float = 0.5,
     ) -> None:
         """`send_timeout` bounds one send (the HTTP sender's own timeout is shorter): it is
-        the lease of a claimed row, renewed before the row is sent (see `deliver_due`)."""
+        the lease of a claimed row. `concurrency` is how many partners `deliver_due` sends
+        to at once (one lane, a thread, each); `idle_poll` how many seconds of real time
+        pass between two looks for more work while a lane is still sending."""
         if max_attempts < 1 or batch < 1:
             raise ValueError("max_attempts and batch must be at least 1")
+        if not 1 <= concurrency <= MAX_CONCURRENCY:
+            raise ValueError(f"concurrency must be between 1 and {MAX_CONCURRENCY}")
+        if idle_poll <= 0:
+            raise ValueError("idle_poll must be positive")
         if base_delay <= timedelta(0) or max_delay < base_delay:
             raise ValueError("need 0 < base_delay <= max_delay")
         if send_timeout <= timedelta(0):
@@ -219,12 +252,29 @@ class WebhookService:
         self.batch = batch
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self.send_timeout = send_timeout
+        self.concurrency = concurrency
+        self.idle_poll = idle_poll
+        #: Rows a lane claims at a time for its partner (one query for several sends): the
+        #: lanes together claim about one batch.
+        self.chunk = max(1, batch // concurrency)
+        self._stopping = threading.Event()
+        self._statements()
+
+    def stop(self) -> None:
+        """Claim nothing more (the daemon is shutting down): a `deliver_due` under way
+        finishes the sends in flight and returns; later calls send nothing."""
+        self._stopping.set()
 
     # -- fan-out ----------------------------------------------------------------------------
 
     def fan_out(self) -> int:
         """Create the missing delivery rows, oldest event first, `batch` per transaction.
         Returns how many rows this call inserted (a concurrent fan-out may insert others)."""
+        # A read decides first: this runs every few seconds (and while a slow send goes on,
+        # more often), and on SQLite a write transaction takes the writer lock.
+        with UnitOfWork(self.db, readonly=True) as uow:
+            if uow.session.exec(self._undelivered_events().limit(1)).first() is None:
+                return 0
         created = 0
         while True:
             with UnitOfWork(self.db) as uow:
@@ -291,29 +341,18 @@ class WebhookService:
     # -- delivery ---------------------------------------------------------------------------
 
     def deliver_due(self, limit: int | None = None) -> list[DeliveryResult]:
-        """Claim, send and record up to `limit` (default `batch`) due deliveries.
+        """Claim, send and record up to `limit` (default `batch`) due deliveries, several
+        partners at once, each partner's one at a time (see the module docstring). Rows
+        whose last attempt was lost come back as dead letters first. Returns once every
+        lane is done: no partner has a claimable row left, except those whose endpoint gave
+        no answer in this call, or the limit is reached, or `stop` was called."""
+        results = self._bury_lost_last_attempts()
+        return results + _Round(self, limit or self.batch).run()
 
-        Rows are sent one by one, each under a lease renewed to a full send timeout just
-        before its send; the rows waiting their turn get theirs renewed with it whenever
-        half of it has gone, so a long batch keeps its rows while a killed worker holds
-        them back one send timeout at most. A row that is no longer this worker's (its
-        lease ran out and another worker claimed it) is left to that worker."""
-        claims = self._claim(limit or self.batch)
-        results: list[DeliveryResult] = []
-        waiting_until = claims[0].lease if claims else self.clock.now()
-        for index, claim in enumerate(claims):
-            now = self.clock.now()
-            if now + self.send_timeout / 2 >= waiting_until:
-                renew: Sequence[_Claim] = claims[index:]
-                waiting_until = now + self.send_timeout
-            else:
-                renew = [claim]
-            if claim.delivery_id in self._renew(renew, now + self.send_timeout):
-                results.append(self._attempt(claim))
-        return results
-
-    def _claim(self, limit: int) -> list[_Claim]:
-        now = self.clock.now()
+    def _claimable(self) -> list[Any]:
+        """The rows a worker may claim at `:now`: pending, an attempt left, due (the lease of
+        their last claim or their backoff over; a pending row always has a due time), and
+        no earlier event of their reservation to that partner still pending."""
         d = WebhookDelivery
         earlier = aliased(WebhookDelivery)
         blocked = exists().where(
@@ -322,48 +361,87 @@ class WebhookService:
             col(earlier.status) == PENDING,
             col(earlier.event_seq) < col(d.event_seq),
         )
+        return [
+            col(d.status) == PENDING,
+            col(d.attempts) < self.max_attempts,
+            col(d.next_attempt_at) <= bindparam("now"),
+            ~blocked,
+        ]
+
+    def _statements(self) -> None:
+        """The delivery queries, built once (building one costs more than running it)."""
+        d = WebhookDelivery
+        enabled = exists().where(
+            col(Partner.id) == col(d.partner_id),
+            col(Partner.disabled_at).is_(None),
+            col(Partner.webhook_url).is_not(None),
+        )
+        self._due_stmt = (
+            select(d.partner_id)
+            .where(
+                *self._claimable(),
+                enabled,
+                col(d.partner_id).not_in(bindparam("exclude", expanding=True)),
+            )
+            .order_by(col(d.next_attempt_at), col(d.event_seq))
+            .limit(self.batch)
+        )
         reachable = exists().where(
             col(Partner.id) == col(d.partner_id),
             col(Partner.disabled_at).is_(None),
             col(Partner.webhook_url).is_not(None),
             col(Partner.webhook_url) != "",
         )
-        stmt = (
+        self._claim_stmt = (
             select(d)
-            .where(
-                col(d.status) == PENDING,
-                or_(col(d.next_attempt_at).is_(None), col(d.next_attempt_at) <= now),
-                ~blocked,
-                reachable,
-            )
+            .where(col(d.partner_id) == bindparam("partner"), *self._claimable(), reachable)
             .order_by(col(d.next_attempt_at), col(d.event_seq))
-            .limit(limit)
+            .limit(bindparam("limit"))
             .with_for_update(skip_locked=True, of=d)
         )
+        self._events_stmt = select(OutboxEvent).where(
+            col(OutboxEvent.event_id).in_(bindparam("events", expanding=True))
+        )
+        lost = (
+            col(d.status) == PENDING,
+            col(d.attempts) >= self.max_attempts,
+            col(d.next_attempt_at) <= bindparam("now"),
+        )
+        self._any_lost_stmt = select(d.id).where(*lost).limit(1)
+        self._lost_stmt = select(d).where(*lost).with_for_update(skip_locked=True)
+
+    def _due_partners(self, exclude: set[str], limit: int) -> list[str]:
+        """Up to `limit` partners, not in `exclude`, with a claimable row: earliest due first.
+        A read without locks; a lane's claim decides."""
+        params = {"now": self.clock.now(), "exclude": sorted(exclude)}
+        with UnitOfWork(self.db, readonly=True) as uow:
+            found = uow.session.exec(self._due_stmt, params=params).all()
+        return list(dict.fromkeys(found))[:limit]
+
+    def _claim(self, partner_id: str, limit: int) -> list[_Claim]:
+        """Claim up to `limit` of the partner's due rows, earliest first, in one short
+        transaction: count an attempt on each and lease it for one send timeout. [] if it
+        has none (or other workers hold them)."""
+        now = self.clock.now()
+        params = {"now": now, "partner": partner_id, "limit": limit}
         with UnitOfWork(self.db) as uow:
-            rows = list(uow.session.exec(stmt).all())
+            rows = list(uow.session.exec(self._claim_stmt, params=params).all())
             if not rows:
                 return []
             events = {
                 e.event_id: e
                 for e in uow.session.exec(
-                    select(OutboxEvent).where(
-                        col(OutboxEvent.event_id).in_({r.event_id for r in rows})
-                    )
+                    self._events_stmt, params={"events": [r.event_id for r in rows]}
                 ).all()
             }
-            partners = {
-                p.id: p
-                for p in uow.session.exec(
-                    select(Partner).where(col(Partner.id).in_({r.partner_id for r in rows}))
-                ).all()
-            }
+            notes = cancel_notes(uow.session, events.values())
+            partner = uow.session.get(Partner, partner_id)
             claims = []
             lease = now + self.send_timeout
             for row in rows:
                 row.attempts += 1
                 row.next_attempt_at = lease
-                event, partner = events.get(row.event_id), partners.get(row.partner_id)
+                event = events.get(row.event_id)
                 claims.append(
                     _Claim(
                         delivery_id=row.id,
@@ -374,18 +452,137 @@ class WebhookService:
                         reservation_id=row.reservation_id,
                         url=partner.webhook_url if partner else None,
                         secret=partner.webhook_secret if partner else None,
-                        payload=event_payload(event) if event else None,
+                        payload=event_payload(event, notes) if event else None,
                     )
                 )
             uow.commit()
         return claims
 
-    def _attempt(self, claim: _Claim) -> DeliveryResult:
+    def _send(self, claims: list[_Claim], go_on: Callable[[], bool]) -> Iterator[DeliveryResult]:
+        """Send claimed rows one by one, each under a lease renewed to a full send timeout
+        just before its send; the rows waiting their turn get theirs renewed with it
+        whenever half of it has gone, so a long run of sends keeps its rows while a killed
+        worker holds them back one send timeout at most. A row that is no longer this
+        worker's (its lease ran out and another worker claimed it) is left to that worker.
+        Once `go_on()` is false, or after a send that got no answer (then `_NoAnswer` is
+        raised), the rows not sent yet are released: due now, their attempt not counted."""
+        waiting_until = claims[0].lease if claims else self.clock.now()
+        for index, claim in enumerate(claims):
+            if not go_on():
+                self._release(claims[index:])
+                return
+            now = self.clock.now()
+            if now + self.send_timeout / 2 >= waiting_until:
+                renew: Sequence[_Claim] = claims[index:]
+                waiting_until = now + self.send_timeout
+            else:
+                renew = [claim]
+            if claim.delivery_id not in self._renew(renew, now + self.send_timeout):
+                continue
+            result, answered = self._attempt(claim)
+            yield result
+            if not answered:
+                self._release(claims[index + 1 :])
+                raise _NoAnswer
+
+    def _mine(self, claims: Sequence[_Claim]) -> Any:
+        """The claimed rows still this worker's: pending, attempt count unchanged."""
+        d = WebhookDelivery
+        return and_(
+            col(d.status) == PENDING,
+            or_(
+                *(
+                    and_(col(d.id) == claim.delivery_id, col(d.attempts) == claim.token)
+                    for claim in claims
+                )
+            ),
+        )
+
+    def _renew(self, claims: Sequence[_Claim], until: datetime) -> set[str]:
+        """Extend the lease of the claimed rows still this worker's to `until`, in one
+        short transaction; their ids."""
+        d = WebhookDelivery
+        stmt = (
+            update(d)
+            .where(self._mine(claims))
+            .values(next_attempt_at=until)
+            .returning(col(d.id))
+            .execution_options(synchronize_session=False)
+        )
+        with UnitOfWork(self.db) as uow:
+            kept = {str(delivery_id) for delivery_id in uow.session.execute(stmt).scalars()}
+            uow.commit()
+        return kept
+
+    def _release(self, claims: Sequence[_Claim]) -> None:
+        """Give back claimed rows that were not sent: due now, their attempt not counted
+        (the count returns to what it was before the claim)."""
+        if not claims:
+            return
+        d = WebhookDelivery
+        stmt = (
+            update(d)
+            .where(self._mine(claims))
+            .values(attempts=col(d.attempts) - 1, next_attempt_at=self.clock.now())
+            .execution_options(synchronize_session=False)
+        )
+        with UnitOfWork(self.db) as uow:
+            uow.session.execute(stmt)
+            uow.commit()
+
+    def _bury_lost_last_attempts(self) -> list[DeliveryResult]:
+        """Dead letters of the pending rows that have had every attempt, the last one
+        claimed by a worker that never recorded its outcome (it died, or its send outlasted
+        the lease) and that lease over. Such a row is never claimed again: another send
+        would be attempt `max_attempts + 1`. A read decides before any write transaction."""
+        params = {"now": self.clock.now()}
+        with UnitOfWork(self.db, readonly=True) as uow:
+            if uow.session.exec(self._any_lost_stmt, params=params).first() is None:
+                return []
+        results = []
+        with UnitOfWork(self.db) as uow:
+            rows = uow.session.exec(self._lost_stmt, params=params).all()
+            for row in rows:
+                row.status = DEAD
+                row.next_attempt_at = None
+                row.last_status = None
+                row.last_error = (
+                    f"attempt {row.attempts} of {self.max_attempts} has no outcome recorded "
+                    "(the worker sending it stopped or overran its lease); no attempt left"
+                )
+                results.append(self._result(row, None, row.last_error))
+            uow.commit()
+        for result in results:
+            log.warning(
+                "webhook %s to partner %s is dead after %d attempts: %s",
+                result.event_id,
+                result.partner_id,
+                result.attempts,
+                result.error,
+            )
+        return results
+
+    @staticmethod
+    def _result(row: WebhookDelivery, http_status: int | None, error: str | None) -> DeliveryResult:
+        return DeliveryResult(
+            delivery_id=row.id,
+            event_id=row.event_id,
+            partner_id=row.partner_id,
+            reservation_id=row.reservation_id,
+            status=row.status,
+            attempts=row.attempts,
+            http_status=http_status,
+            error=error,
+            next_attempt_at=row.next_attempt_at,
+        )
+
+    def _attempt(self, claim: _Claim) -> tuple[DeliveryResult, bool]:
+        """Send one claimed row and record the outcome; whether the endpoint answered."""
         if claim.payload is None:
-            return self._record(claim, None, "the event is no longer in the outbox", False)
+            return self._record(claim, None, "the event is no longer in the outbox", False), True
         if not claim.url or not claim.secret:
             problem = f"partner {claim.partner_id} has no webhook URL or secret"
-            return self._record(claim, None, problem, False)
+            return self._record(claim, None, problem, False), True
         try:
             status = self.sender.send(
                 claim.url,
@@ -395,86 +592,64 @@ class WebhookService:
                 payload=claim.payload,
             )
         except WebhookSendFailed as exc:
-            return self._record(claim, None, exc.message, exc.retryable)
-        except Exception as exc:  # one broken send must not strand the rest of the batch
+            # A URL or secret that can never work fails at once: no reason to stop.
+            return self._record(claim, None, exc.message, exc.retryable), not exc.retryable
+        except Exception as exc:  # one broken send must not strand the rest
             log.warning("webhook %s: sender raised %s", claim.event_id, type(exc).__name__)
-            return self._record(claim, None, f"sender error ({type(exc).__name__})", True)
+            return self._record(claim, None, f"sender error ({type(exc).__name__})", True), False
         if 200 <= status < 300:
-            return self._record(claim, status, None, False)
-        return self._record(claim, status, f"HTTP {status}", True)
+            return self._record(claim, status, None, False), True
+        return self._record(claim, status, f"HTTP {status}", True), True
 
     def _record(
         self, claim: _Claim, http_status: int | None, error: str | None, retryable: bool
     ) -> DeliveryResult:
         now = self.clock.now()
         delivered = error is None
+        died = False
         with UnitOfWork(self.db) as uow:
             row = uow.session.exec(
                 select(WebhookDelivery)
                 .where(col(WebhookDelivery.id) == claim.delivery_id)
                 .with_for_update()
             ).one()
+            mine = row.attempts == claim.token
+            # Dead and still ours: buried while this send outlasted its lease (it was the
+            # last attempt); what came of it is known now after all.
+            buried = row.status == DEAD and mine
             if delivered:
                 # True whoever owns the row now; a worker that re-claimed it after our lease
                 # ran out finds it delivered and records nothing.
-                if row.status == PENDING:
+                if row.status == PENDING or buried:
                     row.status = DELIVERED
                     row.delivered_at = now
                     row.next_attempt_at = None
                     row.last_status = http_status
                     row.last_error = None
-            elif row.status == PENDING and row.attempts == claim.token:
+            elif row.status == PENDING and mine:
                 row.last_status = http_status
                 row.last_error = error
                 if not retryable or row.attempts >= self.max_attempts:
                     row.status = DEAD
                     row.next_attempt_at = None
+                    died = True
                 else:
                     row.next_attempt_at = now + backoff_delay(
                         row.attempts, base=self.base_delay, cap=self.max_delay, rng=self.rng
                     )
+            elif buried:
+                row.last_status = http_status
+                row.last_error = error
             uow.commit()
-            if row.status == DEAD:
-                log.warning(
-                    "webhook %s to partner %s is dead after %d attempts: %s",
-                    row.event_id,
-                    row.partner_id,
-                    row.attempts,
-                    row.last_error,
-                )
-            return DeliveryResult(
-                delivery_id=row.id,
-                event_id=row.event_id,
-                partner_id=row.partner_id,
-                reservation_id=row.reservation_id,
-                status=row.status,
-                attempts=row.attempts,
-                http_status=http_status,
-                error=error,
-                next_attempt_at=row.next_attempt_at,
+        if died:
+            log.warning(
+                "webhook %s to partner %s is dead after %d attempts: %s",
+                row.event_id,
+                row.partner_id,
+                row.attempts,
+                row.last_error,
             )
-
-    def _renew(self, claims: Sequence[_Claim], until: datetime) -> set[str]:
-        """Extend the lease of the claimed rows still this worker's (pending, attempt count
-        unchanged since the claim) to `until`, in one short transaction; their ids."""
-        d = WebhookDelivery
-        mine = or_(
-            *(
-                and_(col(d.id) == claim.delivery_id, col(d.attempts) == claim.token)
-                for claim in claims
-            )
-        )
-        stmt = (
-            update(d)
-            .where(col(d.status) == PENDING, mine)
-            .values(next_attempt_at=until)
-            .returning(col(d.id))
-            .execution_options(synchronize_session=False)
-        )
-        with UnitOfWork(self.db) as uow:
-            kept = {str(delivery_id) for delivery_id in uow.session.execute(stmt).scalars()}
-            uow.commit()
-        return kept
+        return self._result(row, http_status, error)
 
     # -- operators --------------------------------------------------------------------------
 
@@ -599,3 +774,109 @@ class WebhookService:
         return {
             (partner, reservation): event for partner, reservation, event in rows if reservation
         }
+
+
+class _Round:
+    """One `deliver_due`: lanes (threads), each sending one partner's rows one at a time,
+    at most `service.concurrency` at once and `limit` claims in all. The calling thread
+    starts lanes for due partners, and while a lane is still sending after `idle_poll`
+    seconds it fans out new events and starts lanes for partners that became due. A
+    partner whose endpoint gave no answer, or whose lane found nothing to claim, gets no
+    further lane in this round. An exception in a lane (or here) stops the round: no new
+    claims, the lanes' sends in flight are recorded, then it is raised here."""
+
+    def __init__(self, service: WebhookService, limit: int) -> None:
+        self.service = service
+        self.budget = limit
+        self.results: list[DeliveryResult] = []
+        self.busy: set[str] = set()
+        self.done: set[str] = set()  # partners that get no further lane this round
+        self.failure: BaseException | None = None
+        self.changed = threading.Condition()
+        self.lanes: list[threading.Thread] = []
+
+    def _open(self) -> int:
+        """How many lanes may start now (under `changed`)."""
+        if self.failure is not None or self.service._stopping.is_set():
+            return 0
+        return min(self.service.concurrency, self.budget) - len(self.busy)
+
+    def run(self) -> list[DeliveryResult]:
+        service = self.service
+        slow = False
+        try:
+            while True:
+                with self.changed:
+                    free = self._open()
+                    exclude = self.busy | self.done
+                if free > 0:
+                    if slow:
+                        service.fan_out()
+                    for partner in service._due_partners(exclude, free):
+                        self._start(partner)
+                with self.changed:
+                    if not self.busy:
+                        break
+                    # Woken when a lane ends; a timeout means a lane is still sending.
+                    slow = not self.changed.wait(service.idle_poll)
+        except BaseException as exc:
+            with self.changed:
+                self.failure = self.failure or exc
+        finally:
+            for lane in self.lanes:
+                lane.join()
+        if self.failure is not None:
+            raise self.failure
+        return self.results
+
+    def _start(self, partner: str) -> None:
+        with self.changed:
+            self.busy.add(partner)
+        lane = threading.Thread(
+            target=self._lane, args=(partner,), name="bookiji-webhook-lane", daemon=True
+        )
+        self.lanes.append(lane)
+        lane.start()
+
+    def _go_on(self) -> bool:
+        with self.changed:
+            return self.failure is None and not self.service._stopping.is_set()
+
+    def _lane(self, partner: str) -> None:
+        service = self.service
+        claimed = answered = False
+        try:
+            while self._go_on():
+                with self.changed:
+                    take = min(service.chunk, self.budget)
+                    self.budget -= take
+                if take <= 0:
+                    break
+                # Claimed rows count against the round's limit until they turn out unsent.
+                claims = service._claim(partner, take)
+                with self.changed:
+                    self.budget += take - len(claims)
+                if not claims:
+                    break
+                claimed = True
+                sent = 0
+                try:
+                    for result in service._send(claims, self._go_on):
+                        sent += 1
+                        with self.changed:
+                            self.results.append(result)
+                    answered = True
+                finally:  # claims not sent (given back, or taken over) count for nothing
+                    with self.changed:
+                        self.budget += len(claims) - sent
+        except _NoAnswer:
+            claimed, answered = True, False
+        except BaseException as exc:
+            with self.changed:
+                self.failure = self.failure or exc
+        finally:
+            with self.changed:
+                self.busy.discard(partner)
+                if not claimed or not answered:
+                    self.done.add(partner)
+                self.changed.notify_all()

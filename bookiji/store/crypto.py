@@ -56,6 +56,7 @@ class Keyring:
                 "(`bookiji pii new-key` makes one)"
             ) from None
         self._primary = fernets[0]
+        self._each = fernets
         self._fernet = MultiFernet(fernets)
 
     @property
@@ -82,6 +83,23 @@ class Keyring:
             raise PiiKeyError(
                 "stored personal data does not open with the configured PII keys"
             ) from None
+
+    def opens(self, token: str) -> bool:
+        """Whether one of the configured keys opens `token` (no key: False)."""
+        if self._fernet is None:
+            return False
+        try:
+            self._fernet.decrypt(token.encode())
+        except InvalidToken:
+            return False
+        return True
+
+    def seal_with_each(self, plain: str) -> list[str]:
+        """`plain` sealed once with every configured key, newest first (the key-check
+        records: whoever holds a key can tell which record it opens; nobody else can)."""
+        if self._fernet is None:
+            return []
+        return [fernet.encrypt(plain.encode()).decode() for fernet in self._each]
 
     def needs_rotation(self, token: str) -> bool:
         """Whether `token` is not yet sealed with the newest key."""
@@ -151,9 +169,15 @@ class SealedText(TypeDecorator[str]):
         return keyring().seal(str(value))
 
     def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
-        if value is None or not is_sealed(value):
-            return value  # type: ignore[no-any-return]
-        return keyring().open(value)
+        return unseal(value)
+
+
+def unseal(stored: str | None) -> str | None:
+    """A `SealedText` value as stored (read around the column type, so that only the rows
+    that need it are opened) as the application sees it."""
+    if stored is None or not is_sealed(stored):
+        return stored
+    return keyring().open(stored)
 
 
 class SealedJSON(TypeDecorator[Any]):

@@ -86,24 +86,27 @@ class Vendor(SQLModel, table=True):
     schedule_version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     #: Where the vendor hears about new holds; none set = the console (embedded default).
     notify_email: str | None = Field(default=None, max_length=320)
-    notify_webhook_url: str | None = Field(default=None, sa_type=Text)
+    #: Sealed: a webhook URL may carry a token or a user name and password.
+    notify_webhook_url: str | None = Field(default=None, sa_type=SealedText)
     notify_sms: str | None = Field(default=None, max_length=32)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
 
 
 class CalendarConnection(SQLModel, table=True):
+    """A vendor's calendar. `source` is sealed (an ICS feed's URL usually carries a secret
+    token; Google and Outlook name a mailbox), so the database cannot compare sources: one
+    source per vendor and provider is kept by `CalendarService.connect` and the vendors
+    import, which compare the opened sources under a lock on the vendor's row."""
+
     __tablename__: ClassVar[str] = "calendar_connections"
-    __table_args__ = (
-        UniqueConstraint("vendor_id", "provider", "source", name="uq_calendar_connections_source"),
-    )
 
     id: str = Field(primary_key=True, max_length=40)
     vendor_id: str = Field(
         sa_column=Column(String(64), ForeignKey("vendors.id"), nullable=False, index=True)
     )
     provider: str = Field(max_length=16)
-    source: str = Field(sa_type=Text)
+    source: str = Field(sa_type=SealedText)
     name: str | None = Field(default=None, max_length=200)
     #: Encrypted credentials (refresh token) or a path to a credentials file; never printed.
     credentials_ref: str | None = Field(default=None, sa_type=SealedText)
@@ -142,7 +145,8 @@ class Partner(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=64)
     name: str = Field(max_length=200)
-    webhook_url: str | None = Field(default=None, sa_type=Text)
+    #: Sealed like the secret: a URL may carry a token or a user name and password.
+    webhook_url: str | None = Field(default=None, sa_type=SealedText)
     webhook_secret: str | None = Field(default=None, sa_type=SealedText)
     created_at: datetime = _ts()
     disabled_at: datetime | None = _ts(nullable=True)
@@ -240,6 +244,9 @@ class Reservation(SQLModel, table=True):
         default=None, sa_column=Column("requester_contact", SealedJSON, nullable=True)
     )
     idempotency_key: str | None = Field(default=None, max_length=255)
+    #: The free text a partner or an operator gave with a cancel, sealed; erased by
+    #: `requesters forget`. The transition log only ever says Bookiji's own words.
+    cancel_note: str | None = Field(default=None, sa_type=SealedText, nullable=True)
     created_at: datetime = _ts()
     updated_at: datetime = _ts()
 
@@ -436,6 +443,8 @@ class VendorNotificationRow(SQLModel, table=True):
     )
     vendor_id: str = Field(max_length=64)
     channel: str = Field(max_length=16)
+    #: The address for email and SMS, the vendor's id for the console; empty for a webhook,
+    #: whose URL is a secret read (sealed) from the vendor's row when it is sent, not copied.
     destination: str = Field(sa_type=Text)
     token_id: str = Field(max_length=40)
     status: str = Field(default="pending", max_length=16)
@@ -498,3 +507,15 @@ class JobRun(SQLModel, table=True):
     finished_at: datetime | None = _ts(nullable=True)
     processed: int = 0
     errors: int = 0
+
+
+class PiiKeyCheck(SQLModel, table=True):
+    """One Fernet token per PII key that sealed (or may have sealed) stored data: a fixed
+    text sealed with that key. Whoever starts with keys that do not open every record would
+    misread or mis-seal data, and is refused. `pii rotate` keeps only the newest key's."""
+
+    __tablename__: ClassVar[str] = "pii_key_checks"
+
+    id: str = Field(primary_key=True, max_length=32)
+    token: str = Field(sa_type=Text)
+    created_at: datetime = _ts()

@@ -81,8 +81,22 @@ class VendorRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def get(self, vendor_id: str) -> Vendor | None:
-        return self.session.get(Vendor, vendor_id)
+    def get(self, vendor_id: str, *, for_update: bool = False) -> Vendor | None:
+        """`for_update`: lock the row until the transaction ends (Postgres; SQLite's write
+        transactions are serialised whole), for a check-then-insert under this vendor."""
+        return self.session.get(Vendor, vendor_id, with_for_update=True if for_update else None)
+
+    def lock(self, vendor_ids: Sequence[str]) -> None:
+        """Lock these vendors' rows (those that exist) until the transaction ends, in id order
+        (a stable lock order), 500 to a statement; they stay loaded in the session."""
+        ordered = sorted(set(vendor_ids))
+        for first in range(0, len(ordered), 500):
+            self.session.exec(
+                select(Vendor)
+                .where(col(Vendor.id).in_(ordered[first : first + 500]))
+                .order_by(col(Vendor.id))
+                .with_for_update()
+            ).all()
 
     def read(self, vendor_id: str) -> Vendor | None:
         """The vendor as stored, outside the session's identity map: for a path that reads

@@ -15,7 +15,7 @@ dashboard calls them from worker threads.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 from bookiji.bootstrap import Container
 from bookiji.daemon.jobs import job_runner
@@ -28,7 +28,7 @@ from bookiji.tui.queries import ReservationDetail
 
 S = ReservationState
 ACTOR = "operator:tui"
-CANCEL_REASON = "cancelled by support (dashboard)"
+CANCEL_REASON: Final = "cancelled by support (dashboard)"
 Severity = Literal["information", "warning", "error"]
 
 #: What each job of `bookiji reconcile --once` does, in words for the dialog.

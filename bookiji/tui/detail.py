@@ -134,12 +134,13 @@ class DetailScreen(Screen[None]):
         self.query_one("#detail-head", Static).update(head)
         self.tick()
         partner = doc["partnerId"] or "none (operator)"
-        self.query_one("#detail-parties", Static).update(
-            Text(
-                f"Vendor {detail.vendor_name} ({doc['vendorId']})  Requester {doc['requesterId']}"
-                f"  Partner {partner}"
-            )
+        parties = (
+            f"Vendor {detail.vendor_name} ({doc['vendorId']})  Requester {doc['requesterId']}"
+            f"  Partner {partner}"
         )
+        if doc.get("cancelNote"):  # the canceller's own words, kept apart from the log
+            parties += f"\nCancel note: {doc['cancelNote']}"
+        self.query_one("#detail-parties", Static).update(Text(parties))
         start, end = parse(doc["slotStartTime"]), parse(doc["slotEndTime"])
         assert start is not None and end is not None
         local, utc = slot_in(start, end, detail.zone)

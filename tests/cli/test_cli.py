@@ -482,9 +482,12 @@ def test_confirm_then_cancel_walks_the_history(ready: Cli) -> None:
     assert (last["from"], last["to"], last["reason"], last["actor"]) == (
         "CONFIRMED_BY_VENDOR",
         "CANCELLED",
-        "requester changed plans",
+        "cancelled",
         "operator:cli",
     )
+    # The operator's words are the cancel note (sealed, erasable), not the log's reason.
+    assert cancelled["cancelNote"] == "requester changed plans"
+    assert "cancel note: requester changed plans" in ready("reservations", "show", rid).out
     # Cancelling again changes nothing and is not an error.
     again = ready("reservations", "cancel", rid, expect=0)
     assert f"already cancelled: {rid}" in again.out

@@ -39,7 +39,7 @@ def test_a_payment_authorized_while_the_partner_cancels_is_released(
     rid = w.vendor_authorized(10)
 
     def cancel() -> None:
-        w.reservations.cancel(rid, actor="partner", reason="changed plans")
+        w.reservations.cancel(rid, actor="partner", note="changed plans")
 
     _meanwhile(w, monkeypatch, "requester", cancel)
     outcome = w.payments.authorize(rid, "requester", payment_method="pm_card_visa", actor="p")
@@ -79,7 +79,7 @@ def test_the_provider_news_of_an_authorization_for_an_ended_reservation_releases
 
     def authorize_then_die(request: Any, *, idempotency_key: str) -> Any:
         seen.append(real(request, idempotency_key=idempotency_key))
-        w.reservations.cancel(rid, actor="partner", reason="changed plans")
+        w.reservations.cancel(rid, actor="partner", note="changed plans")
         raise Killed  # the process dies before it hears back
 
     monkeypatch.setattr(w.gateway, "authorize", authorize_then_die)

@@ -254,7 +254,7 @@ def test_expiry_after_vendor_authorization_releases_it(workflow: Workflow) -> No
 def test_cancel_after_both_authorized_releases_both(workflow: Workflow) -> None:
     w = workflow
     rid = w.authorized_both(10)
-    w.reservations.cancel(rid, actor="partner", reason="changed plans")
+    w.reservations.cancel(rid, actor="partner", note="changed plans")
     assert money(w, rid) == ("released", "released")
     assert_clean(w)
 

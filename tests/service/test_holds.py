@@ -115,7 +115,7 @@ def test_buffers_widen_the_block(db: Database, clock: ManualClock, ttls: StageTT
 
 def test_a_released_slot_can_be_held_again(service: ReservationService, db: Database) -> None:
     first = hold(service, 10, 11)
-    service.cancel(first, actor="test", reason="changed plans")
+    service.cancel(first, actor="test", note="changed plans")
     second = hold(service, 10, 11, requester="req-2")
     assert doc(db, first)["state"] == "CANCELLED"
     assert doc(db, second)["state"] == "HELD"

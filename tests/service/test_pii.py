@@ -3,7 +3,6 @@ requester while the money and the audit trail stay intact. SQLite and Postgres."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -39,13 +38,6 @@ from tests.payments.harness import DAY, NOW, Workflow, build_workflow, local_fau
 CONTACT = {"name": "Zelda Quixote", "email": "zelda.q@example.org", "phone": "+44 7700 900321"}
 METADATA = {"passport": "P-99X-4471", "note": "allergic to peanuts"}
 SECRETS = ("Zelda Quixote", "zelda.q@example.org", "7700 900321", "P-99X-4471", "peanuts")
-
-
-@pytest.fixture(autouse=True)
-def _restore_keyring() -> Iterator[None]:
-    saved = crypto._keyring
-    yield
-    crypto._keyring = saved
 
 
 @pytest.fixture

@@ -104,7 +104,7 @@ def test_a_late_canceled_event_leaves_a_released_deposit_released(database_url: 
     already final must change nothing and succeed (a 409 makes Stripe retry it for days)."""
     with stripe_container(database_url) as (container, server):
         rid = confirmed_hold(container)
-        container.reservations.cancel(rid, actor="partner:acme", reason="changed plans")
+        container.reservations.cancel(rid, actor="partner:acme", note="changed plans")
         document = load_reservation_document(container.db, rid)
         deposit = document["payment"]["vendorDeposit"]
         assert (document["state"], deposit["state"]) == ("CANCELLED", "released")
@@ -133,7 +133,7 @@ def test_the_canceled_event_completes_a_release_whose_answer_was_lost(
     with stripe_container(database_url) as (container, server):
         rid = confirmed_hold(container)
         server.fail_next("POST", "/cancel", status=500, after_apply=True, count=4)  # every try
-        container.reservations.cancel(rid, actor="partner:acme", reason="changed plans")
+        container.reservations.cancel(rid, actor="partner:acme", note="changed plans")
         document = load_reservation_document(container.db, rid)
         deposit = document["payment"]["vendorDeposit"]
         assert (document["state"], deposit["state"]) == ("CANCELLED", "authorized")
@@ -161,7 +161,7 @@ def test_a_release_made_while_the_sweep_asked_the_provider_is_not_undone(
     with stripe_container(database_url) as (container, server):
         rid = confirmed_hold(container)
         server.fail_next("POST", "/cancel", status=500, count=4)  # every try, not applied
-        container.reservations.cancel(rid, actor="partner:acme", reason="changed plans")
+        container.reservations.cancel(rid, actor="partner:acme", note="changed plans")
         document = load_reservation_document(container.db, rid)
         assert document["payment"]["vendorDeposit"]["state"] == "authorized"
         (action,) = document["compensationActions"]

@@ -31,8 +31,8 @@ def test_a_short_soak_keeps_every_invariant(tmp_path: Path) -> None:
             "database (SQLite is single-machine, single-process)"
         )
     argv = ["--duration", "20", "--kills", "1", "--clients", "3", "--seed", "4242",
-            # Longer than a webhook claim's lease (30 s): when the kill lands mid-batch, the
-            # killed daemon's claimed rows wait that long before the survivor may send them.
+            # Longer than a webhook claim's lease (30 s): when the kill lands mid-send, the
+            # killed daemon's rows in flight wait that long before the survivor may send them.
             "--drain-timeout", "35", "--workdir", str(tmp_path)]  # fmt: skip
     if os.environ.get("BOOKIJI_TEST_REDIS_URL"):
         argv += ["--redis-url", os.environ["BOOKIJI_TEST_REDIS_URL"]]

@@ -42,9 +42,9 @@ async def loaded(pilot: Pilot[Any]) -> None:
 
 
 async def settled(pilot: Pilot[Any], timeout: float = 15.0, quiet: float = 0.5) -> None:
-    """Wait until what is drawn has not changed for `quiet` seconds (tables size their
-    columns after the rows arrive; on a busy machine a worker's answer can come late), so a
-    screenshot shows the finished screen."""
+    """Wait until no database worker is running and what is drawn has not changed for
+    `quiet` seconds since (tables size their columns after the rows arrive; on a busy machine
+    a worker's answer can come late), so a screenshot shows the finished screen."""
     deadline = time.monotonic() + timeout
     previous, since = "", time.monotonic()
     while True:
@@ -52,7 +52,8 @@ async def settled(pilot: Pilot[Any], timeout: float = 15.0, quiet: float = 0.5) 
             raise AssertionError("the screen did not settle")
         await pilot.pause(0.05)
         current = pilot.app.export_screenshot()
-        if current != previous:
+        working = any(not worker.is_finished for worker in pilot.app.workers)
+        if current != previous or working:
             previous, since = current, time.monotonic()
         elif time.monotonic() - since >= quiet:
             return

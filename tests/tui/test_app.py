@@ -293,6 +293,24 @@ async def test_opening_a_reservation_shows_slot_money_history_compensations_and_
         assert isinstance(app.screen, MainScreen)
 
 
+async def test_a_cancelled_reservation_shows_the_cancel_note_apart_from_the_history(
+    container: Container, seeded: Seeded
+) -> None:
+    container.reservations.cancel(
+        IDS.held, actor="partner:globex", reason="cancelled by partner", note="customer called"
+    )
+    app = make_app(container)
+    async with app.run_test(size=COMPACT) as pilot:
+        await loaded(pilot)
+        await open_reservation(pilot, "4f2a", IDS.held)
+        assert text(app, "#detail-parties").splitlines()[1] == "Cancel note: customer called"
+        assert rows(app, "#history")[0][2:5] == [
+            "CANCELLED",
+            "partner:globex",
+            "cancelled by partner",
+        ]
+
+
 async def test_the_countdown_follows_the_clock_to_the_deadline_and_past_it(
     container: Container, seeded: Seeded, now_clock: ManualClock
 ) -> None:

@@ -59,13 +59,16 @@ async def test_transitions_committed_by_another_process_show_within_a_second(
         assert first.decode().startswith(f"cancelled: {IDS.held}"), first
 
         def shown() -> bool:
-            return [
-                IDS.held,
-                "HELD → CANCELLED",
-                "studio-a",
-                "customer called",
-                "operator:cli",
-            ] in [row[1:6] for row in rows(app, "#feed")]
+            return (
+                [
+                    IDS.held,
+                    "HELD → CANCELLED",
+                    "studio-a",
+                    "cancelled",  # the log's words; the note is sealed apart
+                    "operator:cli",
+                ]
+                in [row[1:6] for row in rows(app, "#feed")]
+            )
 
         await wait_for(pilot, shown, "the other process's transition in the feed", timeout=1.0)
         assert time.monotonic() - committed < 1.0

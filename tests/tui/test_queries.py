@@ -53,10 +53,10 @@ def test_the_feed_starts_with_the_newest_rows_and_pages_on_by_id(
     assert q.feed_after(newest.id) == []
 
     # A change written by a service appears after the cursor, with its vendor.
-    container.reservations.cancel(IDS.awaiting_vendor, actor="operator:cli", reason="duplicate")
+    container.reservations.cancel(IDS.awaiting_vendor, actor="operator:cli", note="duplicate")
     fresh = q.feed_after(newest.id)
     assert [(r.reservation_id, r.vendor_id, r.to_state, r.reason) for r in fresh] == [
-        (IDS.awaiting_vendor, "dr-lee", "CANCELLED", "duplicate")
+        (IDS.awaiting_vendor, "dr-lee", "CANCELLED", "cancelled")  # the note is not the log's
     ]
     assert fresh[0].outcome is Outcome.FAILURE
 

@@ -6,6 +6,7 @@ report of a mismatch is written to snapshot_report.html."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from bookiji.bootstrap import Container
 from bookiji.tui.detail import DetailScreen
 from tests.tui.screenshot import TARGET, render
 from tests.tui.seed import IDS, Seeded
-from tests.tui.support import STILL, column, loaded, make_app, settled, wait_for
+from tests.tui.support import STILL, column, loaded, make_app, screen_text, settled, wait_for
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((160, 48), id="160x48")]
 
@@ -43,14 +44,34 @@ async def detail_screen(pilot: Pilot[Any]) -> None:
     await settled(pilot)
 
 
+def matches(
+    snap_compare: Any,
+    container: Container,
+    size: Any,
+    before: Callable[[Pilot[Any]], Awaitable[None]],
+) -> None:
+    """Compare with the accepted picture; a mismatch shows the text that was drawn, so a
+    failure on CI (where the HTML report is out of reach) says what differed."""
+    drawn: list[str] = []
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await before(pilot)
+        drawn.append(screen_text(pilot.app))
+
+    app = make_app(container, **STILL)
+    assert snap_compare(app, terminal_size=size, run_before=run_before), (
+        "the screen drew:\n" + "".join(drawn)
+    )
+
+
 @pytest.mark.parametrize("size", SIZES)
 def test_main_screen(snap_compare: Any, container: Container, seeded: Seeded, size: Any) -> None:
-    assert snap_compare(make_app(container, **STILL), terminal_size=size, run_before=main_screen)
+    matches(snap_compare, container, size, main_screen)
 
 
 @pytest.mark.parametrize("size", SIZES)
 def test_detail_screen(snap_compare: Any, container: Container, seeded: Seeded, size: Any) -> None:
-    assert snap_compare(make_app(container, **STILL), terminal_size=size, run_before=detail_screen)
+    matches(snap_compare, container, size, detail_screen)
 
 
 def test_the_readme_shows_the_dashboard_as_it_draws_today() -> None:

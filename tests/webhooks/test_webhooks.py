@@ -17,8 +17,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 from typing import Any
@@ -35,7 +37,8 @@ from bookiji.domain.errors import Conflict, NotFound, ValidationFailed
 from bookiji.domain.states import StageTTLs
 from bookiji.domain.timeutil import format_instant
 from bookiji.integrations.webhook_sender import HttpWebhookSender
-from bookiji.services.clock import ManualClock
+from bookiji.services.clock import ManualClock, SystemClock
+from bookiji.services.events import event_data
 from bookiji.services.ports import WebhookSendFailed
 from bookiji.services.reservations import HoldRequest, ReservationService
 from bookiji.services.webhooks import DeliveryResult, WebhookService, backoff_delay
@@ -90,9 +93,13 @@ class Receiver:
         self.delay_each = delay_each
         self.fail_status = fail_status
         self.requests: list[Request] = []
+        #: While set, a request is held unanswered until `recover()` (or the end), then its
+        #: connection is closed without an answer (recorded with status 0).
+        self.hanging = False
         self._verified = 0
         self._lock = threading.Lock()
         self._closing = threading.Event()
+        self._recovered = threading.Event()
 
     def __enter__(self) -> Receiver:
         receiver = self
@@ -116,6 +123,7 @@ class Receiver:
 
     def __exit__(self, *exc: object) -> None:
         self._closing.set()
+        self._recovered.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
@@ -135,7 +143,10 @@ class Receiver:
             verified = False
         with self._lock:
             first = not self.requests
-            if not verified:
+            hung = self.hanging
+            if hung:
+                status = 0
+            elif not verified:
                 status = 401
             else:
                 index = self._verified
@@ -145,6 +156,10 @@ class Receiver:
             self.requests.append(
                 Request(headers.get("webhook-id", ""), headers, body, verified, status)
             )
+        if hung:
+            self._recovered.wait(30)
+            handler.close_connection = True  # no answer at all
+            return
         delay = self.delay_each + (self.delay_first if first else 0.0)
         if delay:
             self._closing.wait(delay)
@@ -154,6 +169,12 @@ class Receiver:
             handler.end_headers()
         except (ConnectionError, TimeoutError):
             handler.close_connection = True
+
+    def recover(self) -> None:
+        """Stop hanging: held requests are dropped unanswered, new ones answered again."""
+        with self._lock:
+            self.hanging = False
+        self._recovered.set()
 
     def fail_next(self) -> None:
         """Answer the next verified request with the failure status."""
@@ -469,7 +490,7 @@ def test_every_event_delivered_once_in_order_despite_failures(
             "type": event.type,
             "id": event.event_id,
             "createdAt": format_instant(event.created_at),
-            "data": event.payload,
+            "data": event_data(event, {}),  # a cancel's gains its note: none given here
         }
     rows = deliveries(db)
     assert {r.status for r in rows} == {"delivered"} and len(rows) == 13
@@ -516,9 +537,15 @@ def test_backoff_grows_with_jitter_and_waits(db: Database, live_clock: ManualClo
     stamps = [t for _, t in failing.sent]
     assert stamps == sorted(set(stamps))  # each attempt signed at its own time
 
-    (last,) = service.deliver_due()
-    assert (last.status, last.attempts, last.next_attempt_at) == ("dead", 7, None)
-    # Dead, the head no longer holds the later event back.
+    # Dead, the head no longer holds the later event back: it goes next, in the same call.
+    last, then = service.deliver_due()
+    assert (last.event_id, last.status, last.attempts, last.next_attempt_at) == (
+        head,
+        "dead",
+        7,
+        None,
+    )
+    assert (then.event_id, then.status, then.attempts) == (behind, "pending", 1)
     assert {v.event_id: v.waiting_for for v in service.list()} == {head: None, behind: None}
 
 
@@ -587,8 +614,8 @@ def test_the_retry_policy_comes_from_the_settings(
         waited = first.next_attempt_at - live_clock.now()
         assert timedelta(seconds=3.5) <= waited <= timedelta(seconds=10.5)
         live_clock.set(first.next_attempt_at)
-        (second,) = service.deliver_due()
-        assert (second.status, second.attempts) == ("dead", 2)
+        second = service.deliver_due()[0]  # then the reservation's next event goes
+        assert (second.event_id, second.status, second.attempts) == (first.event_id, "dead", 2)
 
 
 def test_disabled_partner_or_no_url_gets_nothing(
@@ -734,52 +761,65 @@ class Died(BaseException):
     """SIGKILL as far as the worker is concerned: no handler or cleanup runs."""
 
 
-def partner_with_holds(db: Database, clock: ManualClock, n: int) -> list[str]:
-    """n reservations of partner p1; the first event of each (what one batch claims)."""
+def partner_with_holds(db: Database, clock: ManualClock, n: int) -> list[OutboxEvent]:
+    """n reservations of partner p1; their events, in outbox order."""
     add_partner(db, clock, "p1", "http://127.0.0.1:9/hooks")
     bookings = Bookings(db, clock)
-    reservations = [bookings.hold("p1") for _ in range(n)]
-    firsts = {}
-    for event in events(db, "p1"):
+    for _ in range(n):
+        bookings.hold("p1")
+    return events(db, "p1")
+
+
+def firsts_of(expected: list[OutboxEvent]) -> list[str]:
+    """The first event of each reservation (what one claim of a lane takes), in order."""
+    firsts: dict[str | None, str] = {}
+    for event in expected:
         firsts.setdefault(event.reservation_id, event.event_id)
-    return [firsts[r] for r in reservations]
+    return list(firsts.values())
 
 
-def test_a_batch_sent_for_longer_than_a_send_timeout_keeps_its_rows(
+def test_a_run_of_sends_longer_than_a_send_timeout_keeps_its_rows(
     db: Database, live_clock: ManualClock
 ) -> None:
-    """Each send takes two thirds of the send timeout, a batch of five five times that: the
-    rows waiting their turn and the row in flight stay this worker's, so another worker
-    coming round during every send claims none of them (only the next event of a
-    reservation whose first one this worker delivered already)."""
-    firsts = partner_with_holds(db, live_clock, 5)
-    other = HookSender()
+    """Each send takes two thirds of the send timeout, a lane's claim of five five times
+    that: the rows waiting their turn and the row in flight stay this worker's, so another
+    worker coming round during every send claims none of them (only the next event of a
+    reservation whose first one this worker delivered already). Each event is sent once,
+    each reservation's in order."""
+    expected = partner_with_holds(db, live_clock, 5)
+    firsts = firsts_of(expected)
+    answered: list[str] = []  # by both workers, in the order the sends ended
+    other = HookSender(lambda _: answered.append(other.sent[-1]))
     peer = WebhookService(db, live_clock, other)
     found_by_peer: list[list[DeliveryResult]] = []
 
     def during(_: int) -> None:
         live_clock.advance(timedelta(seconds=20))
         found_by_peer.append(peer.deliver_due())
+        answered.append(sender.sent[-1])
 
-    worker = WebhookService(db, live_clock, HookSender(during))
+    sender = HookSender(during)
+    worker = WebhookService(db, live_clock, sender)
     assert worker.send_timeout == timedelta(seconds=30)
     worker.fan_out()
     results = worker.deliver_due()
-    assert [(r.event_id, r.status, r.attempts) for r in results] == [
+    assert [(r.event_id, r.status, r.attempts) for r in results[:5]] == [
         (e, "delivered", 1) for e in firsts
     ]
-    assert len(found_by_peer) == 5
+    assert len(found_by_peer) >= 5
     assert {r.event_id for found in found_by_peer for r in found} & set(firsts) == set()
     assert set(other.sent) & set(firsts) == set()
+    assert sorted(answered) == sorted(e.event_id for e in expected)
+    assert in_outbox_order(answered, expected)
 
 
-def test_a_worker_killed_later_in_a_batch_holds_the_rest_one_send_timeout_at_most(
+def test_a_worker_killed_later_in_a_run_holds_the_rest_one_send_timeout_at_most(
     db: Database, live_clock: ManualClock
 ) -> None:
-    """Killed in its third send, a minute into the batch: the rest of the batch, renewed on
-    the way, is still held right after the kill, and another worker's one send timeout
-    after it."""
-    firsts = partner_with_holds(db, live_clock, 5)
+    """Killed in its third send, a minute into its run of sends: the rest of its claim,
+    renewed on the way, is still held right after the kill, and another worker's one send
+    timeout after it."""
+    firsts = firsts_of(partner_with_holds(db, live_clock, 5))
 
     def during(call: int) -> None:
         live_clock.advance(timedelta(seconds=20))
@@ -799,14 +839,17 @@ def test_a_worker_killed_later_in_a_batch_holds_the_rest_one_send_timeout_at_mos
     assert sorted(r.event_id for r in results) == sorted(rest)
     assert {(r.status, r.attempts) for r in results} == {("delivered", 2)}
     assert other.sent.count(firsts[2]) == 1
+    assert {d.status for d in deliveries(db)} == {"delivered"}
 
 
 def test_a_worker_whose_send_overran_leaves_the_rest_to_who_took_it_over(
     db: Database, live_clock: ManualClock
 ) -> None:
     """The first send outlasts the send timeout; meanwhile another worker claims and sends
-    the batch (the lease ran out). The slow worker then sends none of the rest again."""
-    firsts = partner_with_holds(db, live_clock, 4)
+    the rest (the leases ran out), and the events behind. The slow worker then sends none
+    of them again."""
+    expected = partner_with_holds(db, live_clock, 4)
+    firsts = firsts_of(expected)
     other = HookSender()
     peer = WebhookService(db, live_clock, other)
     taken_over: list[DeliveryResult] = []
@@ -820,10 +863,12 @@ def test_a_worker_whose_send_overran_leaves_the_rest_to_who_took_it_over(
     worker = WebhookService(db, live_clock, slow)
     worker.fan_out()
     results = worker.deliver_due()
-    assert sorted(r.event_id for r in taken_over) == sorted(firsts) == sorted(other.sent)
+    assert sorted(r.event_id for r in taken_over) == sorted(other.sent)
+    assert sorted(other.sent) == sorted(e.event_id for e in expected)
     # At least once: the row whose send overran went twice; nothing else did.
     assert slow.sent == [firsts[0]] and [r.event_id for r in results] == [firsts[0]]
-    assert {d.status for d in deliveries(db) if d.event_id in firsts} == {"delivered"}
+    assert delivery(db, firsts[0]).attempts == 2
+    assert {d.status for d in deliveries(db)} == {"delivered"}
 
 
 def test_a_timeout_is_a_retryable_failed_attempt(db: Database, live_clock: ManualClock) -> None:
@@ -946,8 +991,7 @@ def test_cli_list_replay_and_test(
     assert invoke(service, "replay", second).exit_code == 0
     queued = invoke(service, "list", "--partner", "p1").output.splitlines()
     assert any(second in line and f"after {first}" in line for line in queued)
-    assert [r.event_id for r in service.deliver_due()] == [first]
-    assert [r.event_id for r in service.deliver_due()] == [second]
+    assert [r.event_id for r in service.deliver_due()] == [first, second]  # in order
 
     tested = invoke(service, "test", "--partner", "p1", "--json")
     assert tested.exit_code == 0, tested.output
@@ -960,3 +1004,339 @@ def test_cli_list_replay_and_test(
     missing = invoke(service, "replay", "evt_nope")
     assert isinstance(missing.exception, NotFound)  # main() turns it into exit 1 + one line
     assert isinstance(invoke(service, "list", "--status", "x").exception, ValidationFailed)
+
+
+# -------------------------------------------------------------------------- attempts cap
+
+
+def test_a_last_attempt_lost_in_a_crash_is_not_made_again(
+    db: Database, live_clock: ManualClock
+) -> None:
+    """max_attempts 2: the first attempt fails, the second is claimed (and counted) and sent
+    by a worker that dies before recording what came of it. Once that claim's lease has run
+    out, the next worker has no attempt left to make: the row is a dead letter after 2
+    attempts, never sent a third time, and the reservation's next event goes on."""
+    add_partner(db, live_clock, "p1", "http://127.0.0.1:9/hooks")
+    Bookings(db, live_clock).hold("p1")
+    head, behind = (e.event_id for e in events(db, "p1"))
+    policy: dict[str, Any] = {
+        "max_attempts": 2,
+        "base_delay": timedelta(seconds=1),
+        "max_delay": timedelta(seconds=1),
+    }
+    failing = StatusSender(503)
+    service = WebhookService(db, live_clock, failing, **policy)
+    service.fan_out()
+    (first,) = service.deliver_due()
+    assert (first.event_id, first.status, first.attempts) == (head, "pending", 1)
+    assert first.next_attempt_at is not None
+    live_clock.set(first.next_attempt_at)
+
+    def die(_: int) -> None:
+        raise Died
+
+    crashing = HookSender(die)
+    with pytest.raises(Died):
+        WebhookService(db, live_clock, crashing, **policy).deliver_due()
+    assert crashing.sent == [head]  # the second attempt went out; its outcome is unknown
+    row = delivery(db, head)
+    assert (row.status, row.attempts) == ("pending", 2)
+
+    survivor = HookSender()
+    peer = WebhookService(db, live_clock, survivor, **policy)
+    assert peer.deliver_due() == [] and survivor.sent == []  # the lost claim's lease holds
+    live_clock.advance(peer.send_timeout)
+    results = peer.deliver_due()
+    assert head not in survivor.sent, "a third attempt with max_attempts 2"
+    row = delivery(db, head)
+    assert (row.status, row.attempts, row.next_attempt_at) == ("dead", 2, None)
+    assert row.last_status is None and row.last_error is not None
+    assert "no outcome" in row.last_error
+    assert survivor.sent == [behind]  # a dead event no longer holds the next one back
+    assert [(r.event_id, r.status, r.attempts) for r in results] == [
+        (head, "dead", 2),
+        (behind, "delivered", 1),
+    ]
+    assert failing.sent[0][0] == head and len(failing.sent) == 1
+
+
+# -------------------------------------------------------------------------- partner isolation
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
+    """Whether `condition` holds within `timeout` seconds (polled)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def in_outbox_order(accepted: list[str], expected: list[OutboxEvent]) -> bool:
+    """Each reservation's events were accepted in outbox order, each once."""
+    if len(accepted) != len(set(accepted)):
+        return False
+    for reservation in {e.reservation_id for e in expected}:
+        in_outbox = [e.event_id for e in expected if e.reservation_id == reservation]
+        if [i for i in accepted if i in in_outbox] != in_outbox:
+            return False
+    return True
+
+
+@dataclass
+class HangingPair:
+    """Partner `pa`, whose endpoint hangs past the send timeout, and `pb`, whose answers at
+    once; `a_holds` of pa's reservations come first."""
+
+    hanging: Receiver
+    prompt: Receiver
+    sender: HttpWebhookSender
+    bookings: Bookings
+
+    def b_has_all(self, db: Database) -> bool:
+        return {e.event_id for e in events(db, "pb")} <= set(self.prompt.accepted())
+
+
+@contextmanager
+def hanging_pair(
+    db: Database, clock: ManualClock, *, timeout: float, a_holds: int
+) -> Iterator[HangingPair]:
+    with (
+        Receiver() as hanging,
+        Receiver() as prompt,
+        HttpWebhookSender(timeout=timeout) as sender,
+    ):
+        hanging.hanging = True
+        add_partner(db, clock, "pa", hanging.url)
+        add_partner(db, clock, "pb", prompt.url)
+        bookings = Bookings(db, clock)
+        for _ in range(a_holds):
+            bookings.hold("pa")
+        yield HangingPair(hanging, prompt, sender, bookings)
+
+
+def test_a_hanging_partner_does_not_hold_up_another_partners_webhooks(
+    db: Database, live_clock: ManualClock
+) -> None:
+    """Partner a's endpoint hangs past the send timeout on every request; partner b's answers
+    at once. Delivered by a loop like the daemon's, b gets its events within a fraction of
+    one of a's timeouts (one at a time, a's four due events alone took four timeouts first),
+    in order, and so are the events b's reservations get while a's send still hangs. Once
+    a's endpoint answers again, its events are retried and delivered, in order too."""
+    timeout = 4.0
+    # Deliveries on the real clock: a's backoffs pass with no hand on a clock.
+    clock = SystemClock()
+    # a's four events first: one at a time, they went first.
+    with hanging_pair(db, live_clock, timeout=timeout, a_holds=4) as pair:
+        hanging, prompt, sender, bookings = pair.hanging, pair.prompt, pair.sender, pair.bookings
+        of_b = [bookings.hold("pb") for _ in range(3)]
+        service = WebhookService(
+            db, clock, sender, base_delay=timedelta(seconds=0.2), max_delay=timedelta(seconds=0.5)
+        )
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                while not stop.is_set():
+                    service.fan_out()
+                    service.deliver_due()
+                    stop.wait(0.05)
+            except BaseException as exc:
+                errors.append(exc)
+
+        worker = threading.Thread(target=work, daemon=True)
+        started = time.monotonic()
+        worker.start()
+        try:
+            b_has_all = partial(pair.b_has_all, db)
+            assert wait_for(b_has_all, timeout=1.5), "b waited behind a's hanging endpoint"
+            # b's reservations move on while a's first send still hangs.
+            bookings.service.confirm(of_b[0], actor="vendor")
+            bookings.hold("pb")
+            assert wait_for(b_has_all, timeout=1.5), "b's new events waited for a's send"
+            assert time.monotonic() - started < timeout
+            assert [r.status for r in hanging.requests] == [0]  # a's first send, still out
+
+            hanging.recover()
+            a_events = events(db, "pa")
+            assert wait_for(
+                lambda: {e.event_id for e in a_events} <= set(hanging.accepted()), timeout=20
+            ), "a's events were not delivered once a answered again"
+        finally:
+            stop.set()
+            hanging.recover()
+            worker.join(timeout=30)
+        assert not worker.is_alive() and errors == []
+
+    assert in_outbox_order(prompt.accepted(), events(db, "pb"))
+    assert in_outbox_order(hanging.accepted(), events(db, "pa"))
+    assert all(r.status in (0, 204) for r in hanging.requests)
+    assert {d.status for d in deliveries(db)} == {"delivered"}
+
+
+def test_a_hanging_partners_backlog_larger_than_a_batch_does_not_hide_another_partner(
+    db: Database, live_clock: ManualClock
+) -> None:
+    """Partner a's endpoint hangs and a has more due deliveries than one batch holds, all
+    due before b's: b is still found and served within a fraction of one of a's timeouts
+    (the lookup of other due partners leaves out a partner with a send in flight, so a's
+    rows ahead of b's never fill it)."""
+    timeout = 4.0
+    # Eight of a's reservations: eight deliveries due at once, all before b's.
+    with hanging_pair(db, live_clock, timeout=timeout, a_holds=8) as pair:
+        pair.bookings.hold("pb")
+        service = WebhookService(db, SystemClock(), pair.sender, batch=4)
+        service.fan_out()
+        done = threading.Event()
+        worker = threading.Thread(target=lambda: (service.deliver_due(), done.set()))
+        started = time.monotonic()
+        worker.start()
+        try:
+            assert wait_for(partial(pair.b_has_all, db), timeout=1.5), "a's backlog hid b"
+            assert time.monotonic() - started < timeout
+        finally:
+            pair.hanging.recover()
+            worker.join(timeout=30)
+        assert done.is_set()
+
+
+def test_lanes_send_to_several_partners_at_once_never_two_of_one_partner(
+    db: Database, live_clock: ManualClock
+) -> None:
+    """Six partners, three lanes: never more than three sends at once, never two to one
+    partner; every event delivered once, each reservation's in order."""
+    partners = [f"p{i}" for i in range(6)]
+    for partner in partners:
+        add_partner(db, live_clock, partner, f"http://{partner}.test/hooks")
+    bookings = Bookings(db, live_clock)
+    for partner in partners * 2:
+        bookings.hold(partner)
+    lock = threading.Lock()
+    in_flight: Counter[str] = Counter()
+    peak, answered, overlaps = [0], [], []
+
+    class SlowSender:
+        def send(self, url: str, secret: str, *, message_id: str, **_: object) -> int:
+            partner = url.split("//")[1].split(".")[0]
+            with lock:
+                in_flight[partner] += 1
+                if in_flight[partner] > 1:
+                    overlaps.append(partner)
+                peak[0] = max(peak[0], sum(in_flight.values()))
+            time.sleep(0.05)
+            with lock:
+                in_flight[partner] -= 1
+                answered.append(message_id)
+            return 204
+
+    service = WebhookService(db, live_clock, SlowSender(), concurrency=3)
+    service.fan_out()
+    results = service.deliver_due()
+    assert overlaps == [] and 2 <= peak[0] <= 3
+    expected = events(db)
+    assert len(results) == len(expected) == 24
+    assert {r.status for r in results} == {"delivered"}
+    assert in_outbox_order(answered, expected)
+    with pytest.raises(ValueError, match="concurrency"):
+        WebhookService(db, live_clock, SlowSender(), concurrency=9)
+
+
+def test_a_last_attempt_that_outlasted_its_lease_is_not_made_again_and_its_answer_counts(
+    db: Database, live_clock: ManualClock
+) -> None:
+    """max_attempts 1: the only attempt outlasts its lease, and another worker comes round
+    meanwhile. It does not send the event again (no attempt left): the row is dead, and
+    the next event of the reservation goes. Then the slow send is answered 2xx after all:
+    the row is delivered."""
+    add_partner(db, live_clock, "p1", "http://127.0.0.1:9/hooks")
+    Bookings(db, live_clock).hold("p1")
+    head, after = (e.event_id for e in events(db, "p1"))
+    other = HookSender()
+    peer = WebhookService(db, live_clock, other, max_attempts=1)
+    meanwhile: list[DeliveryResult] = []
+    seen: list[WebhookDelivery] = []
+
+    def during(call: int) -> None:
+        if call == 1:
+            live_clock.advance(timedelta(seconds=31))
+            meanwhile.extend(peer.deliver_due())
+            seen.append(delivery(db, head))
+
+    slow = HookSender(during)
+    worker = WebhookService(db, live_clock, slow, max_attempts=1)
+    worker.fan_out()
+    results = worker.deliver_due()
+    assert other.sent == [after] and slow.sent == [head]
+    assert [(r.event_id, r.status, r.attempts) for r in meanwhile] == [
+        (head, "dead", 1),
+        (after, "delivered", 1),
+    ]
+    assert (seen[0].status, seen[0].attempts) == ("dead", 1)
+    assert [(r.event_id, r.status, r.http_status) for r in results] == [(head, "delivered", 204)]
+    row = delivery(db, head)
+    assert (row.status, row.attempts, row.last_error) == ("delivered", 1, None)
+    assert peer.list(status="dead") == []
+
+
+def test_stop_ends_a_round_after_the_send_in_flight(db: Database, live_clock: ManualClock) -> None:
+    """What the daemon does on SIGTERM: the send in flight is recorded, nothing more is
+    claimed, and later rounds send nothing."""
+    expected = partner_with_holds(db, live_clock, 3)
+
+    def during(call: int) -> None:
+        if call == 1:
+            service.stop()  # the other two first events are claimed already
+
+    sender = HookSender(during)
+    service = WebhookService(db, live_clock, sender)
+    service.fan_out()
+    first = expected[0].event_id
+    assert [(r.event_id, r.status) for r in service.deliver_due()] == [(first, "delivered")]
+    assert service.deliver_due() == [] and sender.sent == [first]
+    assert {(d.status, d.attempts) for d in deliveries(db) if d.event_id != first} == {
+        ("pending", 0)
+    }
+
+
+def test_a_send_without_an_answer_ends_its_partners_turn_and_gives_back_the_rest(
+    db: Database, live_clock: ManualClock
+) -> None:
+    """The first send to p1 gets no answer: the rest of the lane's claim is given back (due
+    now, the attempt not counted), and p1 has no further turn in this call; the next call
+    sends it all."""
+    expected = partner_with_holds(db, live_clock, 3)
+    firsts = firsts_of(expected)
+
+    class SilentOnce:
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        def send(self, url: str, secret: str, *, message_id: str, **_: object) -> int:
+            self.sent.append(message_id)
+            if len(self.sent) == 1:
+                raise WebhookSendFailed("webhook timed out", retryable=True)
+            return 204
+
+    sender = SilentOnce()
+    service = WebhookService(db, live_clock, sender, base_delay=timedelta(seconds=1))
+    service.fan_out()
+    (result,) = service.deliver_due()
+    assert (result.event_id, result.status, result.attempts, result.http_status) == (
+        firsts[0],
+        "pending",
+        1,
+        None,
+    )
+    assert sender.sent == [firsts[0]]
+    for given_back in firsts[1:]:
+        row = delivery(db, given_back)
+        assert (row.status, row.attempts, row.next_attempt_at) == ("pending", 0, live_clock.now())
+    results = service.deliver_due()
+    assert {r.event_id for r in results} == {e.event_id for e in expected} - {firsts[0]} - {
+        e.event_id for e in expected if e.reservation_id == expected[0].reservation_id
+    }
+    assert {(r.status, r.attempts) for r in results} == {("delivered", 1)}
+    drive(service, live_clock)
+    assert in_outbox_order(sender.sent[1:], expected)
