@@ -41,7 +41,10 @@ MAX_OVERLAP_DAYS = 365
 def parse_duration(
     value: str, *, option: str, max_days: int, allow_zero: bool = False
 ) -> timedelta:
-    """`90d`, `24h`, `30m`, `45s`, up to `max_days`; anything else is a usage error (exit 2)."""
+    """`90d`, `24h`, `30m`, `45s`, up to `max_days` (and `0`, which needs no unit, where zero
+    is allowed); anything else is a usage error (exit 2)."""
+    if allow_zero and value.strip() == "0":
+        return timedelta(0)
     match = _DURATION.fullmatch(value)
     if match is None:
         raise typer.BadParameter(

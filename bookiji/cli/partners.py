@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from bookiji.cli.apikeys import apikey_service
+from bookiji.cli.apikeys import MAX_OVERLAP_DAYS, apikey_service, parse_duration
 from bookiji.cli.output import (
     JSON_OPTION,
     console,
@@ -41,6 +41,8 @@ def partner_document(p: Partner) -> dict[str, Any]:
         "name": p.name,
         "webhookUrl": shown_webhook_url(p.webhook_url),
         "hasWebhookSecret": bool(p.webhook_secret),
+        # Until then deliveries are also signed with the secret before the last rotation.
+        "previousWebhookSecretUntil": format_instant(p.previous_webhook_secret_until),
         "createdAt": format_instant(p.created_at),
         "disabledAt": format_instant(p.disabled_at),
     }
@@ -72,12 +74,27 @@ def add(
 def rotate_webhook_secret(
     ctx: typer.Context,
     partner_id: str = typer.Argument(..., metavar="ID"),
+    overlap: str = typer.Option(
+        "24h",
+        "--overlap",
+        metavar="24h",
+        help="How long deliveries are also signed with the old secret (0: not at all).",
+    ),
     json_output: bool = JSON_OPTION,
 ) -> None:
-    """Replace the webhook signing secret; deliveries are signed with the new one at once."""
+    """Replace the webhook signing secret; for the overlap, deliveries carry a signature
+    with the old secret too, so the partner can switch without rejecting any."""
+    window = parse_duration(overlap, option="--overlap", max_days=MAX_OVERLAP_DAYS, allow_zero=True)
     service = apikey_service(ctx)
-    secret = service.rotate_webhook_secret(partner_id)
+    secret = service.rotate_webhook_secret(partner_id, overlap=window)
     partner = service.get_partner(partner_id)
+    if not json_output:
+        until = partner.previous_webhook_secret_until
+        console.print(
+            f"the old secret also signs deliveries until {instant_cell(until)}"
+            if until is not None
+            else "the old secret no longer signs deliveries"
+        )
     _show_secret(partner, secret, json_output=json_output, what="new secret for")
 
 

@@ -4,7 +4,9 @@ Implements the `WebhookSender` port: one `POST <url>` with the JSON body and the
 Standard Webhooks headers, `webhook-id` (the caller's stable message id, so a receiver
 drops a retry it already processed), `webhook-timestamp` (Unix seconds of this attempt)
 and `webhook-signature` (`v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, made by the
-`standardwebhooks` package with the partner's `whsec_` secret).
+`standardwebhooks` package with the partner's `whsec_` secret). During a secret rotation's
+overlap it carries two space-separated signatures, `v1,<new> v1,<old>`, as the specification
+allows: a receiver accepts the request if any of them verifies.
 
 The answer is the HTTP status, whatever it is: deciding what a 4xx or a 5xx means for the
 delivery is the service's job. Only a request that got no answer at all (timeout,
@@ -64,6 +66,7 @@ class HttpWebhookSender:
         message_id: str,
         timestamp: datetime,
         payload: dict[str, object],
+        previous_secret: str | None = None,
     ) -> int:
         if timestamp.tzinfo is None or timestamp.utcoffset() is None:
             raise ValueError("webhook timestamp must be timezone-aware")
@@ -75,12 +78,15 @@ class HttpWebhookSender:
         # The full URL only if it says more than the target: its path may hold a token.
         private = url if url.rstrip("/") != target else None
 
+        keys = [secret] if previous_secret is None else [secret, previous_secret]
+        hidden = [part for key in keys for part in (key, key.removeprefix("whsec_"))]
+
         def fail(message: str, *, retryable: bool) -> WebhookSendFailed:
-            text = redact(message, private, secret, secret.removeprefix("whsec_"))
+            text = redact(message, private, *hidden)
             return WebhookSendFailed(text, retryable=retryable)
 
         try:
-            signer = Webhook(secret)
+            signers = [Webhook(key) for key in keys]
         except Exception:  # empty, or not base64: never echo it
             raise fail(
                 "webhook secret must be 'whsec_' followed by base64 key bytes", retryable=False
@@ -91,7 +97,8 @@ class HttpWebhookSender:
             "user-agent": _USER_AGENT,
             "webhook-id": message_id,
             "webhook-timestamp": str(int(when.timestamp())),
-            "webhook-signature": signer.sign(message_id, when, body),
+            # The current secret's signature first, then the previous one's (an overlap).
+            "webhook-signature": " ".join(s.sign(message_id, when, body) for s in signers),
         }
         try:
             with self._client.stream(

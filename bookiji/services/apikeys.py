@@ -322,11 +322,23 @@ class ApiKeyService:
                 raise
         return partner, secret
 
-    def rotate_webhook_secret(self, partner_id: str) -> str:
-        """Replace the signing secret; deliveries sign with the new one from now on."""
+    def rotate_webhook_secret(self, partner_id: str, *, overlap: timedelta) -> str:
+        """Replace the signing secret (the new one is returned once). For `overlap` longer,
+        deliveries are signed with the replaced secret too, so the partner's receivers keep
+        verifying them until they hold the new one; zero: the new one only, from now on.
+
+        Only the secret just replaced overlaps: a rotation during an overlap drops the one
+        before it."""
+        if overlap < timedelta(0):
+            raise ValidationFailed("overlap cannot be negative", details={"field": "overlap"})
         secret = new_webhook_secret()
+        now = self.clock.now()
         with UnitOfWork(self.db) as uow:
             partner = self._partner(uow, partner_id)
+            replaced = partner.webhook_secret
+            keep = overlap > timedelta(0) and replaced is not None
+            partner.previous_webhook_secret = replaced if keep else None
+            partner.previous_webhook_secret_until = now + overlap if keep else None
             partner.webhook_secret = secret
             uow.commit()
         return secret

@@ -45,6 +45,7 @@ SEALED: tuple[tuple[type[SQLModel], str, str, Any], ...] = (
     (CalendarConnection, "credentials_ref", "credentials_ref", Text),
     (CalendarConnection, "source", "source", Text),
     (Partner, "webhook_secret", "webhook_secret", Text),
+    (Partner, "previous_webhook_secret", "previous_webhook_secret", Text),
     (Partner, "webhook_url", "webhook_url", Text),
     (Vendor, "notify_webhook_url", "notify_webhook_url", Text),
 )

@@ -169,7 +169,10 @@ class WebhookSender(Protocol):
         message_id: str,
         timestamp: datetime,
         payload: dict[str, object],
+        previous_secret: str | None = None,
     ) -> int:
         """The HTTP status the endpoint answered; WebhookSendFailed when there was none
-        (connection refused, timeout)."""
+        (connection refused, timeout). With a `previous_secret` (a rotation's overlap) the
+        request carries two signatures, `secret`'s first: a receiver that holds either
+        verifies it."""
         ...

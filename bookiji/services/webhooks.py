@@ -35,7 +35,8 @@ Three steps, each safe to run from several processes at once:
 
 The message id is the event id, identical on every attempt and every replay, so receivers
 deduplicate; the body is `{"type", "id", "createdAt", "data"}`. HTTP itself is behind the
-`WebhookSender` port.
+`WebhookSender` port. Until a partner's `previous_webhook_secret_until` (a secret rotation's
+overlap), a send, `send_test`'s too, is signed with the previous secret as well as the new.
 """
 
 from __future__ import annotations
@@ -168,7 +169,18 @@ class _Claim:
     reservation_id: str | None
     url: str | None
     secret: str | None
+    #: The secret before the last rotation and until when it also signs (None: none).
+    previous_secret: str | None
+    previous_until: datetime | None
     payload: dict[str, object] | None
+
+
+def overlapping(partner: Partner | None, now: datetime) -> str | None:
+    """The partner's previous webhook secret while its rotation's overlap lasts (deliveries
+    are signed with it too), else None."""
+    if partner is None or partner.previous_webhook_secret_until is None:
+        return None
+    return partner.previous_webhook_secret if now < partner.previous_webhook_secret_until else None
 
 
 def backoff_delay(
@@ -452,6 +464,8 @@ class WebhookService:
                         reservation_id=row.reservation_id,
                         url=partner.webhook_url if partner else None,
                         secret=partner.webhook_secret if partner else None,
+                        previous_secret=overlapping(partner, now),
+                        previous_until=partner.previous_webhook_secret_until if partner else None,
                         payload=event_payload(event, notes) if event else None,
                     )
                 )
@@ -583,13 +597,16 @@ class WebhookService:
         if not claim.url or not claim.secret:
             problem = f"partner {claim.partner_id} has no webhook URL or secret"
             return self._record(claim, None, problem, False), True
+        now = self.clock.now()
+        still = claim.previous_until is not None and now < claim.previous_until
         try:
             status = self.sender.send(
                 claim.url,
                 claim.secret,
                 message_id=claim.event_id,
-                timestamp=self.clock.now(),
+                timestamp=now,
                 payload=claim.payload,
+                previous_secret=claim.previous_secret if still else None,
             )
         except WebhookSendFailed as exc:
             # A URL or secret that can never work fails at once: no reason to stop.
@@ -710,6 +727,7 @@ class WebhookService:
             message_id=message_id,
             timestamp=now,
             payload=payload,
+            previous_secret=overlapping(partner, now),
         )
 
     def counts(self) -> dict[str, int]:

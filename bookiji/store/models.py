@@ -148,6 +148,10 @@ class Partner(SQLModel, table=True):
     #: Sealed like the secret: a URL may carry a token or a user name and password.
     webhook_url: str | None = Field(default=None, sa_type=SealedText)
     webhook_secret: str | None = Field(default=None, sa_type=SealedText)
+    #: The secret before the last rotation: deliveries are also signed with it until
+    #: `previous_webhook_secret_until`, then it is no longer used (the next rotation drops it).
+    previous_webhook_secret: str | None = Field(default=None, sa_type=SealedText)
+    previous_webhook_secret_until: datetime | None = _ts(nullable=True)
     created_at: datetime = _ts()
     disabled_at: datetime | None = _ts(nullable=True)
 

@@ -127,7 +127,7 @@ def test_partner_gets_a_standard_webhooks_secret(service: ApiKeyService) -> None
     headers = {"webhook-id": "msg_1", "webhook-timestamp": str(int(sent_at.timestamp()))}
     assert hook.verify(body, {**headers, "webhook-signature": signature}) is not None
 
-    rotated = service.rotate_webhook_secret("globex")
+    rotated = service.rotate_webhook_secret("globex", overlap=timedelta(0))
     assert rotated != secret and rotated.startswith("whsec_")
     assert service.get_partner("globex").webhook_secret == rotated
     assert [p.id for p in service.list_partners()] == ["acme", "globex"]
@@ -145,7 +145,7 @@ def test_duplicate_partner_is_refused(service: ApiKeyService) -> None:
     with pytest.raises(ValidationFailed):
         service.add_partner("other", "Other", "ftp://nope")
     with pytest.raises(NotFound):
-        service.rotate_webhook_secret("nobody")
+        service.rotate_webhook_secret("nobody", overlap=timedelta(0))
 
 
 # -- authentication ------------------------------------------------------------------------------

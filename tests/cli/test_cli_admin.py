@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import io
 import re
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from rich.console import Console
 
 from bookiji.cli import output as cli_output
+from bookiji.domain.timeutil import parse_instant
 from bookiji.services.webhooks import WebhookService
+from bookiji.store.database import Database
+from bookiji.store.models import Partner
+from bookiji.store.uow import UnitOfWork
 from tests.cli.support import Cli
 
 FRACTION = re.compile(r"\d\.\d+Z")  # 12:53:20.153252Z
@@ -138,3 +143,59 @@ def test_a_partner_s_webhook_url_can_be_changed_and_the_partner_disabled(cli: Cl
     assert cli("partners", "disable", "acme", "--json", expect=0).json()["disabledAt"]
     assert cli("partners", "enable", "acme", "--json", expect=0).json()["disabledAt"] is None
     assert cli("partners", "disable", "nobody", expect=1).code == 1
+
+
+def secrets_of(db: Database, partner_id: str) -> tuple[str | None, str | None, datetime | None]:
+    """(webhook secret, previous secret, until when the previous one signs) as stored."""
+    with UnitOfWork(db, readonly=True) as uow:
+        partner = uow.session.get(Partner, partner_id)
+        assert partner is not None
+        return (
+            partner.webhook_secret,
+            partner.previous_webhook_secret,
+            partner.previous_webhook_secret_until,
+        )
+
+
+def test_rotate_webhook_secret_prints_the_new_secret_and_until_when_the_old_signs(
+    cli: Cli, db: Database
+) -> None:
+    first, _, _ = secrets_of(db, "acme")
+    started = datetime.now(UTC).replace(microsecond=0)
+    rotated = cli("partners", "rotate-webhook-secret", "acme", "--overlap", "2h", expect=0)
+    second, previous, until = secrets_of(db, "acme")
+    assert previous == first and second not in (None, first) and until is not None
+    assert started + timedelta(hours=2) <= until <= datetime.now(UTC) + timedelta(hours=2)
+    shown = re.search(r"the old secret also signs deliveries until (\S+Z)", rotated.out)
+    assert shown is not None and parse_instant(shown[1], field="until") == until.replace(
+        microsecond=0
+    )
+    assert rotated.out.splitlines().count(str(second)) == 1 and "shown only now" in rotated.err
+    assert first is not None and first not in rotated.out + rotated.err
+    listed = cli("partners", "list", "--json", expect=0)
+    assert listed.json()[0]["previousWebhookSecretUntil"] is not None
+    assert str(second) not in listed.out and first not in listed.out
+
+    # The default is 24h; "0" (or "0s") is no overlap: the old secret no longer signs.
+    cli("partners", "rotate-webhook-secret", "acme", expect=0)
+    _, previous, until = secrets_of(db, "acme")
+    assert previous == second and until is not None
+    assert until > datetime.now(UTC) + timedelta(hours=23)
+    for zero in ("0", "0s"):
+        done = cli("partners", "rotate-webhook-secret", "acme", "--overlap", zero, "--json",
+                   expect=0).json()  # fmt: skip
+        assert done["previousWebhookSecretUntil"] is None
+        assert secrets_of(db, "acme") == (done["webhookSecret"], None, None)
+    plain = cli("partners", "rotate-webhook-secret", "acme", "--overlap", "0", expect=0)
+    assert "the old secret no longer signs deliveries" in plain.out
+
+
+@pytest.mark.parametrize("bad", ["1y", "-1h", "24", "1.5h", "", "366d", "999999999d"])
+def test_a_bad_webhook_secret_overlap_is_one_line_and_changes_nothing(
+    cli: Cli, db: Database, bad: str
+) -> None:
+    cli("partners", "rotate-webhook-secret", "acme", "--overlap", "1h", expect=0)
+    before = secrets_of(db, "acme")
+    refused = cli("partners", "rotate-webhook-secret", "acme", "--overlap", bad, expect=2)
+    assert "--overlap" in refused.error and refused.out == ""
+    assert secrets_of(db, "acme") == before

@@ -52,6 +52,7 @@ class Recorder:
         message_id: str,
         timestamp: datetime,
         payload: dict[str, object],
+        previous_secret: str | None = None,
     ) -> int:
         self.sent.append(payload)
         return 204

@@ -131,6 +131,28 @@ def test_rotation_reseals_with_the_newest_key_and_old_rows_too(
         load_reservation_document(db, rid)
 
 
+def test_rotation_reseals_a_partner_s_previous_webhook_secret(flow: Workflow, db: Database) -> None:
+    """The secret a webhook-secret rotation keeps for its overlap is sealed like the current
+    one, and `pii rotate` re-seals it."""
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    crypto.configure([old])
+    keys = ApiKeyService(db, flow.clock)
+    _, first = keys.add_partner("globex", "Globex")
+    second = keys.rotate_webhook_secret("globex", overlap=timedelta(hours=24))
+    with db.engine.connect() as conn:
+        (stored,) = conn.execute(
+            text("SELECT previous_webhook_secret FROM partners WHERE id = 'globex'")
+        ).one()
+    assert stored.startswith("gAAAAA") and first not in stored
+    crypto.configure([new, old])
+    result = PiiService(db).rotate()
+    assert result.resealed["partners.previous_webhook_secret"] == 1
+    assert result.resealed["partners.webhook_secret"] >= 1
+    crypto.configure([new])  # the old key is gone: both secrets still open
+    partner = keys.get_partner("globex")
+    assert (partner.webhook_secret, partner.previous_webhook_secret) == (second, first)
+
+
 def test_without_a_key_personal_data_is_refused_and_nothing_is_written(
     flow: Workflow, db: Database
 ) -> None:

@@ -13,6 +13,7 @@ from sqlmodel import SQLModel
 
 import bookiji.store.models  # noqa: F401  (registers the tables)
 from bookiji.domain.states import StageTTLs
+from bookiji.services.apikeys import ApiKeyService
 from bookiji.services.clock import ManualClock
 from bookiji.services.reservations import HoldRequest, ReservationService
 from bookiji.store import migrate
@@ -53,6 +54,31 @@ def test_migrations_match_the_models_and_downgrade_to_base(empty_database_url: s
         # And back up again: downgrade left nothing behind that blocks a re-run.
         migrate.upgrade(db)
         assert migrate.is_at_head(db)
+    finally:
+        db.dispose()
+
+
+def test_0015_adds_the_previous_webhook_secret_and_goes_back(
+    empty_database_url: str, clock: ManualClock
+) -> None:
+    """Down to 0014 in an overlap: the previous secret goes (the new one alone signs), the
+    current one stays; up again: the columns are back, empty."""
+    added = {"previous_webhook_secret", "previous_webhook_secret_until"}
+    db = Database(empty_database_url)
+    try:
+        migrate.upgrade(db)
+        keys = ApiKeyService(db, clock)
+        keys.add_partner("acme", "Acme")
+        new = keys.rotate_webhook_secret("acme", overlap=timedelta(hours=1))
+        assert keys.get_partner("acme").previous_webhook_secret is not None
+        migrate.downgrade(db, "0014")
+        assert migrate.current_revision(db) == "0014"
+        assert not added & {c["name"] for c in inspect(db.engine).get_columns("partners")}
+        migrate.upgrade(db)
+        assert added <= {c["name"] for c in inspect(db.engine).get_columns("partners")}
+        partner = keys.get_partner("acme")
+        assert (partner.webhook_secret, partner.previous_webhook_secret) == (new, None)
+        assert partner.previous_webhook_secret_until is None
     finally:
         db.dispose()
 

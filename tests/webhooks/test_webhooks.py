@@ -37,6 +37,7 @@ from bookiji.domain.errors import Conflict, NotFound, ValidationFailed
 from bookiji.domain.states import StageTTLs
 from bookiji.domain.timeutil import format_instant
 from bookiji.integrations.webhook_sender import HttpWebhookSender
+from bookiji.services.apikeys import ApiKeyService
 from bookiji.services.clock import ManualClock, SystemClock
 from bookiji.services.events import event_data
 from bookiji.services.ports import WebhookSendFailed
@@ -311,6 +312,7 @@ class StatusSender:
         message_id: str,
         timestamp: datetime,
         payload: dict[str, object],
+        previous_secret: str | None = None,
     ) -> int:
         self.sent.append((message_id, timestamp))
         return self.status
@@ -1340,3 +1342,192 @@ def test_a_send_without_an_answer_ends_its_partners_turn_and_gives_back_the_rest
     assert {(r.status, r.attempts) for r in results} == {("delivered", 1)}
     drive(service, live_clock)
     assert in_outbox_order(sender.sent[1:], expected)
+
+
+# -------------------------------------------------------------------------- secret rotation
+
+
+def signatures(request: Request) -> list[str]:
+    """The `v1,...` signatures of a request's `webhook-signature` header, in order."""
+    return request.headers["webhook-signature"].split(" ")
+
+
+def signed_with(request: Request, *keys: str) -> list[str]:
+    """The signatures `keys` make of the request, in that order: what the header must be."""
+    when = datetime.fromtimestamp(int(request.headers["webhook-timestamp"]), UTC)
+    return [Webhook(key).sign(request.webhook_id, when, request.body.decode()) for key in keys]
+
+
+def test_the_sender_signs_with_both_secrets_the_new_one_first(
+    sender: HttpWebhookSender, live_clock: ManualClock
+) -> None:
+    old, new = new_secret(), new_secret()
+    with Receiver(secret=old) as old_side, Receiver(secret=new) as new_side:
+        for side in (old_side, new_side):
+            status = sender.send(
+                side.url,
+                new,
+                message_id="evt_1",
+                timestamp=live_clock.now(),
+                payload={"n": 1},
+                previous_secret=old,
+            )
+            assert status == 204
+    for request in old_side.requests + new_side.requests:
+        assert request.verified and signatures(request) == signed_with(request, new, old)
+    # Neither secret is ever in an error message, the previous one included.
+    with Receiver() as closed:
+        url = closed.url
+    with pytest.raises(WebhookSendFailed) as refused:
+        sender.send(
+            url, new, message_id="e", timestamp=live_clock.now(), payload={}, previous_secret=old
+        )
+    with pytest.raises(WebhookSendFailed) as malformed:
+        sender.send(
+            url,
+            new,
+            message_id="e",
+            timestamp=live_clock.now(),
+            payload={},
+            previous_secret="whsec_abcde",
+        )
+    assert malformed.value.retryable is False and "abcde" not in malformed.value.message
+    for message in (refused.value.message, malformed.value.message):
+        for key in (old, new):
+            assert key not in message and key.removeprefix("whsec_") not in message
+
+
+def test_during_a_rotations_overlap_receivers_with_either_secret_accept(
+    db: Database, live_clock: ManualClock, sender: HttpWebhookSender
+) -> None:
+    """The partner's receivers not yet given the new secret keep accepting every delivery
+    (and test event) while the overlap lasts; the ones already given it accept them too."""
+    keys = ApiKeyService(db, live_clock)
+    with Receiver() as old_side, Receiver() as new_side:
+        _, old = keys.add_partner("p1", "Partner 1", old_side.url)
+        new = keys.rotate_webhook_secret("p1", overlap=timedelta(hours=24))
+        old_side.secret, new_side.secret = old, new
+        stored = keys.get_partner("p1")
+        assert (stored.webhook_secret, stored.previous_webhook_secret) == (new, old)
+        assert stored.previous_webhook_secret_until == live_clock.now() + timedelta(hours=24)
+        bookings = Bookings(db, live_clock)
+        service = WebhookService(db, live_clock, sender)
+        bookings.hold("p1")
+        drive(service, live_clock)
+        assert invoke(service, "test", "--partner", "p1").exit_code == 0
+        keys.set_webhook_url("p1", new_side.url)
+        bookings.hold("p1")
+        drive(service, live_clock)
+        assert service.send_test("p1") == 204
+    assert len(old_side.requests) == len(new_side.requests) == 3
+    for request in old_side.requests + new_side.requests:
+        assert request.verified and request.status == 204
+        assert signatures(request) == signed_with(request, new, old)  # two v1, new first
+    assert {d.status for d in deliveries(db)} == {"delivered"}
+
+
+def test_once_the_overlap_is_over_only_the_new_secret_verifies(
+    db: Database, live_clock: ManualClock, sender: HttpWebhookSender
+) -> None:
+    """From the overlap's end on (the service's clock decides), one signature: the receiver
+    still holding the old secret refuses the delivery, which is retried, and accepts once
+    the partner has the new secret."""
+    keys = ApiKeyService(db, live_clock)
+    with Receiver() as receiver:
+        _, old = keys.add_partner("p1", "Partner 1", receiver.url)
+        new = keys.rotate_webhook_secret("p1", overlap=timedelta(minutes=1))
+        receiver.secret = old
+        bookings = Bookings(db, live_clock)
+        service = WebhookService(db, live_clock, sender, base_delay=timedelta(seconds=1))
+        bookings.hold("p1")
+        live_clock.advance(timedelta(seconds=59))  # still in the overlap
+        drive(service, live_clock)
+        live_clock.advance(timedelta(seconds=1))  # the overlap's end: the old one is out
+        bookings.hold("p1")
+        service.fan_out()
+        (refused,) = service.deliver_due()
+        assert (refused.status, refused.http_status) == ("pending", 401)
+        assert service.send_test("p1") == 401
+        receiver.secret = new  # the partner deploys the new secret
+        drive(service, live_clock)
+    during, (after, test, retried, last) = receiver.requests[:2], receiver.requests[2:]
+    for request in during:
+        assert request.verified and signatures(request) == signed_with(request, new, old)
+    for request in (after, test, retried, last):
+        assert signatures(request) == signed_with(request, new)
+    assert [r.verified for r in (after, test, retried, last)] == [False, False, True, True]
+    assert retried.webhook_id == after.webhook_id
+    assert {d.status for d in deliveries(db)} == {"delivered"}
+
+
+def test_the_send_s_own_time_decides_not_the_claim_s(
+    db: Database, live_clock: ManualClock, sender: HttpWebhookSender
+) -> None:
+    """Two deliveries claimed together in the overlap; it ends while the first is sent:
+    the second carries the new secret's signature only."""
+    keys = ApiKeyService(db, live_clock)
+    with Receiver() as receiver:
+        _, old = keys.add_partner("p1", "Partner 1", receiver.url)
+        new = keys.rotate_webhook_secret("p1", overlap=timedelta(seconds=30))
+        receiver.secret = new
+        bookings = Bookings(db, live_clock)
+        bookings.hold("p1")
+        bookings.hold("p1")
+
+        class SlowFirstSend:
+            def send(self, *args: Any, **kwargs: Any) -> int:
+                status = sender.send(*args, **kwargs)
+                if len(receiver.requests) == 1:
+                    live_clock.advance(timedelta(seconds=30))  # the overlap ends meanwhile
+                return status
+
+        service = WebhookService(db, live_clock, SlowFirstSend())
+        service.fan_out()
+        assert [r.status for r in service.deliver_due()] == ["delivered"] * 4
+    first, second, *rest = receiver.requests
+    assert signatures(first) == signed_with(first, new, old)
+    for request in (second, *rest):
+        assert signatures(request) == signed_with(request, new)
+
+
+def test_a_rotation_without_overlap_signs_with_the_new_secret_only_at_once(
+    db: Database, live_clock: ManualClock, sender: HttpWebhookSender
+) -> None:
+    keys = ApiKeyService(db, live_clock)
+    with Receiver() as receiver:
+        _, old = keys.add_partner("p1", "Partner 1", receiver.url)
+        new = keys.rotate_webhook_secret("p1", overlap=timedelta(0))
+        stored = keys.get_partner("p1")
+        assert (stored.previous_webhook_secret, stored.previous_webhook_secret_until) == (None,) * 2
+        receiver.secret = old
+        service = WebhookService(db, live_clock, sender)
+        assert service.send_test("p1") == 401
+        receiver.secret = new
+        assert service.send_test("p1") == 204
+    for request in receiver.requests:
+        assert signatures(request) == signed_with(request, new)
+
+
+def test_rotating_again_in_an_overlap_drops_the_secret_before(
+    db: Database, live_clock: ManualClock, sender: HttpWebhookSender
+) -> None:
+    """Only the secret just replaced overlaps: the first one is not used any more."""
+    keys = ApiKeyService(db, live_clock)
+    with Receiver() as receiver:
+        _, first = keys.add_partner("p1", "Partner 1", receiver.url)
+        second = keys.rotate_webhook_secret("p1", overlap=timedelta(hours=24))
+        live_clock.advance(timedelta(seconds=5))
+        third = keys.rotate_webhook_secret("p1", overlap=timedelta(hours=1))
+        stored = keys.get_partner("p1")
+        assert (stored.webhook_secret, stored.previous_webhook_secret) == (third, second)
+        assert stored.previous_webhook_secret_until == live_clock.now() + timedelta(hours=1)
+        service = WebhookService(db, live_clock, sender)
+        receiver.secret = first
+        assert service.send_test("p1") == 401
+        receiver.secret = second
+        assert service.send_test("p1") == 204
+    for request in receiver.requests:
+        assert signatures(request) == signed_with(request, third, second)
+    with pytest.raises(ValidationFailed):
+        keys.rotate_webhook_secret("p1", overlap=timedelta(seconds=-1))
+    assert keys.get_partner("p1").webhook_secret == third
