@@ -88,6 +88,7 @@ def rotate_webhook_secret(
     service = apikey_service(ctx)
     secret = service.rotate_webhook_secret(partner_id, overlap=window)
     partner = service.get_partner(partner_id)
+    _show_secret(partner, secret, json_output=json_output, what="new secret for")
     if not json_output:
         until = partner.previous_webhook_secret_until
         console.print(
@@ -95,7 +96,6 @@ def rotate_webhook_secret(
             if until is not None
             else "the old secret no longer signs deliveries"
         )
-    _show_secret(partner, secret, json_output=json_output, what="new secret for")
 
 
 @app.command("set-webhook-url")
