@@ -41,9 +41,10 @@ class CliState:
     ) -> Container:
         """`create`: a SQLite file may be made here (init, db upgrade); every other command
         refuses a path with no database file. With the schema required, the PII keys must
-        open the stored data's key-check records (one small read; a new newest key gets its
-        record), so no command reads or seals with a wrong key; `check_keys=False` for the
-        commands that check more themselves (`daemon`, `pii check`)."""
+        open the stored data's key-check records and the newest must have one (one small
+        read; a database without records gets one per key), so no command reads or seals
+        with a wrong key, nor begins a rotation by accident; `check_keys=False` for the
+        commands that check more themselves (`daemon`, `pii check`, `pii begin-rotation`)."""
         if self._container is None:
             settings = self.settings()
             if not create:

@@ -23,7 +23,8 @@ def register(app: typer.Typer) -> None:
         cli = state(ctx)
         settings = cli.settings()
         # Refuses a database that is not at head, with the usual hint, and keys that do not
-        # open the stored data (one error line, before the port is bound or a job runs).
+        # open the stored data or whose newest is unrecorded (a typo listed first is not a
+        # rotation): one error line, before the port is bound or a job runs.
         cli.container(check_keys=False).pii.check_keys(register=True, sample=True)
         code = run_daemon(
             settings,

@@ -1,4 +1,4 @@
-"""`bookiji pii new-key|check|rotate` and `bookiji requesters forget ID`."""
+"""`bookiji pii new-key|check|begin-rotation|rotate` and `bookiji requesters forget ID`."""
 
 from __future__ import annotations
 
@@ -18,25 +18,20 @@ def register(app: typer.Typer) -> None:
 
     @pii.command("new-key")
     def new_key_command() -> None:
-        """Print a new Fernet key. Put it FIRST in BOOKIJI_PII_KEYS or the key file, keep
-        the old keys after it, then run `bookiji pii rotate`."""
+        """Print a new Fernet key. To rotate to it: list it after the old keys and restart
+        the daemons, then list it FIRST (old keys after it) and run `bookiji pii
+        begin-rotation`, restart the daemons, run `bookiji pii rotate`, drop the old keys."""
         typer.echo(new_key())
 
     @pii.command("check")
     def check(ctx: typer.Context, json_output: bool = JSON_OPTION) -> None:
         """Check that the configured keys open the stored data (every key-check record and
-        a sample of stored values) without writing anything: run it with the new settings
-        before a deploy. A daemon refuses to start where this fails."""
+        a sample of stored values, and that the newest key is recorded) without writing
+        anything: run it with the new settings before a deploy. A daemon refuses to start
+        where this fails."""
         result = state(ctx).container(check_keys=False).pii.check_keys(register=False)
         if json_output:
-            emit_json(
-                {
-                    "ok": True,
-                    "keyRecords": result.records,
-                    "sampledValues": result.sampled,
-                    "newestKeyInUse": result.newest_in_use,
-                }
-            )
+            emit_json({"ok": True, "keyRecords": result.records, "sampledValues": result.sampled})
             return
         if not result.records and not result.sampled:
             console.print("nothing is encrypted in this database yet: any key will do")
@@ -45,11 +40,28 @@ def register(app: typer.Typer) -> None:
             f"the PII keys open the stored data ({counted(result.records, 'key record')}, "
             f"{counted(result.sampled, 'sampled value')})"
         )
-        if not result.newest_in_use:
-            console.print(
-                "the newest key is new to this database: starting with it begins a rotation "
-                "(then run `bookiji pii rotate`)"
-            )
+
+    @pii.command("begin-rotation")
+    def begin_rotation(ctx: typer.Context, json_output: bool = JSON_OPTION) -> None:
+        """Record the first listed key (a new one, from `pii new-key`) as the key that seals
+        from now on: the only way to start sealing with a new key (a daemon or command
+        started with an unrecorded key first is refused). Run it with the new key first and
+        the old keys after it; then restart every daemon with that list and run `bookiji
+        pii rotate`. Refused unless the keys open the stored data."""
+        container = state(ctx).container(check_keys=False)
+        if not keyring().configured:
+            raise typer.BadParameter("no PII key is configured (BOOKIJI_PII_KEYS / pii_keys_file)")
+        result = container.pii.begin_rotation()
+        if json_output:
+            emit_json({"registered": result.registered, "keyRecords": result.records})
+            return
+        if not result.registered:
+            console.print("the newest key is already recorded in this database: nothing to do")
+            return
+        console.print(
+            "the newest key is recorded: restart every daemon with this key list (it now "
+            "seals new data), then run `bookiji pii rotate`"
+        )
 
     @pii.command("rotate")
     def rotate(
@@ -57,7 +69,9 @@ def register(app: typer.Typer) -> None:
         json_output: bool = JSON_OPTION,
     ) -> None:
         """Re-encrypt every stored secret and personal field with the newest key (also seals
-        rows written before encryption). Safe to stop and run again."""
+        rows written before encryption), then retire the old keys' records. Safe to stop and
+        run again. Run it after `pii begin-rotation`, once every daemon runs with the new
+        key first: refused while the newest key is not recorded."""
         container = state(ctx).container()
         if not keyring().configured:
             raise typer.BadParameter("no PII key is configured (BOOKIJI_PII_KEYS / pii_keys_file)")

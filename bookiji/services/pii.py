@@ -128,7 +128,11 @@ class PiiService:
 
     def rotate(self, progress: Callable[[int, int], None] | None = None) -> Rotation:
         """Seal every stored value with the newest key (and seal rows from before sealing).
-        Batched, so it can run beside the daemon and be stopped and run again."""
+        Batched, so it can run beside the daemon and be stopped and run again. Refused
+        (PiiKeyError, nothing re-sealed) while the newest key has no key-check record: a
+        rotation begins with `begin_rotation`, and the daemons must seal with the new key
+        before the old data is moved to it."""
+        pii_keys.verify(self.db, SEALED, register=True, sample=False)
         stale: list[tuple[type[SQLModel], str, list[Any]]] = []
         examined = 0
         with UnitOfWork(self.db, readonly=True) as uow:
@@ -165,9 +169,16 @@ class PiiService:
         return Rotation(examined, resealed)
 
     def check_keys(self, *, register: bool = False, sample: bool = True) -> pii_keys.KeyCheck:
-        """Refuse (PiiKeyError) unless the configured keys open the stored data; see
-        `pii_keys`. `register`: a new newest key is recorded (a daemon's or the CLI's start)."""
+        """Refuse (PiiKeyError) unless the configured keys open the stored data and the
+        newest has a key-check record; see `pii_keys`. `register`: a database without
+        records gets one per configured key (a daemon's or the CLI's first start)."""
         return pii_keys.verify(self.db, SEALED, register=register, sample=sample)
+
+    def begin_rotation(self) -> pii_keys.KeyCheck:
+        """Record the newest key (a new one, listed first) as the sealing key, once the
+        configured keys are checked to open every record and a sample of stored values:
+        the only way a new key starts sealing (`bookiji pii begin-rotation`)."""
+        return pii_keys.verify(self.db, SEALED, register=True, sample=True, begin_rotation=True)
 
     def key_problem(self) -> str | None:
         """What is wrong with the keys by the key-check records alone (cheap, for /readyz)."""

@@ -4,8 +4,9 @@ Columns typed `SealedText` / `SealedJSON` hold Fernet tokens; the application se
 values. Keys never live in the database: they come from `BOOKIJI_PII_KEYS` (comma-separated,
 newest first) or a file named by `pii_keys_file` / `BOOKIJI_PII_KEYS_FILE` (one key per line,
 newest first). The newest key encrypts; every listed key decrypts (MultiFernet), so a new key
-is added in front, `bookiji pii rotate` re-encrypts the stored data, and the old key is then
-dropped.
+is added in front, `bookiji pii begin-rotation` records it as the sealing key (a first key the
+database has no record of is refused: `bookiji.services.pii_keys`), `bookiji pii rotate`
+re-encrypts the stored data, and the old key is then dropped.
 
 Rows written before encryption existed are read as they are (plain text, or JSON without the
 `sealed` envelope) and sealed by the next `pii rotate` or update. Without any key, writing a

@@ -515,8 +515,9 @@ class JobRun(SQLModel, table=True):
 
 class PiiKeyCheck(SQLModel, table=True):
     """One Fernet token per PII key that sealed (or may have sealed) stored data: a fixed
-    text sealed with that key. Whoever starts with keys that do not open every record would
-    misread or mis-seal data, and is refused. `pii rotate` keeps only the newest key's."""
+    text sealed with that key. Whoever starts with keys that do not open every record, or
+    whose newest key has none, would misread or mis-seal data, and is refused. `pii
+    begin-rotation` adds a new key's record; `pii rotate` keeps only the newest key's."""
 
     __tablename__: ClassVar[str] = "pii_key_checks"
 

@@ -1,20 +1,28 @@
-"""A daemon started with a wrong but well-formed PII key refuses to start (one error line,
-exit 1, no key in it) and seals nothing; the right key starts; a rotation runs with both
-keys, and the new key alone starts once `pii rotate` has finished; a daemon left on the old
-key alone is no longer ready. Real `bookiji daemon` processes, SQLite and Postgres."""
+"""A daemon started with a wrong but well-formed PII key, or with a key the database does not
+know listed first (a typo ahead of the right key), refuses to start (one error line, exit 1,
+no key in it, before the port is bound) and seals nothing; the right key starts. A rotation
+goes through as the operator guide lists it: the new key staged second, `pii begin-rotation`
+with it first, daemons with both, `pii rotate`, the new key alone; daemons left behind are
+no longer ready. Real `bookiji daemon` processes, SQLite and Postgres."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography.fernet import Fernet
+from sqlmodel import select
 
+from bookiji.services.pii import PiiService
 from bookiji.store import crypto
 from bookiji.store.database import Database
+from bookiji.store.models import PiiKeyCheck
+from bookiji.store.uow import UnitOfWork
 from tests import sealed
 from tests.api.daemon_support import SCRIPT, free_port, running_daemon, seed_partner, write_config
 
@@ -37,6 +45,64 @@ def tokens(database_url: str) -> list[str]:
         db.dispose()
 
 
+def key_records(database_url: str) -> int:
+    db = Database(database_url)
+    try:
+        with UnitOfWork(db, readonly=True) as uow:
+            return len(uow.session.exec(select(PiiKeyCheck)).all())
+    finally:
+        db.dispose()
+
+
+def bookiji(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SCRIPT, "--config", str(config), *args],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+
+
+def refused(config: Path, why: str, *keys: str, port: int | None = None) -> None:
+    started = bookiji(config, "daemon", "--port", str(port or free_port()))
+    assert started.returncode == 1, started.stdout + started.stderr
+    assert started.stdout == ""  # not even the start-up log line
+    (line,) = started.stderr.strip().splitlines()  # one line, no traceback
+    assert line.startswith("error: ") and line.endswith("[encryption_key_problem]"), line
+    assert why in line, line
+    for key in keys:
+        assert key not in line and key[:12] not in line
+
+
+def test_a_new_key_listed_first_is_refused_before_the_port_is_bound(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    right, typo = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    crypto.configure([right])  # the partner's webhook secret is sealed with the right key
+    seed_partner(database_url)
+    config = write_config(tmp_path / "bookiji.toml", database_url, free_port())
+    monkeypatch.setenv("BOOKIJI_PII_KEYS", f"{typo},{right}")
+    with socket.socket() as taken:  # the daemon's port is in use: binding first would say so
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # A database sealed before the key-check records: the sample decides...
+        refused(config, "new to this database", typo, right, port=port)
+        assert key_records(database_url) == 0
+        db = Database(database_url)
+        try:
+            PiiService(db).check_keys(register=True)  # ... then the right key's record
+        finally:
+            db.dispose()
+        refused(config, "run `bookiji pii begin-rotation`", typo, right, port=port)
+    assert key_records(database_url) == 1  # none for the typo
+    assert opened_by(database_url, typo) == 0  # nothing sealed with it
+    monkeypatch.setenv("BOOKIJI_PII_KEYS", right)
+    with running_daemon(config, tmp_path, port=free_port()) as daemon:
+        with daemon.client() as client:
+            assert client.get("/readyz").status_code == 200
+        assert daemon.stop() == 0
+
+
 def test_a_wrong_key_is_refused_and_a_rotation_goes_through(
     database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -57,69 +123,76 @@ def test_a_wrong_key_is_refused_and_a_rotation_goes_through(
     def keys(*given: str) -> None:
         monkeypatch.setenv("BOOKIJI_PII_KEYS", ",".join(given))
 
-    def refused(why: str) -> None:
-        started = subprocess.run(
-            [SCRIPT, "--config", str(config), "daemon", "--port", str(free_port())],
-            capture_output=True, text=True, timeout=60, check=False,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-        assert started.returncode == 1, started.stdout + started.stderr
-        assert started.stdout == ""
-        (line,) = started.stderr.strip().splitlines()  # one line, no traceback
-        assert line.startswith("error: ") and line.endswith("[encryption_key_problem]"), line
-        assert why in line, line
-        for key in (old, new, wrong):
-            assert key not in line and key[:12] not in line
+    def not_ready(client: httpx.Client, why: str) -> None:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["error"]["code"] == "encryption_key_problem"
+        assert why in ready.json()["error"]["message"]
+        assert old not in ready.text and new not in ready.text
 
     # Data from before key-check records: the sampled stored values tell the key is wrong.
     keys(wrong)
-    refused("do not open 1 of 1 stored values")
+    refused(config, "do not open 1 of 1 stored values", old, new, wrong)
     keys()  # no key at all, with sealed data
-    refused("no PII key is configured")
+    refused(config, "no PII key is configured")
     keys(old)
-    port_a = free_port()
-    with running_daemon(config, tmp_path, port=port_a, name="old") as first:
+    with running_daemon(config, tmp_path, port=free_port(), name="old") as first:
         with first.client(api_key) as client:
             assert client.get("/readyz").status_code == 200
             created = client.post("/v1/reservations", json=body(10))
             assert created.status_code == 201, created.text
             kept = created.json()["reservationId"]
         keys(wrong)  # a second daemon with a mistyped key, beside the running one
-        refused("1 of the 1 keys it holds data under is not configured")
-        # A rotation begins: a daemon with the new key first and the old one after starts...
-        keys(new, old)
-        with running_daemon(config, tmp_path, port=free_port(), name="both") as both:
-            with both.client(api_key) as client:
+        refused(config, "1 of the 1 keys it holds data under is not configured", old, wrong)
+        keys(new, old)  # the new key first: not a rotation until one is begun
+        refused(config, "run `bookiji pii begin-rotation`", old, new)
+        # 1. Staged: the new key second opens what it will seal; daemons stay ready.
+        keys(old, new)
+        with running_daemon(config, tmp_path, port=free_port(), name="staged") as staged:
+            # 2. The new key first, for the CLI: the rotation begins.
+            keys(new, old)
+            begun = bookiji(config, "pii", "begin-rotation", "--json")
+            assert begun.returncode == 0, begun.stderr
+            assert key_records(database_url) == 2
+            with staged.client() as client:
                 assert client.get("/readyz").status_code == 200
-                created = client.post("/v1/reservations", json=body(12))
-                assert created.status_code == 201, created.text
-                assert client.get(f"/v1/reservations/{kept}").json()["requester"] == CONTACT
-            # ... and the daemon still on the old key alone cannot read what it seals: not
-            # ready (it serves on: a load balancer takes it out).
-            with first.client() as client:
-                ready = client.get("/readyz")
-            assert ready.status_code == 503
-            assert ready.json()["error"]["code"] == "encryption_key_problem"
-            assert "not configured" in ready.json()["error"]["message"]
-            assert old not in ready.text and new not in ready.text
-            assert both.stop() == 0
-        assert first.stop() == 0
-    keys(new)  # the old key dropped before `pii rotate`: refused
-    refused("1 of the 2 keys it holds data under is not configured")
-    keys(new, old)
-    rotated = subprocess.run(
-        [SCRIPT, "--config", str(config), "pii", "rotate", "--json"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert rotated.returncode == 0, rotated.stderr
-    keys(new)  # rotated: the new key alone starts and reads everything
+            with first.client() as client:  # the old key alone cannot open the new record
+                not_ready(client, "not configured")
+            assert first.stop() == 0
+            # 3. Daemons with [new, old]: they seal with the new key; staged ones read it.
+            with running_daemon(config, tmp_path, port=free_port(), name="both") as both:
+                with both.client(api_key) as client:
+                    assert client.get("/readyz").status_code == 200
+                    created = client.post("/v1/reservations", json=body(12))
+                    assert created.status_code == 201, created.text
+                    fresh = created.json()["reservationId"]
+                    assert client.get(f"/v1/reservations/{kept}").json()["requester"] == CONTACT
+                with staged.client(api_key) as client:
+                    assert client.get(f"/v1/reservations/{fresh}").json()["requester"] == CONTACT
+                keys(new)  # the old key dropped before `pii rotate`: refused
+                refused(config, "1 of the 2 keys it holds data under is not configured", old, new)
+                # 4. Re-seal everything; the old key's record goes.
+                keys(new, old)
+                rotated = bookiji(config, "pii", "rotate", "--json")
+                assert rotated.returncode == 0, rotated.stderr
+                assert key_records(database_url) == 1
+                with both.client() as client:
+                    assert client.get("/readyz").status_code == 200
+                with staged.client() as client:  # still sealing with the retired old key
+                    not_ready(client, "has no key-check record")
+                assert both.stop() == 0
+            assert staged.stop() == 0
+    # 5. The new key alone starts and reads everything.
+    keys(new)
     with running_daemon(config, tmp_path, port=free_port(), name="new") as last:
         with last.client(api_key) as client:
             assert client.get("/readyz").status_code == 200
             assert client.get(f"/v1/reservations/{kept}").json()["requester"] == CONTACT
         assert last.stop() == 0
     keys(old)
-    refused("1 of the 1 keys it holds data under is not configured")
+    refused(config, "1 of the 1 keys it holds data under is not configured", old, new)
+    keys(old, new)
+    refused(config, "new to this database", old, new)
     assert opened_by(database_url, wrong) == 0  # nothing was ever sealed with the wrong key
     assert opened_by(database_url, old) == 0  # all re-sealed; its record gone with it
     assert opened_by(database_url, new) == len(tokens(database_url))

@@ -1,6 +1,7 @@
-"""The CLI with the PII keys: a command run with a wrong key is refused before it seals
-anything, `pii check` tells before a deploy, and `requesters forget` says whether SQLite's
-write-ahead log was emptied. In-process, SQLite and Postgres."""
+"""The CLI with the PII keys: a command run with a wrong key, or with a key the database does
+not know listed first, is refused before it seals anything; `pii check` tells before a
+deploy; a rotation begins only with `pii begin-rotation`; and `requesters forget` says
+whether SQLite's write-ahead log was emptied. In-process, SQLite and Postgres."""
 
 from __future__ import annotations
 
@@ -9,10 +10,33 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
+from sqlmodel import select
 
+from bookiji.store.database import Database
+from bookiji.store.models import PiiKeyCheck
+from bookiji.store.uow import UnitOfWork
+from tests import sealed
 from tests.cli.support import Cli, vendor_toml, write_vendors
 
 RIGHT = Fernet.generate_key().decode()
+CONTACT = ("--contact-email", "zelda.q@example.org")
+
+
+def key_records(database_url: str) -> int:
+    db = Database(database_url)
+    try:
+        with UnitOfWork(db, readonly=True) as uow:
+            return len(uow.session.exec(select(PiiKeyCheck)).all())
+    finally:
+        db.dispose()
+
+
+def opened_by(database_url: str, key: str) -> int:
+    db = Database(database_url)
+    try:
+        return sealed.opened_by(db, key)
+    finally:
+        db.dispose()
 
 
 @pytest.fixture
@@ -31,14 +55,13 @@ def cli(
 def test_a_wrong_key_refuses_the_command_and_seals_nothing(
     cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    right, new, wrong = RIGHT, Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    right, wrong = RIGHT, Fernet.generate_key().decode()
     # A fresh database: nothing sealed yet (the vendors import recorded the key it ran with).
-    assert cli("pii", "check", "--json", expect=0).json() == {
-        "ok": True, "keyRecords": 1, "sampledValues": 0, "newestKeyInUse": True,
-    }  # fmt: skip
+    checked = cli("pii", "check", "--json", expect=0).json()
+    assert checked == {"ok": True, "keyRecords": 1, "sampledValues": 0}
     held = cli.hold("10:00", "11:00", "--contact-email", "zelda.q@example.org")
     checked = cli("pii", "check", "--json", expect=0).json()
-    assert checked == {"ok": True, "keyRecords": 1, "sampledValues": 1, "newestKeyInUse": True}
+    assert checked == {"ok": True, "keyRecords": 1, "sampledValues": 1}
 
     monkeypatch.setenv("BOOKIJI_PII_KEYS", wrong)
     refused = cli.create("12:00", "13:00", "--contact-email", "zelda.q@example.org")
@@ -49,12 +72,58 @@ def test_a_wrong_key_refuses_the_command_and_seals_nothing(
     monkeypatch.setenv("BOOKIJI_PII_KEYS", right)
     assert cli.ids() == [held["reservationId"]]  # the refused hold was never written
 
-    # Before a deploy with a new key in front: it passes, and says a rotation would begin.
-    monkeypatch.setenv("BOOKIJI_PII_KEYS", f"{new},{right}")
-    out = cli("pii", "check", expect=0).out
-    assert "1 key record, 1 sampled value" in out and "newest key is new" in out
-    monkeypatch.setenv("BOOKIJI_PII_KEYS", right)  # `pii check` wrote no record for it
-    assert cli("pii", "check", "--json", expect=0).json()["keyRecords"] == 1
+
+def test_a_new_key_listed_first_refuses_the_command_and_writes_nothing(
+    cli: Cli, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistyped key put ahead of the right one opens everything (the right key is listed)
+    but would seal all new data: refused in one red line, as a wrong key is; `pii check`
+    fails (exit 1) with the same remedy, and `pii rotate` does not begin a rotation."""
+    typo = Fernet.generate_key().decode()
+    held = cli.hold("10:00", "11:00", *CONTACT)
+    monkeypatch.setenv("BOOKIJI_PII_KEYS", f"{typo},{RIGHT}")
+    refusals = [
+        cli.create("12:00", "13:00", *CONTACT),
+        cli("pii", "check", expect=1),
+        cli("pii", "rotate", expect=1),
+    ]
+    for refused in refusals:
+        assert refused.code == 1
+        line = refused.error  # one line, no traceback
+        assert "newest configured PII key (the first listed) is new to this database" in line
+        assert "run `bookiji pii begin-rotation`" in line
+        assert line.endswith("[encryption_key_problem]")
+        assert typo not in refused.err + refused.out and RIGHT not in refused.err + refused.out
+    envelope = cli("pii", "check", "--json", expect=1).json()
+    assert envelope["error"]["code"] == "encryption_key_problem"
+    assert key_records(database_url) == 1  # no record for the typo
+    assert opened_by(database_url, typo) == 0  # nothing sealed with it
+    monkeypatch.setenv("BOOKIJI_PII_KEYS", RIGHT)
+    assert cli.ids() == [held["reservationId"]]  # the refused hold was never written
+
+
+def test_a_rotation_begins_with_begin_rotation_and_ends_with_rotate(
+    cli: Cli, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new = RIGHT, Fernet.generate_key().decode()
+    first = cli.hold("10:00", "11:00", *CONTACT)
+    monkeypatch.setenv("BOOKIJI_PII_KEYS", new)  # the old key left out: refused, not recorded
+    assert "do not open" in cli("pii", "begin-rotation", expect=1).error
+    monkeypatch.setenv("BOOKIJI_PII_KEYS", f"{new},{old}")
+    begun = cli("pii", "begin-rotation", "--json", expect=0).json()
+    assert begun == {"registered": 1, "keyRecords": 1}
+    assert "already recorded" in cli("pii", "begin-rotation", expect=0).out
+    checked = cli("pii", "check", "--json", expect=0).json()
+    assert checked == {"ok": True, "keyRecords": 2, "sampledValues": 1}
+    second = cli.hold("12:00", "13:00", *CONTACT)  # sealed with the new key
+    assert opened_by(database_url, new) == 2  # its record and the new hold
+    rotated = cli("pii", "rotate", "--json", expect=0).json()
+    assert rotated["resealed"]["reservations.requester_contact"] == 1
+    assert key_records(database_url) == 1  # the old key's record retired
+    monkeypatch.setenv("BOOKIJI_PII_KEYS", new)
+    assert sorted(cli.ids()) == sorted([first["reservationId"], second["reservationId"]])
+    assert cli.show(first["reservationId"])["requester"]["email"] == "zelda.q@example.org"
+    assert opened_by(database_url, old) == 0
 
 
 def test_forget_reports_the_write_ahead_log(cli: Cli, backend: str) -> None:

@@ -219,6 +219,7 @@ def test_rotation_reseals_the_note(flow: Workflow, db: Database) -> None:
     assert cancel(flow, rid)
     ((before,),) = raw(db, "SELECT cancel_note FROM reservations WHERE id = :rid", rid=rid)
     crypto.configure([new, *old])
+    PiiService(db).begin_rotation()
     result = PiiService(db, batch_size=1).rotate()
     assert result.resealed["reservations.cancel_note"] == 1
     ((after,),) = raw(db, "SELECT cancel_note FROM reservations WHERE id = :rid", rid=rid)

@@ -1,6 +1,7 @@
 """A wrong but well-formed PII key is caught before it reads or seals anything: key-check
-records and a bounded sample of stored values, through a rotation and back. SQLite and
-Postgres."""
+records and a bounded sample of stored values, through a rotation and back. A key listed
+first that the database has no record of is refused too (not taken for a rotation): a
+rotation begins only with `begin_rotation`. SQLite and Postgres."""
 
 from __future__ import annotations
 
@@ -95,7 +96,35 @@ def test_no_key_while_sealed_data_exists_is_refused(flow: Workflow, db: Database
     assert hold(flow, 11)  # (a hold without personal data needs no key, as before)
 
 
-def test_rotation_passes_with_both_keys_and_with_the_new_one_once_rotated(
+def test_a_new_key_listed_first_is_refused_until_a_rotation_begins(
+    flow: Workflow, db: Database
+) -> None:
+    """A mistyped or foreign key put first, ahead of the right one, opens nothing wrong (the
+    right key is listed) but would seal every new value: refused, with nothing written,
+    whether the records or (before them) the sampled values decide."""
+    right, typo = key(), key()
+    crypto.configure([right])
+    hold(flow, 10, contact=CONTACT)
+    service = PiiService(db)
+    crypto.configure([typo, right])  # a database sealed before the records: the sample
+    with pytest.raises(EncryptionKeyProblem, match="new to this database") as caught:
+        service.check_keys(register=True, sample=False)  # (sampled anyway: no records)
+    message = str(caught.value)
+    assert "bookiji pii begin-rotation" in message
+    assert typo not in message and right not in message
+    assert records(db) == 0
+    crypto.configure([right])
+    assert service.check_keys(register=True).registered == 1
+    crypto.configure([typo, right])  # now the records decide, with or without the sample
+    for sample in (False, True):
+        with pytest.raises(EncryptionKeyProblem, match="begin-rotation"):
+            service.check_keys(register=True, sample=sample)
+    with pytest.raises(EncryptionKeyProblem, match="begin-rotation"):
+        service.rotate()  # `rotate` never begins a rotation either
+    assert records(db) == 1 and opened_by(db, typo) == 0  # nothing recorded or sealed with it
+
+
+def test_rotation_begins_explicitly_and_the_old_key_goes_once_rotated(
     flow: Workflow, db: Database
 ) -> None:
     old, new = key(), key()
@@ -103,9 +132,17 @@ def test_rotation_passes_with_both_keys_and_with_the_new_one_once_rotated(
     service = PiiService(db)
     service.check_keys(register=True)
     rid = hold(flow, 10, contact=CONTACT, idempotency_key="k1")
-    crypto.configure([new, old])  # a rotation begins: the new key in front
-    check = service.check_keys(register=True)
-    assert not check.newest_in_use and check.registered == 1
+    # Staged: the new key listed second opens what it will seal; nothing to record yet.
+    crypto.configure([old, new])
+    assert service.check_keys(register=True).registered == 0
+    crypto.configure([new, old])
+    check = service.begin_rotation()
+    assert (check.records, check.registered) == (1, 1)
+    assert service.begin_rotation().registered == 0  # once
+    assert service.check_keys(register=True, sample=False).registered == 0
+    crypto.configure([old, new])  # a staged daemon stays ready: it opens both records
+    assert service.key_problem() is None
+    crypto.configure([new, old])
     hold(flow, 12, contact=CONTACT)  # sealed with the new key
     crypto.configure([new])  # the old key dropped too early: refused
     with pytest.raises(EncryptionKeyProblem, match="1 of the 2 keys"):
@@ -116,9 +153,15 @@ def test_rotation_passes_with_both_keys_and_with_the_new_one_once_rotated(
     crypto.configure([new, old])
     service.rotate()
     assert records(db) == 1  # only the newest key's record stays
+    crypto.configure([old, new])  # a daemon still staged, sealing with the old key: not ready
+    problem = service.key_problem()
+    assert problem is not None and "has no key-check record" in problem
+    assert old not in problem and new not in problem
+    with pytest.raises(EncryptionKeyProblem, match="new to this database"):
+        service.check_keys(register=True)  # nor does one start so
     crypto.configure([new])
     check = service.check_keys(register=True)
-    assert check.newest_in_use and (check.records, check.registered) == (1, 0)
+    assert (check.records, check.registered) == (1, 0)
     assert check.sampled == 3  # two holds' contact, one stored answer
     with UnitOfWork(db, readonly=True) as uow:
         assert uow.reservations.get(rid) is not None
@@ -126,6 +169,22 @@ def test_rotation_passes_with_both_keys_and_with_the_new_one_once_rotated(
     with pytest.raises(EncryptionKeyProblem):
         service.check_keys()
     assert opened_by(db, old) == 0
+
+
+def test_two_first_starts_with_different_keys_record_only_the_first(db: Database) -> None:
+    """Both saw no records; the second to take the write lock finds the first's record."""
+    from bookiji.services import pii_keys
+
+    first, second = key(), key()
+    crypto.configure([first])
+    assert pii_keys._register(db, begin_rotation=False) == 1
+    crypto.configure([second])
+    with pytest.raises(EncryptionKeyProblem, match="1 of the 1 keys"):
+        pii_keys._register(db, begin_rotation=False)
+    crypto.configure([second, first])
+    with pytest.raises(EncryptionKeyProblem, match="new to this database"):
+        pii_keys._register(db, begin_rotation=False)
+    assert records(db) == 1 and opened_by(db, second) == 0
 
 
 def test_the_sample_is_bounded_and_reads_the_last_rows(flow: Workflow, db: Database) -> None:
