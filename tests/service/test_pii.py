@@ -146,6 +146,7 @@ def test_rotation_reseals_a_partner_s_previous_webhook_secret(flow: Workflow, db
         ).one()
     assert stored.startswith("gAAAAA") and first not in stored
     crypto.configure([new, old])
+    PiiService(db).begin_rotation()
     result = PiiService(db).rotate()
     assert result.resealed["partners.previous_webhook_secret"] == 1
     assert result.resealed["partners.webhook_secret"] >= 1
