@@ -174,7 +174,11 @@ def rotate(
     key, plaintext = service.rotate(key_id, overlap=window)
     if not json_output:
         old = service.get_key(key_id)
-        console.print(f"{key_id} keeps working until {instant_cell(old.expires_at)}")
+        console.print(
+            f"{key_id} keeps working until {instant_cell(old.expires_at)}"
+            if window
+            else f"{key_id} no longer works"
+        )
     _show_new_key(key, plaintext, service, json_output=json_output, what="rotated into key")
 
 

@@ -94,6 +94,16 @@ def test_times_in_key_messages_are_whole_seconds(cli: Cli) -> None:
     assert FRACTION.search(cli("apikeys", "list", "--json", expect=0).out)
 
 
+def test_a_key_rotated_with_no_overlap_stops_working_at_once(cli: Cli) -> None:
+    cli("apikeys", "create", "--partner", "acme", expect=0)
+    [key] = keys(cli)
+    rotated = cli("apikeys", "rotate", str(key["id"]), "--overlap", "0", expect=0)
+    assert f"{key['id']} no longer works" in rotated.out
+    statuses = {str(k["id"]): k["status"] for k in keys(cli)}
+    assert statuses.pop(str(key["id"])) == "expired"
+    assert list(statuses.values()) == ["active"]
+
+
 def test_ctrl_c_says_interrupted_and_exits_130(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     """Typer turned Ctrl-C into a silent exit 130 before main() could say anything."""
 
