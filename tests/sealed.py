@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import type_coerce
 from sqlmodel import select
@@ -11,6 +14,8 @@ from bookiji.store import crypto
 from bookiji.store.database import Database
 from bookiji.store.models import PiiKeyCheck
 from bookiji.store.uow import UnitOfWork
+
+T = TypeVar("T")
 
 
 def stored_tokens(db: Database) -> list[str]:
@@ -37,3 +42,17 @@ def opened_by(db: Database, key: str) -> int:
             continue
         count += 1
     return count
+
+
+def key_records(db: Database) -> int:
+    with UnitOfWork(db, readonly=True) as uow:
+        return len(uow.session.exec(select(PiiKeyCheck)).all())
+
+
+def on(database_url: str, read: Callable[..., T], *args: object) -> T:
+    """`read(db, *args)` on a database opened for it (tests whose processes own the URL)."""
+    db = Database(database_url)
+    try:
+        return read(db, *args)
+    finally:
+        db.dispose()

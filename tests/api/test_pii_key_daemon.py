@@ -16,13 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography.fernet import Fernet
-from sqlmodel import select
 
 from bookiji.services.pii import PiiService
 from bookiji.store import crypto
 from bookiji.store.database import Database
-from bookiji.store.models import PiiKeyCheck
-from bookiji.store.uow import UnitOfWork
 from tests import sealed
 from tests.api.daemon_support import SCRIPT, free_port, running_daemon, seed_partner, write_config
 
@@ -30,28 +27,15 @@ CONTACT = {"name": "Zelda Quixote", "email": "zelda.q@example.org"}
 
 
 def opened_by(database_url: str, key: str) -> int:
-    db = Database(database_url)
-    try:
-        return sealed.opened_by(db, key)
-    finally:
-        db.dispose()
+    return sealed.on(database_url, sealed.opened_by, key)
 
 
 def tokens(database_url: str) -> list[str]:
-    db = Database(database_url)
-    try:
-        return sealed.stored_tokens(db)
-    finally:
-        db.dispose()
+    return sealed.on(database_url, sealed.stored_tokens)
 
 
 def key_records(database_url: str) -> int:
-    db = Database(database_url)
-    try:
-        with UnitOfWork(db, readonly=True) as uow:
-            return len(uow.session.exec(select(PiiKeyCheck)).all())
-    finally:
-        db.dispose()
+    return sealed.on(database_url, sealed.key_records)
 
 
 def bookiji(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -112,13 +96,16 @@ def test_a_wrong_key_is_refused_and_a_rotation_goes_through(
     config = write_config(tmp_path / "bookiji.toml", database_url, free_port())
     day = (datetime.now(UTC) + timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
 
-    def body(hour: int) -> dict[str, object]:
+    def hold(client: httpx.Client, hour: int) -> str:
+        """A hold with the requester's contact details (sealed); its id."""
         start = day + timedelta(hours=hour)
-        return {
+        created = client.post("/v1/reservations", json={
             "vendorId": "shop", "slotStartTime": start.isoformat(),
             "slotEndTime": (start + timedelta(hours=1)).isoformat(),
             "requesterId": f"req-{hour}", "requester": CONTACT,
-        }  # fmt: skip
+        })  # fmt: skip
+        assert created.status_code == 201, created.text
+        return str(created.json()["reservationId"])
 
     def keys(*given: str) -> None:
         monkeypatch.setenv("BOOKIJI_PII_KEYS", ",".join(given))
@@ -139,9 +126,7 @@ def test_a_wrong_key_is_refused_and_a_rotation_goes_through(
     with running_daemon(config, tmp_path, port=free_port(), name="old") as first:
         with first.client(api_key) as client:
             assert client.get("/readyz").status_code == 200
-            created = client.post("/v1/reservations", json=body(10))
-            assert created.status_code == 201, created.text
-            kept = created.json()["reservationId"]
+            kept = hold(client, 10)
         keys(wrong)  # a second daemon with a mistyped key, beside the running one
         refused(config, "1 of the 1 keys it holds data under is not configured", old, wrong)
         keys(new, old)  # the new key first: not a rotation until one is begun
@@ -163,9 +148,7 @@ def test_a_wrong_key_is_refused_and_a_rotation_goes_through(
             with running_daemon(config, tmp_path, port=free_port(), name="both") as both:
                 with both.client(api_key) as client:
                     assert client.get("/readyz").status_code == 200
-                    created = client.post("/v1/reservations", json=body(12))
-                    assert created.status_code == 201, created.text
-                    fresh = created.json()["reservationId"]
+                    fresh = hold(client, 12)
                     assert client.get(f"/v1/reservations/{kept}").json()["requester"] == CONTACT
                 with staged.client(api_key) as client:
                     assert client.get(f"/v1/reservations/{fresh}").json()["requester"] == CONTACT

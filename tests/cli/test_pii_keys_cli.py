@@ -10,11 +10,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlmodel import select
 
-from bookiji.store.database import Database
-from bookiji.store.models import PiiKeyCheck
-from bookiji.store.uow import UnitOfWork
 from tests import sealed
 from tests.cli.support import Cli, vendor_toml, write_vendors
 
@@ -23,20 +19,11 @@ CONTACT = ("--contact-email", "zelda.q@example.org")
 
 
 def key_records(database_url: str) -> int:
-    db = Database(database_url)
-    try:
-        with UnitOfWork(db, readonly=True) as uow:
-            return len(uow.session.exec(select(PiiKeyCheck)).all())
-    finally:
-        db.dispose()
+    return sealed.on(database_url, sealed.key_records)
 
 
 def opened_by(database_url: str, key: str) -> int:
-    db = Database(database_url)
-    try:
-        return sealed.opened_by(db, key)
-    finally:
-        db.dispose()
+    return sealed.on(database_url, sealed.opened_by, key)
 
 
 @pytest.fixture
