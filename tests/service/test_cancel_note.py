@@ -6,7 +6,7 @@ Postgres, the tables read with plain SQL."""
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -25,6 +25,7 @@ from bookiji.services.webhooks import WebhookService
 from bookiji.store import crypto
 from bookiji.store.database import Database
 from tests.payments.harness import DAY, NOW, Workflow, build_workflow, local_faults
+from tests.webhook_doubles import StatusSender
 
 NOTE = "Zelda Quixote is in hospital, call her on +44 7700 900321"
 WORDS = ("Zelda", "Quixote", "hospital", "7700 900321")
@@ -38,27 +39,9 @@ def flow(db: Database) -> Workflow:
     return flow
 
 
-class Recorder:
-    """A partner's endpoint as the webhook service sees it: every body, answered 204."""
-
-    def __init__(self) -> None:
-        self.sent: list[dict[str, Any]] = []
-
-    def send(
-        self,
-        url: str,
-        secret: str,
-        *,
-        message_id: str,
-        timestamp: datetime,
-        payload: dict[str, object],
-        previous_secret: str | None = None,
-    ) -> int:
-        self.sent.append(payload)
-        return 204
-
-    def cancels(self) -> list[dict[str, Any]]:
-        return [p["data"] for p in self.sent if p["type"] == "reservation.cancelled"]
+def cancels(sender: StatusSender) -> list[dict[str, Any]]:
+    """The data of every `reservation.cancelled` event sent, in order."""
+    return [p["data"] for p in sender.payloads if p["type"] == "reservation.cancelled"]
 
 
 def deliver(hooks: WebhookService) -> None:
@@ -112,7 +95,7 @@ def log_of(db: Database, rid: str) -> list[tuple[Any, ...]]:
 def test_the_note_is_the_partners_to_read_and_is_stored_only_sealed(
     flow: Workflow, db: Database
 ) -> None:
-    sender = Recorder()
+    sender = StatusSender()
     hooks = WebhookService(db, flow.clock, sender)
     rid = deposit_held(flow)
     assert cancel(flow, rid)
@@ -138,12 +121,12 @@ def test_the_note_is_the_partners_to_read_and_is_stored_only_sealed(
 
     # The cancel event carries the note; the other events have no such field.
     deliver(hooks)
-    assert [(d["reason"], d["cancelNote"]) for d in sender.cancels()] == [
+    assert [(d["reason"], d["cancelNote"]) for d in cancels(sender)] == [
         ("cancelled by partner", NOTE)
     ]
-    others = [p["data"] for p in sender.sent if p["type"] != "reservation.cancelled"]
-    assert others and all("cancelNote" not in data for data in others)  # type: ignore[operator]
-    assert len(sender.sent) == len(log_of(db, rid))
+    others = [p["data"] for p in sender.payloads if p["type"] != "reservation.cancelled"]
+    assert others and all("cancelNote" not in data for data in others)
+    assert len(sender.payloads) == len(log_of(db, rid))
 
     # Cancelling again changes nothing, the first note included.
     assert not cancel(flow, rid, note="another text")
@@ -154,7 +137,7 @@ def test_the_note_is_the_partners_to_read_and_is_stored_only_sealed(
 def test_a_cancel_without_a_note_or_a_declined_hold_has_a_null_note(
     flow: Workflow, db: Database
 ) -> None:
-    sender = Recorder()
+    sender = StatusSender()
     rid = deposit_held(flow)
     start = DAY + timedelta(hours=12)
     declined = flow.reservations.create_hold(
@@ -169,20 +152,20 @@ def test_a_cancel_without_a_note_or_a_declined_hold_has_a_null_note(
     )
     hooks = WebhookService(db, flow.clock, sender)
     deliver(hooks)
-    assert [d["cancelNote"] for d in sender.cancels()] == [None, None]
+    assert [d["cancelNote"] for d in cancels(sender)] == [None, None]
 
 
 def test_forget_erases_the_note_everywhere_and_keeps_states_and_log(
     flow: Workflow, db: Database
 ) -> None:
-    sender = Recorder()
+    sender = StatusSender()
     hooks = WebhookService(db, flow.clock, sender)
     rid = deposit_held(flow)
     other = deposit_held(flow, hour=12, requester="req-2")  # someone else's: left alone
     assert cancel(flow, rid)
     flow.reservations.cancel(other, actor="operator:cli", note="keep this note")
     deliver(hooks)
-    assert [d["cancelNote"] for d in sender.cancels()] == [NOTE, "keep this note"]
+    assert [d["cancelNote"] for d in cancels(sender)] == [NOTE, "keep this note"]
     ((sealed,),) = raw(db, "SELECT cancel_note FROM reservations WHERE id = :rid", rid=rid)
     log_before = log_of(db, rid)
 
@@ -202,12 +185,12 @@ def test_forget_erases_the_note_everywhere_and_keeps_states_and_log(
     # Sent again (an operator's replay), the event no longer has it.
     (event_id,) = [
         p["id"]
-        for p in sender.sent
-        if p["type"] == "reservation.cancelled" and p["data"]["reservationId"] == rid  # type: ignore[index]
+        for p in sender.payloads
+        if p["type"] == "reservation.cancelled" and p["data"]["reservationId"] == rid
     ]
     hooks.replay(str(event_id))
     deliver(hooks)
-    resent = sender.sent[-1]
+    resent = sender.payloads[-1]
     assert resent["id"] == event_id and resent["data"]["cancelNote"] is None
     assert resent["data"]["reason"] == "cancelled by partner"
 

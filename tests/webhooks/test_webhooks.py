@@ -48,6 +48,7 @@ from bookiji.store.database import Database
 from bookiji.store.models import OutboxEvent, Partner, WebhookDelivery
 from bookiji.store.uow import UnitOfWork
 from tests.factories import add_vendor
+from tests.webhook_doubles import StatusSender
 
 
 def new_secret() -> str:
@@ -295,27 +296,6 @@ def drive(service: WebhookService, clock: ManualClock, *, rounds: int = 60) -> N
         if waits:
             clock.set(min(waits))
     raise AssertionError(f"still pending after {rounds} rounds")
-
-
-class StatusSender:
-    """A stub sender answering a fixed status; records (message id, timestamp)."""
-
-    def __init__(self, status: int) -> None:
-        self.status = status
-        self.sent: list[tuple[str, datetime]] = []
-
-    def send(
-        self,
-        url: str,
-        secret: str,
-        *,
-        message_id: str,
-        timestamp: datetime,
-        payload: dict[str, object],
-        previous_secret: str | None = None,
-    ) -> int:
-        self.sent.append((message_id, timestamp))
-        return self.status
 
 
 # -------------------------------------------------------------------------- the sender
