@@ -9,7 +9,8 @@ large one), then the ratios large/small. Then hold-creation throughput with 1 an
 processes beside the database's own ceiling measured in the same run: single-row insert
 transactions through the same engine (SQLite: WAL, synchronous=FULL, BEGIN IMMEDIATE;
 Postgres: synchronous_commit on), and the floor: the very rows a hold writes, copied from a real
-one and inserted with no reads or service code around them. SQLite always; Postgres when
+one and inserted with no reads or service code around them, also 16 holds' rows to a
+transaction (group commit at its cheapest). SQLite always; Postgres when
 BOOKIJI_TEST_POSTGRES_URL (an admin URL; a scratch database is created and dropped) or
 --postgres-url is given.
 
@@ -70,6 +71,8 @@ SAMPLES = 200
 console = Console()
 
 # The history a busy installation accumulates: mostly finished, some in flight.
+#: Holds per transaction in the group-commit row of the throughput figures.
+GROUP = 16
 STATE_BY_SLOT = {0: "HELD", 1: "AWAITING_VENDOR_CONFIRMATION", 2: "AWAITING_REQUESTER_AUTH"}
 TERMINAL = ["COMMITTED"] * 6 + ["EXPIRED", "CANCELLED", "FAILED_VENDOR_TIMEOUT", "COMMITTED"]
 
@@ -312,11 +315,13 @@ def _ceiling_writer(
 
 
 def _rows_writer(
-    url: str, writer: int, epoch: int, *, bare: bool = False
+    url: str, writer: int, epoch: int, *, bare: bool = False, group: int = 1
 ) -> Callable[[int], object]:
     """The rows one hold writes (a copy of a real one's), inserted with no reads and no
     service code around them: the floor a hold cannot go below on this database. `bare`:
-    through the driver alone, prepared once, each row's values already bound."""
+    through the driver alone, prepared once, each row's values already bound. `group`
+    (bare only): the rows of that many holds in one transaction, group commit at its
+    cheapest, to measure what batching holds could win; each call returns its holds."""
     db = Database(url)
     res, log, out = (m.__table__ for m in (Reservation, ReservationTransition, OutboxEvent))  # type: ignore[attr-defined]
     tok, note = (m.__table__ for m in (ConfirmationToken, VendorNotificationRow))  # type: ignore[attr-defined]
@@ -347,9 +352,10 @@ def _rows_writer(
     mark = "?" if db.is_sqlite else "%s"
     bump_sql = f"UPDATE vendors SET schedule_version = schedule_version + 1 WHERE id = {mark}"
 
-    def one(done: int) -> None:
+    def hold_rows(done: int) -> tuple[str, list[tuple[Any, list[dict[str, Any]]]]]:
         vendor = vendor_id((writer * 625 + done) % VENDORS)
-        start = NOW + timedelta(days=900 + 30 * epoch + 60 * bare, hours=done // 625 * 2 + 1)
+        days = 900 + 30 * epoch + 60 * bare + 120 * (group > 1)
+        start = NOW + timedelta(days=days, hours=done // 625 * 2 + 1)
         rid, token = new_id("res"), new_id("tok")
         logs, events, tokens, notes = (
             [{**c, "reservation_id": rid} for c in group] for group in children
@@ -371,18 +377,26 @@ def _rows_writer(
             "block_start": start,
             "block_end": start + timedelta(hours=1),
         }
-        groups = ((res, [reservation]), (log, logs), (out, events), (tok, tokens), (note, notes))
-        if driver is not None:
-            statements = []
-            for table, rows in groups:
-                prepared = prepare(table, tuple(rows[0]), driver.dialect)
-                statements.append((prepared.sql, [prepared.parameters(r) for r in rows]))
-            driver.transaction([*statements, (bump_sql, [(vendor,)])])
-            return
-        with db.write_gate, db.engine.begin() as conn:
-            for table, rows in groups:
-                conn.execute(table.insert(), rows)
-            conn.execute(bump, {"v": vendor})
+        return vendor, [
+            (res, [reservation]), (log, logs), (out, events), (tok, tokens), (note, notes)
+        ]  # fmt: skip
+
+    def one(done: int) -> int:
+        if driver is None:
+            vendor, groups = hold_rows(done)
+            with db.write_gate, db.engine.begin() as conn:
+                for table, rows in groups:
+                    conn.execute(table.insert(), rows)
+                conn.execute(bump, {"v": vendor})
+            return 1
+        holds = [hold_rows(done + k) for k in range(group)]
+        statements = []
+        for index, (table, first) in enumerate(holds[0][1]):
+            rows = [row for _, groups in holds for row in groups[index][1]]
+            prepared = prepare(table, tuple(first[0]), driver.dialect)
+            statements.append((prepared.sql, [prepared.parameters(r) for r in rows]))
+        driver.transaction([*statements, (bump_sql, [(vendor,) for vendor, _ in holds])])
+        return group
 
     return one
 
@@ -393,6 +407,7 @@ WRITERS: dict[str, Callable[[str, int, int], Callable[[int], object]]] = {
     "rows": _rows_writer,
     "bare ceiling": partial(_ceiling_writer, bare=True),
     "bare rows": partial(_rows_writer, bare=True),
+    "grouped rows": partial(_rows_writer, bare=True, group=GROUP),
 }
 
 
@@ -404,8 +419,7 @@ def _writer(kind: str, url: str, writer: int, epoch: int, seconds: float, ready:
     done = 0
     stop_at = time.monotonic() + seconds
     while time.monotonic() < stop_at:
-        one(done)
-        done += 1
+        done += one(done) or 1
     results.put(done)
 
 
@@ -510,7 +524,9 @@ def run_backend(label: str, url: str, rows: int, sweep: int, seconds: float) -> 
             f"\n  a hold's rows alone (no reads, no service code): {rates['rows']:,.0f}/s, "
             f"{rates['rows'] / ceiling:.0%} of the ceiling"
             f"\n  through the bare driver (no SQLAlchemy): ceiling {bare:,.0f}/s; a hold's rows "
-            f"{rates['bare rows']:,.0f}/s, {rates['bare rows'] / bare:.0%} of it"
+            f"{rates['bare rows']:,.0f}/s, {rates['bare rows'] / bare:.0%} of it; "
+            f"{GROUP} holds' rows per transaction (group commit) {rates['grouped rows']:,.0f} "
+            f"holds/s, {rates['grouped rows'] / bare:.0%} of it"
         )
     console.print()
 

@@ -27,6 +27,9 @@ def all_jobs(container: Container) -> dict[str, Callable[[], JobReport]]:
 
     def webhooks() -> JobReport:
         report = JobReport("webhooks")
+        forgotten = container.apikeys.forget_replaced_webhook_secrets()
+        if forgotten:
+            report.add(replacedWebhookSecretsErased=forgotten)
         container.webhooks.fan_out()
         for result in container.webhooks.deliver_due():
             report.add(

@@ -343,6 +343,27 @@ class ApiKeyService:
             uow.commit()
         return secret
 
+    def forget_replaced_webhook_secrets(self) -> int:
+        """Erase each replaced signing secret whose overlap is over: nothing signs with it
+        any more, and a secret kept is one more to leak. The webhook job runs this every few
+        seconds, so a read decides first and the write lock is taken only for work.
+        Returns how many partners it erased one for."""
+        now = self.clock.now()
+        ended = (
+            col(Partner.previous_webhook_secret_until).is_not(None),
+            col(Partner.previous_webhook_secret_until) <= now,
+        )
+        with UnitOfWork(self.db, readonly=True) as uow:
+            if uow.session.exec(select(Partner.id).where(*ended).limit(1)).first() is None:
+                return 0
+        with UnitOfWork(self.db) as uow:
+            partners = uow.session.exec(select(Partner).where(*ended).with_for_update()).all()
+            for partner in partners:
+                partner.previous_webhook_secret = None
+                partner.previous_webhook_secret_until = None
+            uow.commit()
+        return len(partners)
+
     def set_webhook_url(self, partner_id: str, url: str | None) -> Partner:
         """Point the partner's webhooks elsewhere (None: stop sending them). Deliveries not yet
         sent go to the new URL; dead letters can then be replayed there."""

@@ -13,6 +13,9 @@ from sqlalchemy import JSON, text, type_coerce
 from sqlalchemy.exc import StatementError
 from sqlmodel import col, select
 
+from bookiji.bootstrap import build
+from bookiji.config import Settings
+from bookiji.daemon.jobs import all_jobs
 from bookiji.domain.errors import EncryptionKeyProblem, IdempotencyKeyReused, NotFound
 from bookiji.integrations.local_gateway import LocalGateway
 from bookiji.services.apikeys import ApiKeyService
@@ -153,6 +156,35 @@ def test_rotation_reseals_a_partner_s_previous_webhook_secret(flow: Workflow, db
     crypto.configure([new])  # the old key is gone: both secrets still open
     partner = keys.get_partner("globex")
     assert (partner.webhook_secret, partner.previous_webhook_secret) == (second, first)
+
+
+def test_a_replaced_webhook_secret_is_erased_once_its_overlap_is_over(db: Database) -> None:
+    """The daemon's webhook job erases a replaced signing secret when its overlap ends (not
+    before: until then deliveries still carry its signature); the current one stays."""
+    clock = ManualClock(NOW)
+    container = build(Settings(database_url=db.url), clock=clock)
+    keys = container.apikeys
+    keys.add_partner("globex", "Globex")
+    keys.add_partner("initech", "Initech")
+    current = keys.rotate_webhook_secret("globex", overlap=timedelta(hours=1))
+    keys.rotate_webhook_secret("initech", overlap=timedelta(hours=3))
+    job = all_jobs(container)["webhooks"]
+
+    def kept() -> dict[str, bool]:
+        with db.engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT id, previous_webhook_secret, previous_webhook_secret_until "
+                     "FROM partners ORDER BY id")
+            ).all()  # fmt: skip
+        return {pid: secret is not None and until is not None for pid, secret, until in rows}
+
+    clock.advance(timedelta(minutes=59))
+    assert job().items == [] and kept() == {"globex": True, "initech": True}
+    clock.advance(timedelta(minutes=1))
+    assert job().items == [{"replacedWebhookSecretsErased": 1}]
+    assert kept() == {"globex": False, "initech": True}
+    assert keys.get_partner("globex").webhook_secret == current
+    assert job().items == []  # nothing left to erase: no write
 
 
 def test_without_a_key_personal_data_is_refused_and_nothing_is_written(
