@@ -22,9 +22,14 @@ Three steps, each safe to run from several processes at once:
   (partner, reservation) is claimable, so a later event waits while an earlier one is
   retried (a dead one no longer blocks). A send that got no answer (a timeout, a refused
   connection) ends its partner's turn in this call: the rows still waiting are released
-  (due now, their attempt not counted) for the next call, rather than each costing a
-  timeout now. While a lane is still sending after `idle_poll` seconds, the free lanes
-  fan out new events and take up other partners' due rows meanwhile.
+  (due now, their attempt not counted), rather than each costing a timeout now, and the
+  partner cools off: none of its rows is claimed while a row of it that went unanswered
+  waits out its backoff. Then one send is the probe that tells whether the endpoint is
+  back. So a dead endpoint takes a lane for one send timeout per backoff (which grows as
+  its rows' attempts mount), not on every call, and several dead endpoints do not take
+  every lane from the live ones. While a lane is still
+  sending after `idle_poll` seconds, the free lanes fan out new events and take up other
+  partners' due rows meanwhile.
 * The outcome is written in a second transaction: 2xx delivered; anything else waits
   `min(max_delay, base_delay * 2**(attempts-1))` times a jitter in [0.5, 1.5), and after
   `max_attempts` attempts (or a failure that can never succeed) the row is dead. A row is
@@ -420,13 +425,27 @@ class WebhookService:
             col(d.next_attempt_at) <= bindparam("now"),
         )
         self._any_lost_stmt = select(d.id).where(*lost).limit(1)
+        # Partners cooling off: a row whose last attempt got no answer is not due yet. Read
+        # through the (status, next_attempt_at) index: pending rows due later are few.
+        self._cooling_stmt = (
+            select(d.partner_id)
+            .where(
+                col(d.status) == PENDING,
+                col(d.next_attempt_at) > bindparam("now"),
+                col(d.last_status).is_(None),
+                col(d.last_error).is_not(None),
+            )
+            .distinct()
+        )
         self._lost_stmt = select(d).where(*lost).with_for_update(skip_locked=True)
 
     def _due_partners(self, exclude: set[str], limit: int) -> list[str]:
-        """Up to `limit` partners, not in `exclude`, with a claimable row: earliest due first.
-        A read without locks; a lane's claim decides."""
-        params = {"now": self.clock.now(), "exclude": sorted(exclude)}
+        """Up to `limit` partners, not in `exclude` and not cooling off, with a claimable
+        row: earliest due first. A read without locks; a lane's claim decides."""
+        now = self.clock.now()
         with UnitOfWork(self.db, readonly=True) as uow:
+            cooling = uow.session.exec(self._cooling_stmt, params={"now": now}).all()
+            params = {"now": now, "exclude": sorted(exclude | set(cooling))}
             found = uow.session.exec(self._due_stmt, params=params).all()
         return list(dict.fromkeys(found))[:limit]
 

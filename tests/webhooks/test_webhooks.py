@@ -1286,8 +1286,8 @@ def test_a_send_without_an_answer_ends_its_partners_turn_and_gives_back_the_rest
     db: Database, live_clock: ManualClock
 ) -> None:
     """The first send to p1 gets no answer: the rest of the lane's claim is given back (due
-    now, the attempt not counted), and p1 has no further turn in this call; the next call
-    sends it all."""
+    now, the attempt not counted), and p1 has no further turn in this call, nor in the next
+    while that row's backoff runs; once it is over, one call sends it all."""
     expected = partner_with_holds(db, live_clock, 3)
     firsts = firsts_of(expected)
 
@@ -1315,13 +1315,68 @@ def test_a_send_without_an_answer_ends_its_partners_turn_and_gives_back_the_rest
     for given_back in firsts[1:]:
         row = delivery(db, given_back)
         assert (row.status, row.attempts, row.next_attempt_at) == ("pending", 0, live_clock.now())
+    assert service.deliver_due() == [] and sender.sent == [firsts[0]]  # cooling off
+    live_clock.advance(timedelta(seconds=1.5))  # the backoff: 1 s, jitter at most 1.5x
     results = service.deliver_due()
-    assert {r.event_id for r in results} == {e.event_id for e in expected} - {firsts[0]} - {
-        e.event_id for e in expected if e.reservation_id == expected[0].reservation_id
+    assert {r.event_id for r in results} == {e.event_id for e in expected}
+    assert {(r.event_id == firsts[0], r.status, r.attempts) for r in results} == {
+        (True, "delivered", 2),
+        (False, "delivered", 1),
     }
-    assert {(r.status, r.attempts) for r in results} == {("delivered", 1)}
-    drive(service, live_clock)
     assert in_outbox_order(sender.sent[1:], expected)
+
+
+def test_a_dead_endpoint_is_tried_once_per_backoff_and_never_starves_a_live_one(
+    db: Database, live_clock: ManualClock
+) -> None:
+    """Two partners' endpoints never answer, one lane: each is tried once, then left alone
+    on every call until its backoff is over (it does not take the lane from the live partner
+    call after call)."""
+    for partner in ("dead1", "dead2", "live"):
+        add_partner(db, live_clock, partner, f"http://{partner}.test/hooks")
+    bookings = Bookings(db, live_clock)
+    for partner in ("dead1", "dead2") * 3:
+        bookings.hold(partner)
+    tried: list[str] = []
+
+    class DeadOrAlive:
+        def send(self, url: str, secret: str, *, message_id: str, **_: object) -> int:
+            partner = url.split("//")[1].split(".")[0]
+            tried.append(partner)
+            if partner.startswith("dead"):
+                raise WebhookSendFailed("webhook timed out", retryable=True)
+            return 204
+
+    service = WebhookService(
+        db, live_clock, DeadOrAlive(), concurrency=1, base_delay=timedelta(seconds=10),
+        max_delay=timedelta(hours=1), rng=random.Random(7),
+    )  # fmt: skip
+    service.fan_out()
+    service.deliver_due()
+    assert sorted(tried) == ["dead1", "dead2"]
+    for _ in range(5):  # a new live event per call, 1 s apart: the dead are not due again
+        tried.clear()
+        bookings.hold("live")
+        live_clock.advance(timedelta(seconds=1))
+        service.fan_out()
+        delivered = service.deliver_due()
+        assert set(tried) == {"live"} and {r.status for r in delivered} == {"delivered"}
+    gaps = []
+    for _ in range(3):  # each probe fails: the next waits out a backoff
+        started = live_clock.now()
+        tried.clear()
+        for _ in range(600):
+            live_clock.advance(timedelta(seconds=1))
+            service.deliver_due()
+            if "dead1" in tried:
+                break
+        else:
+            pytest.fail("dead1 was not tried again within 10 minutes")
+        gaps.append(live_clock.now() - started)
+        assert tried.count("dead1") == 1
+    # Between two probes at least the backoff of 10 s with its least jitter (0.5x) passes;
+    # were dead1 not cooling off, its rows released by a probe would go on the next call.
+    assert all(gap >= timedelta(seconds=5) for gap in gaps[1:])
 
 
 # -------------------------------------------------------------------------- secret rotation
