@@ -27,9 +27,8 @@ Three steps, each safe to run from several processes at once:
   waits out its backoff. Then one send is the probe that tells whether the endpoint is
   back. So a dead endpoint takes a lane for one send timeout per backoff (which grows as
   its rows' attempts mount), not on every call, and several dead endpoints do not take
-  every lane from the live ones. While a lane is still
-  sending after `idle_poll` seconds, the free lanes fan out new events and take up other
-  partners' due rows meanwhile.
+  every lane from the live ones. While a lane is still sending after `idle_poll` seconds,
+  the free lanes fan out new events and take up other partners' due rows meanwhile.
 * The outcome is written in a second transaction: 2xx delivered; anything else waits
   `min(max_delay, base_delay * 2**(attempts-1))` times a jitter in [0.5, 1.5), and after
   `max_attempts` attempts (or a failure that can never succeed) the row is dead. A row is
