@@ -392,12 +392,22 @@ class WebhookService:
             col(Partner.disabled_at).is_(None),
             col(Partner.webhook_url).is_not(None),
         )
+        # Partners cooling off: a row whose last attempt got no answer is not due yet (read
+        # through the (status, next_attempt_at) index: pending rows due later are few).
+        unanswered = aliased(WebhookDelivery)
+        cooling = select(unanswered.partner_id).where(
+            col(unanswered.status) == PENDING,
+            col(unanswered.next_attempt_at) > bindparam("now"),
+            col(unanswered.last_status).is_(None),
+            col(unanswered.last_error).is_not(None),
+        )
         self._due_stmt = (
             select(d.partner_id)
             .where(
                 *self._claimable(),
                 enabled,
                 col(d.partner_id).not_in(bindparam("exclude", expanding=True)),
+                col(d.partner_id).not_in(cooling),
             )
             .order_by(col(d.next_attempt_at), col(d.event_seq))
             .limit(self.batch)
@@ -424,27 +434,13 @@ class WebhookService:
             col(d.next_attempt_at) <= bindparam("now"),
         )
         self._any_lost_stmt = select(d.id).where(*lost).limit(1)
-        # Partners cooling off: a row whose last attempt got no answer is not due yet. Read
-        # through the (status, next_attempt_at) index: pending rows due later are few.
-        self._cooling_stmt = (
-            select(d.partner_id)
-            .where(
-                col(d.status) == PENDING,
-                col(d.next_attempt_at) > bindparam("now"),
-                col(d.last_status).is_(None),
-                col(d.last_error).is_not(None),
-            )
-            .distinct()
-        )
         self._lost_stmt = select(d).where(*lost).with_for_update(skip_locked=True)
 
     def _due_partners(self, exclude: set[str], limit: int) -> list[str]:
         """Up to `limit` partners, not in `exclude` and not cooling off, with a claimable
         row: earliest due first. A read without locks; a lane's claim decides."""
-        now = self.clock.now()
+        params = {"now": self.clock.now(), "exclude": sorted(exclude)}
         with UnitOfWork(self.db, readonly=True) as uow:
-            cooling = uow.session.exec(self._cooling_stmt, params={"now": now}).all()
-            params = {"now": now, "exclude": sorted(exclude | set(cooling))}
             found = uow.session.exec(self._due_stmt, params=params).all()
         return list(dict.fromkeys(found))[:limit]
 
