@@ -118,6 +118,9 @@ class JobRunner:
             log.exception("job %s failed", name)
         finally:
             heartbeat.stop()
+            # Stamped before the lease goes: another worker may start the job the moment it
+            # is released, and the run log must never show two runs of one job overlapping.
+            finished = self.clock.now()
             self._release(name)
         if heartbeat.lost:
             report.errors.append(
@@ -129,7 +132,7 @@ class JobRunner:
                     name=name,
                     owner=self.owner,
                     started_at=started,
-                    finished_at=self.clock.now(),
+                    finished_at=finished,
                     processed=report.processed,
                     errors=len(report.errors),
                 )

@@ -33,7 +33,7 @@ from bookiji.services.reconcile import JobReport
 from bookiji.services.reservations import HoldRequest, ReservationService
 from bookiji.services.webhooks import WebhookService
 from bookiji.store.database import Database
-from bookiji.store.models import JobLease, OutboxEvent
+from bookiji.store.models import JobLease, JobRun, OutboxEvent
 from bookiji.store.uow import UnitOfWork
 from tests.factories import add_vendor
 from tests.fakes.stripe_server import StripeServer
@@ -324,3 +324,26 @@ def test_a_job_run_that_outlives_its_lease_is_not_started_again_elsewhere(db: Da
     assert report is not None and report.errors == []
     assert seen == ["b skipped"]
     assert b.run("money_sweep") is not None  # a's run is over: its lease is free
+
+
+def test_the_run_log_never_shows_a_run_ending_after_the_next_one_started(db: Database) -> None:
+    """The soak's check on `job_runs` saw daemon a's run end 1 ms after daemon b's began: a
+    stamped its end after releasing the lease, and b took the job in between. The end is
+    stamped before the release, so the log shows what the lease guarantees."""
+    clock = ManualClock(datetime(2026, 12, 1, 8, tzinfo=UTC))
+    b = JobRunner(db, clock, {"expiry": lambda: JobReport("expiry")}, owner="daemon-b")
+
+    class ReleasesToB(JobRunner):
+        def _release(self, name: str) -> None:
+            super()._release(name)
+            clock.advance(timedelta(milliseconds=1))
+            assert b.run(name) is not None  # b takes the job the moment a lets it go
+            clock.advance(timedelta(milliseconds=1))
+
+    a = ReleasesToB(db, clock, {"expiry": lambda: JobReport("expiry")}, owner="daemon-a")
+    assert a.run("expiry") is not None
+    with UnitOfWork(db, readonly=True) as uow:
+        runs = {r.owner: r for r in uow.session.exec(select(JobRun)).all()}
+    assert set(runs) == {"daemon-a", "daemon-b"}
+    a_end = runs["daemon-a"].finished_at
+    assert a_end is not None and a_end <= runs["daemon-b"].started_at
