@@ -40,6 +40,7 @@ from bookiji.api.schemas import (
     StripeReceipt,
     VendorConfirmation,
 )
+from bookiji.api.strict_json import DUPLICATE_KEY, strict_json_route
 from bookiji.bootstrap import Container
 from bookiji.domain.errors import (
     BookijiError,
@@ -60,6 +61,8 @@ from bookiji.store import migrate
 from bookiji.store.uow import UnitOfWork
 
 log = logging.getLogger("bookiji.api")
+#: What the OpenAPI document says of a time parameter (the values are parsed as RFC 3339).
+DATE_TIME: dict[str, Any] = {"json_schema_extra": {"format": "date-time"}}
 
 _ERROR_TEXTS = {
     400: "Malformed request: body, query or time (the message says which field and why)",
@@ -216,6 +219,17 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
     app.state.container = container
     app.state.metrics = metrics
 
+    async def check_key(request: Request, scope: str) -> None:
+        bearer = await API_KEY(request)
+        raw = bearer.credentials.strip() if bearer is not None else None
+        principal = await run_in_threadpool(container.apikeys.authenticate, raw)
+        principal.require(scope)
+
+    app.router.route_class = strict_json_route(check_key)
+    # `/v1/reservations/` is a 404 in the error envelope, not a 307 to an absolute http://
+    # URL built from the Host header (wrong behind TLS, and a body-less answer).
+    app.router.redirect_slashes = False
+
     # -- errors ---------------------------------------------------------------------------
 
     @app.exception_handler(BookijiError)
@@ -228,6 +242,9 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
         for error in exc.errors():
             if error.get("type") == "json_invalid":  # loc is ("body", character offset)
                 at, why = error["loc"][-1], (error.get("ctx") or {}).get("error", "")
+                if why.startswith(DUPLICATE_KEY):
+                    problems.append(f"body: {why}")
+                    continue
                 problems.append(f"body: not valid JSON at character {at}: {why}".rstrip(": "))
                 continue
             where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
@@ -243,6 +260,9 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
             return _envelope(MethodNotAllowed("method not allowed on this path"), exc.headers)
         if exc.status_code == 404:
             return _envelope(RouteNotFound("no such path"), exc.headers)
+        if exc.status_code == 400:  # a body FastAPI could not decode (bytes, encoding, depth)
+            message = "body: not valid JSON (UTF-8, without a Content-Encoding)"
+            return _envelope(InvalidRequest(message), exc.headers)
         error = BookijiError(str(exc.detail))
         error.http_status = exc.status_code
         return _envelope(error, exc.headers)
@@ -306,6 +326,7 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
                 )
             return principal
 
+        dependency.bookiji_scope = scope  # type: ignore[attr-defined] # for strict_json
         return Depends(dependency)
 
     # -- endpoints ------------------------------------------------------------------------------
@@ -346,9 +367,12 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
     async def availability(
         request: Request,
         vendorId: str,
-        startTime: str = Query(..., description="RFC 3339 with offset"),
-        endTime: str = Query(..., description="RFC 3339 with offset"),
-        slotDuration: int | None = Query(None, description="minutes, 5-1440"),
+        startTime: str = Query(..., description="RFC 3339 with offset", **DATE_TIME),
+        endTime: str = Query(..., description="RFC 3339 with offset", **DATE_TIME),
+        # Declared, not enforced here: the service says what is wrong in its own words.
+        slotDuration: int | None = Query(
+            None, description="minutes, 5-1440", json_schema_extra={"minimum": 5, "maximum": 1440}
+        ),
         includeConfidence: bool = Query(True),
         _: ApiPrincipal = authorized("availability:read", "read"),
     ) -> Response:
@@ -397,10 +421,16 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
     def create_reservation(
         http: Request,
         body: CreateReservation,
-        idempotency_header: str | None = Header(default=None, alias="Idempotency-Key"),
+        idempotency_header: str | None = Header(
+            default=None,
+            alias="Idempotency-Key",
+            json_schema_extra={"minLength": 1, "maxLength": 255},
+        ),
         principal: ApiPrincipal = authorized("reservations:write", "write"),
     ) -> JSONResponse:
         reject_unknown_query(http)
+        if len(http.headers.getlist("idempotency-key")) > 1:  # which one would we key on?
+            raise InvalidRequest("Idempotency-Key: given more than once")
         if idempotency_header is not None and not idempotency_header.strip():
             # As an empty body idempotencyKey is: dropping it would create without a key.
             raise InvalidRequest("Idempotency-Key: the header is empty; send a key or leave it out")
@@ -462,7 +492,9 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
         request: Request, reservationId: str, body: VendorConfirmation
     ) -> dict[str, Any]:
         """The vendor's answer, authenticated by the token from its notification (403
-        `invalid_token` for a wrong, used or expired one)."""
+        `invalid_token` for a wrong one, or one already spent on the other decision; the
+        same decision again answers with the current state; 409 `deadline_passed` after
+        the stage's deadline)."""
         reject_unknown_query(request)
         state = container.confirmation.answer(reservationId, body.token, body.decision)
         return {"reservationId": reservationId, "state": state}

@@ -26,8 +26,12 @@ class RequesterContact(_Body):
 
 class CreateReservation(_Body):
     vendorId: str = Field(min_length=1, max_length=64)
-    slotStartTime: str = Field(description="RFC 3339 with offset")
-    slotEndTime: str = Field(description="RFC 3339 with offset")
+    slotStartTime: str = Field(
+        description="RFC 3339 with offset", json_schema_extra={"format": "date-time"}
+    )
+    slotEndTime: str = Field(
+        description="RFC 3339 with offset", json_schema_extra={"format": "date-time"}
+    )
     requesterId: str = Field(min_length=1, max_length=200)
     metadata: dict[str, Any] = Field(default_factory=dict)
     requester: RequesterContact | None = None
@@ -41,7 +45,12 @@ class VendorConfirmation(_Body):
 
 class Authorization(_Body):
     party: Literal["vendor", "requester"]
-    paymentMethod: str | None = Field(default=None, max_length=255)
+    paymentMethod: str | None = Field(
+        default=None,
+        max_length=255,
+        description="the requester's payment method; refused (400) with `party: vendor`, whose "
+        "deposit is authorized on the vendor's own saved method",
+    )
 
 
 class Cancellation(_Body):

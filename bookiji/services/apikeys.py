@@ -298,6 +298,11 @@ class ApiKeyService:
         name = name.strip()
         if not name or len(name) > 200:
             raise ValidationFailed("partner name must be 1-200 characters", details={})
+        if not name.isprintable():  # shown in tables and terminals
+            raise ValidationFailed(
+                "partner name must not contain control characters (line breaks, escapes)",
+                details={},
+            )
         url = _validate_webhook_url(webhook_url)
         secret = new_webhook_secret()
         partner = Partner(

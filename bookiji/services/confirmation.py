@@ -23,10 +23,12 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, or_, select
 
-from bookiji.domain.errors import BookijiError, InvalidTransition, NotFound
-from bookiji.domain.states import ReservationState, StageTTLs
+from bookiji.domain.errors import BookijiError, DeadlinePassed, InvalidTransition, NotFound
+from bookiji.domain.states import ReservationState, StageTTLs, expiry_target
+from bookiji.domain.timeutil import format_instant
 from bookiji.services import transitions
 from bookiji.services.clock import Clock
+from bookiji.services.deadlines import expire_now
 from bookiji.services.ids import new_id
 from bookiji.services.ports import NotificationFailed, Notifier, VendorNotification
 from bookiji.store.crypto import PiiKeyError, unseal
@@ -371,35 +373,75 @@ class ConfirmationService:
     def answer(self, reservation_id: str, token: str, decision: str) -> str:
         """Spend a token on the vendor's decision; returns the reservation's new state.
 
-        Refuses a forged, expired, spent or foreign token (`invalid_token`, 403)."""
+        Refuses a forged, spent or foreign token (`invalid_token`, 403). The same decision
+        sent again (its first answer lost on the way) gets the current state, as a
+        re-applied transition does. A token past its deadline gets `deadline_passed` (409),
+        and the reservation expires then if the expiry job has not yet got to it."""
         if decision not in ("confirm", "decline"):
             raise InvalidTransition("decision must be 'confirm' or 'decline'")
         token_id, token_reservation, expires = self._parse(token)
         now = self.clock.now()
         if token_reservation != reservation_id:
             raise InvalidToken("the token belongs to another reservation")
-        if now >= expires:
-            raise InvalidToken("the token has expired")
         actor = f"vendor:token:{token_id}"
+        late: DeadlinePassed | None = None
         with UnitOfWork(self.db) as uow:
             row = uow.session.get(ConfirmationToken, token_id)
             if row is None or row.reservation_id != reservation_id:
                 raise InvalidToken("unknown token")
             if row.used_at is not None:
-                raise InvalidToken("the token was already used")
+                return self._answered_before(uow, reservation_id, actor, decision)
             reservation = uow.reservations.get(reservation_id, for_update=True)
             assert reservation is not None
-            row.used_at = now
-            target = S.CONFIRMED_BY_VENDOR if decision == "confirm" else S.CANCELLED
-            reason = "confirmed by vendor" if decision == "confirm" else "declined by vendor"
-            _answer(uow, reservation, target, now, self.ttls, actor, reason)
-            uow.commit()
+            if now >= expires:
+                late = self._too_late(uow, reservation, expires, now)
+                uow.commit()
+            else:
+                row.used_at = now
+                target = S.CONFIRMED_BY_VENDOR if decision == "confirm" else S.CANCELLED
+                reason = "confirmed by vendor" if decision == "confirm" else "declined by vendor"
+                _answer(uow, reservation, target, now, self.ttls, actor, reason)
+                uow.commit()
+        if late is not None:
+            raise late
         if target is S.CONFIRMED_BY_VENDOR and self.on_confirmed is not None:
             self.on_confirmed(reservation_id)
         with UnitOfWork(self.db, readonly=True) as uow:
             current = uow.reservations.get(reservation_id)
             assert current is not None
             return current.state
+
+    @staticmethod
+    def _answered_before(uow: UnitOfWork, reservation_id: str, actor: str, decision: str) -> str:
+        made = [
+            (t.details or {}).get("decision")
+            for t in uow.transitions.for_reservation(reservation_id)
+            if t.actor == actor and (t.details or {}).get("decision")
+        ]
+        if made and made[-1] == decision:
+            current = uow.reservations.get(reservation_id)
+            assert current is not None
+            return current.state
+        raise InvalidToken(
+            f"the token was already used to {made[-1]}" if made else "the token was already used"
+        )
+
+    def _too_late(
+        self, uow: UnitOfWork, reservation: Reservation, expires: datetime, now: datetime
+    ) -> DeadlinePassed:
+        """The vendor answered after the deadline the token carries: expired as the job
+        would have, or already expired (or otherwise moved on) by then. No money moves
+        before the vendor confirms; any compensation row planned is run by reconcile."""
+        due = expiry_target(S(reservation.state), reservation.state_deadline, now)
+        if due is not None:
+            refusal, _ = expire_now(uow, reservation, due, now, self.ttls)
+            return refusal
+        return DeadlinePassed(
+            f"the vendor's answer was due by {format_instant(expires)}; "
+            f"the reservation is now {reservation.state}",
+            details={"reservationId": reservation.id, "state": reservation.state,
+                     "deadline": format_instant(expires)},
+        )  # fmt: skip
 
 
 def _answer(

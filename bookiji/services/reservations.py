@@ -81,6 +81,9 @@ CancelReason = Literal["cancelled", "cancelled by partner", "cancelled by suppor
 CANCEL_REASONS: frozenset[str] = frozenset(get_args(CancelReason))
 
 MAX_METADATA_BYTES = 16 * 1024
+#: Levels of objects and arrays in metadata. Deeper JSON fits in 16 KiB but overflows
+#: encoders' recursion later (the answer, webhooks, a replay): refused at the door instead.
+MAX_METADATA_DEPTH = 32
 MIN_SLOT = timedelta(minutes=5)
 MAX_SLOT = timedelta(hours=24)
 
@@ -136,6 +139,8 @@ def _validate_request(request: HoldRequest) -> None:
     problems: list[str] = []
     if not request.requester_id.strip() or len(request.requester_id) > 200:
         problems.append("requesterId must be 1-200 characters")
+    elif not request.requester_id.isprintable():  # shown in tables, logs and terminals
+        problems.append("requesterId must not contain control characters (line breaks, escapes)")
     if request.idempotency_key is not None and not (
         0 < len(request.idempotency_key) <= 255 and request.idempotency_key.isprintable()
     ):
@@ -155,11 +160,35 @@ def _validate_request(request: HoldRequest) -> None:
         ):
             # Sub-second too: the grid check would call it "not a slot start" (a 409).
             problems.append("slots start and end on whole minutes")
+    if _depth(request.metadata) > MAX_METADATA_DEPTH:
+        problems.append(f"metadata nests objects and arrays more than {MAX_METADATA_DEPTH} deep")
+    else:  # only a value this shallow can be encoded without overflowing the stack
+        _measure_metadata(request.metadata, problems)
+    problems.extend(contact_problems(request.contact))
+    if problems:
+        raise ValidationFailed("; ".join(problems), details={"problems": problems})
+
+
+def _depth(value: Any) -> int:
+    """How deep objects and arrays nest, without recursion (the value may be very deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if not isinstance(item, Mapping | list | tuple):
+            continue
+        deepest = max(deepest, level)
+        if level <= MAX_METADATA_DEPTH:  # past the limit the answer is known
+            children = item.values() if isinstance(item, Mapping) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def _measure_metadata(metadata: Mapping[str, Any], problems: list[str]) -> None:
     try:
         # Measured as sent: compact UTF-8 (an "é" is 2 bytes, not the 6 of "\u00e9"). NaN,
         # Infinity and a lone surrogate are not JSON: the answer echoing them cannot render.
         encoded = json.dumps(
-            dict(request.metadata), ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            dict(metadata), ensure_ascii=False, separators=(",", ":"), allow_nan=False
         ).encode()
     except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
         problems.append("metadata must be a JSON object (finite numbers, valid Unicode)")
@@ -168,9 +197,6 @@ def _validate_request(request: HoldRequest) -> None:
             problems.append(
                 f"metadata is larger than {MAX_METADATA_BYTES} bytes (compact JSON, UTF-8)"
             )
-    problems.extend(contact_problems(request.contact))
-    if problems:
-        raise ValidationFailed("; ".join(problems), details={"problems": problems})
 
 
 CONTACT_FIELDS = {"name": 200, "email": 320, "phone": 32}
@@ -189,6 +215,8 @@ def contact_problems(contact: Mapping[str, Any] | None) -> list[str]:
             continue
         if not isinstance(value, str) or not value.strip() or len(value) > limit:
             problems.append(f"requester.{name} must be 1-{limit} characters")
+        elif not value.isprintable():
+            problems.append(f"requester.{name} must not contain control characters")
         elif name == "email" and not _EMAIL.fullmatch(value):
             problems.append("requester.email is not an email address")
         elif name == "phone" and not _PHONE.fullmatch(value):

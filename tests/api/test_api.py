@@ -3,6 +3,7 @@ with httpx as the client, on SQLite and Postgres."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -379,6 +380,100 @@ def test_metadata_is_measured_as_compact_utf8_and_must_be_json(api: Api) -> None
         assert not_json.status_code == 400, not_json.text
         assert "metadata must be a JSON object" in str(error(not_json)["message"])
         assert events_seen(client) == before
+
+
+def test_deeply_nested_metadata_is_refused_so_the_reservation_stays_readable(api: Api) -> None:
+    """950 levels of arrays fit in 2 KB: the create answered 201, then every read and cancel
+    of that reservation was a 500 (the JSON encoder's recursion overflowed)."""
+    with api.client(api.key) as client:
+        before = events_seen(client)
+        deep: Any = "x"
+        for _ in range(950):
+            deep = [deep]
+        refused = create(client, metadata={"x": deep})
+        assert refused.status_code == 400, refused.text
+        assert error(refused)["code"] == "validation_error"
+        assert "metadata nests objects and arrays more than 32 deep" in error(refused)["message"]
+        assert events_seen(client) == before
+        limit: Any = "x"
+        for _ in range(31):  # with the metadata object itself: 32 levels
+            limit = {"k": limit}
+        kept = create(client, metadata={"x": limit})
+        assert kept.status_code == 201, kept.text
+        read = client.get(f"/v1/reservations/{kept.json()['reservationId']}")
+        assert read.status_code == 200 and read.json()["metadata"] == {"x": limit}
+
+
+def test_a_body_that_cannot_be_decoded_is_invalid_request_not_internal_error(api: Api) -> None:
+    """Partners branch on `code`: `internal_error` means our bug, and a 400 is theirs."""
+    with api.client(api.key) as client:
+        for body, encoding in ((b'{"a": "\xff"}', None), (gzip.compress(b"{}"), "gzip")):
+            headers = {"content-type": "application/json"}
+            if encoding:
+                headers["content-encoding"] = encoding
+            answer = client.post("/v1/reservations", content=body, headers=headers)
+            assert answer.status_code == 400, answer.text
+            assert error(answer)["code"] == "invalid_request"
+            assert error(answer)["details"]["problems"] == [error(answer)["message"]]  # type: ignore[index]
+
+
+def test_an_ambiguous_request_is_refused_not_guessed(api: Api) -> None:
+    """A key given twice in the body (the parser kept the last) or two Idempotency-Key
+    headers (the first was used) created a reservation; now nothing is created."""
+    with api.client(api.key) as client:
+        before = events_seen(client)
+        body = json.dumps(
+            {"vendorId": "shop", "slotStartTime": at(10), "slotEndTime": at(11), "requesterId": "r"}
+        )
+        json_type = {"content-type": "application/json"}
+        twice = client.post(
+            "/v1/reservations",
+            content=body.replace('"vendorId": "shop"', '"vendorId": "shop", "vendorId": "other"'),
+            headers=json_type,
+        )
+        assert twice.status_code == 400, twice.text
+        assert error(twice)["code"] == "invalid_request"
+        assert error(twice)["message"] == "body: duplicate key 'vendorId' (each key at most once)"
+        nested = client.post(
+            "/v1/reservations",
+            content=body[:-1] + ', "metadata": {"a": 1, "a": 2}}',
+            headers=json_type,
+        )
+        assert nested.status_code == 400 and "duplicate key 'a'" in error(nested)["message"]
+        headers = [("Idempotency-Key", "dh-a"), ("Idempotency-Key", "dh-b")]
+        two_keys = client.post(
+            "/v1/reservations",
+            json={"vendorId": "shop", "slotStartTime": at(12), "slotEndTime": at(13),
+                  "requesterId": "r"},
+            headers=headers,
+        )  # fmt: skip
+        assert two_keys.status_code == 400, two_keys.text
+        assert error(two_keys)["message"] == "Idempotency-Key: given more than once"
+        assert events_seen(client) == before
+
+
+def test_a_caller_without_a_fitting_key_hears_so_before_anything_about_its_body(
+    api: Api,
+) -> None:
+    broken = b'{"vendorId":'
+    headers = {"content-type": "application/json"}
+    with api.client() as anonymous:
+        assert anonymous.post("/v1/reservations", content=broken, headers=headers
+                              ).status_code == 401  # fmt: skip
+    with api.client(api.read_only_key) as reader:
+        refused = reader.post("/v1/reservations", content=b"\xff", headers=headers)
+        assert refused.status_code == 403 and error(refused)["code"] == "forbidden"
+    with api.client(api.key) as client:  # with a good key: what is wrong with the body
+        answer = client.post("/v1/reservations", content=broken, headers=headers)
+        assert answer.status_code == 400 and error(answer)["code"] == "invalid_request"
+
+
+def test_a_trailing_slash_is_a_404_in_the_envelope_not_a_redirect(api: Api) -> None:
+    with api.client(api.key) as client:
+        for method, path in (("POST", "/v1/reservations/"), ("GET", "/v1/events/")):
+            answer = client.request(method, path, json={})
+            assert answer.status_code == 404, answer.text
+            assert error(answer)["code"] == "not_found" and "Location" not in answer.headers
 
 
 def test_405_says_which_methods_are_allowed(api: Api) -> None:

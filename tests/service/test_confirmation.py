@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlmodel import select
 
-from bookiji.domain.errors import InvalidTransition
+from bookiji.domain.errors import DeadlinePassed, InvalidTransition
 from bookiji.domain.states import StageTTLs
 from bookiji.services.clock import ManualClock
 from bookiji.services.confirmation import ConfirmationService, InvalidToken, installation_key
@@ -116,24 +116,34 @@ def test_tokens_answer_once_and_only_for_their_reservation(
     with pytest.raises(InvalidTransition):
         confirmation.answer(first, token[first], "maybe")
     assert confirmation.answer(first, token[first], "confirm") == "CONFIRMED_BY_VENDOR"
-    with pytest.raises(InvalidToken, match="already used"):
+    # The same answer again (the first reply was lost): the current state, nothing new.
+    logged = len(load_reservation_document(db, first)["stateHistory"])
+    assert confirmation.answer(first, token[first], "confirm") == "CONFIRMED_BY_VENDOR"
+    assert len(load_reservation_document(db, first)["stateHistory"]) == logged
+    with pytest.raises(InvalidToken, match="already used to confirm"):
         confirmation.answer(first, token[first], "decline")
     assert confirmation.answer(second, token[second], "decline") == "CANCELLED"
     last = load_reservation_document(db, second)["stateHistory"][-1]
     assert last["actor"].startswith("vendor:token:") and last["details"] == {"decision": "decline"}
 
 
-def test_an_expired_token_is_refused(
+def test_an_answer_after_the_deadline_is_deadline_passed_and_expires_the_hold(
     setup: tuple[ReservationService, ConfirmationService],
     inboxes: dict[str, Inbox],
     clock: ManualClock,
+    db: Database,
 ) -> None:
     reservations, confirmation = setup
     rid = hold(reservations, "quiet")
     [(_, note)] = inboxes["console"].sent
     clock.advance(timedelta(minutes=10))
-    with pytest.raises(InvalidToken, match="expired"):
+    late_match = "passed while it was AWAITING_VENDOR_CONFIRMATION"
+    with pytest.raises(DeadlinePassed, match=late_match) as late:
         confirmation.answer(rid, note.token, "confirm")
+    assert late.value.details["state"] == "FAILED_VENDOR_TIMEOUT"
+    assert state(db, rid) == "FAILED_VENDOR_TIMEOUT"  # expired on the spot, not confirmed
+    with pytest.raises(DeadlinePassed, match="the reservation is now FAILED_VENDOR_TIMEOUT"):
+        confirmation.answer(rid, note.token, "confirm")  # and said again the same way
 
 
 def test_failed_deliveries_are_retried_with_backoff_and_permanent_ones_stop(
