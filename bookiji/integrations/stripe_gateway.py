@@ -225,7 +225,11 @@ class StripeGateway:
         query = f"metadata['reservation_id']:'{reservation_id}'"
         result = self._call(
             "search",
-            lambda: self.client.v1.payment_intents.search(params={"query": query, "limit": 100}),
+            # With the charge, as `retrieve` reads it: without it a refund is invisible (the
+            # intent still says succeeded) and the money sweep called refunded money captured.
+            lambda: self.client.v1.payment_intents.search(
+                params={"query": query, "limit": 100, "expand": ["data.latest_charge"]}
+            ),
         )
         return [_view(intent) for intent in result.data]
 

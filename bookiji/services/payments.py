@@ -17,7 +17,7 @@ import secrets
 import signal
 import socket
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -651,34 +651,50 @@ class PaymentService:
         return f"commit:{reservation_id}"
 
     def _claim(self, reservation_id: str, actor: str, claim: str) -> bool:
-        """AUTHORIZED_BOTH -> COMMIT_IN_PROGRESS, and this worker's lease on the commit."""
+        """AUTHORIZED_BOTH -> COMMIT_IN_PROGRESS, and this worker's lease on the commit. Past
+        AUTHORIZED_BOTH's deadline it expires instead, as the expiry job would have (both
+        authorizations released): whether a late commit books must not depend on which of
+        the two ran first."""
         now = self.clock.now()
         with UnitOfWork(self.db) as uow:
             reservation = self._locked(uow, reservation_id)
             state = S(reservation.state)
-            if state is S.COMMITTED or state not in (S.AUTHORIZED_BOTH, S.COMMIT_IN_PROGRESS):
-                if (
-                    state is S.COMMITTED
-                    or state.value.startswith("FAILED")
-                    or state in (S.EXPIRED, S.CANCELLED)
-                ):
-                    return False
-                raise InvalidTransition(
-                    f"a reservation commits once both parties authorized; it is {state}",
-                    details={"state": state.value},
-                )
-            lease = uow.session.get(JobLease, self._lease_name(reservation_id))
-            if lease is not None and lease.expires_at > now and lease.owner != claim:
-                return False  # another worker (or thread) is committing it right now
-            if lease is None:
-                lease = JobLease(name=self._lease_name(reservation_id), owner=claim,
-                                 acquired_at=now, expires_at=now)  # fmt: skip
-                uow.session.add(lease)
-            lease.owner, lease.acquired_at = claim, now
-            lease.expires_at = now + self.settings.commit_lease
-            self._move(uow, reservation, S.COMMIT_IN_PROGRESS, actor, "committing")
-            uow.commit()
-            return True
+            due = expiry_target(state, reservation.state_deadline, now)
+            if state is S.AUTHORIZED_BOTH and due is not None:
+                refusal, late = expire_now(uow, reservation, due, now, self.ttls)
+                uow.commit()
+            else:
+                return self._take_lease(uow, reservation, actor, claim, now)
+        self.compensations.run(ids=[a.id for a in late])
+        raise refusal
+
+    def _take_lease(
+        self, uow: UnitOfWork, reservation: Reservation, actor: str, claim: str, now: datetime
+    ) -> bool:
+        state = S(reservation.state)
+        if state is S.COMMITTED or state not in (S.AUTHORIZED_BOTH, S.COMMIT_IN_PROGRESS):
+            if (
+                state is S.COMMITTED
+                or state.value.startswith("FAILED")
+                or state in (S.EXPIRED, S.CANCELLED)
+            ):
+                return False
+            raise InvalidTransition(
+                f"a reservation commits once both parties authorized; it is {state}",
+                details={"state": state.value},
+            )
+        lease = uow.session.get(JobLease, self._lease_name(reservation.id))
+        if lease is not None and lease.expires_at > now and lease.owner != claim:
+            return False  # another worker (or thread) is committing it right now
+        if lease is None:
+            lease = JobLease(name=self._lease_name(reservation.id), owner=claim,
+                             acquired_at=now, expires_at=now)  # fmt: skip
+            uow.session.add(lease)
+        lease.owner, lease.acquired_at = claim, now
+        lease.expires_at = now + self.settings.commit_lease
+        self._move(uow, reservation, S.COMMIT_IN_PROGRESS, actor, "committing")
+        uow.commit()
+        return True
 
     def _release(self, reservation_id: str, claim: str) -> None:
         with UnitOfWork(self.db) as uow:

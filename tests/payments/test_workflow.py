@@ -9,6 +9,7 @@ import pytest
 
 from bookiji.domain.errors import (
     AuthorizationPending,
+    DeadlinePassed,
     InvalidTransition,
     Unavailable,
     ValidationFailed,
@@ -220,6 +221,12 @@ def test_requester_capture_fails_refunds_the_vendor(workflow: Workflow) -> None:
     assert money(w, rid) == ("refunded", "released")
     vendor = w.gateway.retrieve(intent(w, rid, "vendor"))
     assert vendor.amount_refunded == vendor.amount_received == 1000
+    # Found by search, the refund shows too: Stripe's search without the charge expanded
+    # made the money sweep report this refunded deposit as captured (a false alert).
+    [found] = [i for i in w.gateway.find_by_reservation(rid) if i.id == vendor.id]
+    assert found.amount_refunded == 1000
+    [sweep] = [r for r in w.reconciler.run_once() if r.name == "money_sweep"]
+    assert (sweep.items, sweep.errors) == ([], [])
     assert_clean(w)
 
 
@@ -233,6 +240,38 @@ def test_a_provider_outage_during_commit_is_resumed_without_a_second_capture(
         w.payments.commit(rid, actor="t")
     assert doc(w, rid)["state"] == "COMMIT_IN_PROGRESS"
     w.clock.advance(timedelta(minutes=3))  # past the commit lease
+    [report] = [r for r in w.reconciler.run_once() if r.name == "stuck_commits"]
+    assert report.items == [{"reservationId": rid, "state": "COMMITTED"}]
+    for party in ("vendor", "requester"):
+        assert w.faults.captures(intent(w, rid, party)) == 1
+    assert_clean(w)
+
+
+def test_a_commit_after_its_deadline_expires_and_captures_nothing(workflow: Workflow) -> None:
+    """It captured both and booked when it ran before the expiry job, and expired when it
+    ran after: a deadline must not depend on which of the two came first."""
+    w = workflow
+    rid = w.authorized_both(10)
+    w.clock.advance(timedelta(minutes=16))  # AUTHORIZED_BOTH lasts 15
+    with pytest.raises(DeadlinePassed) as late:
+        w.payments.commit(rid, actor="t")
+    assert late.value.details["state"] == "EXPIRED" and doc(w, rid)["state"] == "EXPIRED"
+    assert money(w, rid) == ("released", "released")
+    for party in ("vendor", "requester"):
+        assert w.faults.captures(intent(w, rid, party)) == 0
+    assert_clean(w)
+
+
+def test_both_authorized_but_never_committed_is_committed_by_reconcile(
+    workflow: Workflow,
+) -> None:
+    """A crash between the second authorization and its automatic commit left the
+    reservation waiting in AUTHORIZED_BOTH until its deadline released the money."""
+    w = workflow
+    rid = w.authorized_both(10)
+    [report] = [r for r in w.reconciler.run_once() if r.name == "stuck_commits"]
+    assert report.items == [] and doc(w, rid)["state"] == "AUTHORIZED_BOTH"  # just now: live
+    w.clock.advance(timedelta(minutes=2))
     [report] = [r for r in w.reconciler.run_once() if r.name == "stuck_commits"]
     assert report.items == [{"reservationId": rid, "state": "COMMITTED"}]
     for party in ("vendor", "requester"):
