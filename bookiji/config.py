@@ -20,6 +20,7 @@ from pydantic_settings import (
     SettingsError,
     TomlConfigSettingsSource,
 )
+from sqlalchemy.engine import make_url
 
 DEFAULT_CONFIG_FILE = "bookiji.toml"
 DEFAULT_DATABASE_URL = "sqlite:///bookiji.db"
@@ -209,8 +210,9 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        if not value.startswith(("sqlite:", "postgresql", "postgres:")):
-            raise ValueError("database_url must be a sqlite:/// or postgresql:// URL")
+        problem = database_url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @classmethod
@@ -232,12 +234,44 @@ class Settings(BaseSettings):
 _CONFIG_PATH: dict[str, Path | None] = {"path": None}
 
 
+def database_url_problem(url: str) -> str | None:
+    """What is wrong with a database URL, in words that never repeat it (it may carry a
+    password), or None. Checked when settings load, so a bad URL is one line, not a driver
+    traceback from the first connection."""
+    usage = "a sqlite:/// or postgresql:// URL"
+    if not url.startswith(("sqlite:", "postgresql", "postgres:")):
+        return f"database_url must be {usage}"
+    try:
+        parsed = make_url(
+            "postgresql" + url[len("postgres") :] if url.startswith("postgres:") else url
+        )
+        port = parsed.port
+    except Exception:
+        return (
+            "database_url: not a valid URL (a port that is not a number, an open bracket?); "
+            f"use {usage}"
+        )
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.get_driver_name() != "pysqlite":
+            return "database_url: SQLite is reached through Python's own driver: sqlite:///path"
+        return None  # in memory (`sqlite://`) is for code and tests; the CLI wants a file
+    if parsed.get_backend_name() != "postgresql":
+        return f"database_url must be {usage}"
+    if "+" in parsed.drivername and parsed.get_driver_name() != "psycopg":
+        return "database_url: Postgres is reached through psycopg 3: write postgresql://..."
+    if port is not None and not 0 < port < 65536:
+        return "database_url: the port must be 1-65535"
+    return None
+
+
 class ConfigError(Exception):
     """The configuration file or environment is unusable; the message says where."""
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
-    if explicit:
+    if explicit is not None:
+        if not str(explicit).strip():  # not "no file given": a script's empty variable
+            raise ConfigError("--config: the path is empty")
         return Path(explicit)
     env = os.environ.get("BOOKIJI_CONFIG")
     if env:

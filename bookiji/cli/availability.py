@@ -37,6 +37,10 @@ def register(app: typer.Typer) -> None:
         """Bookable slots in [--start, --end], grouped by the vendor's local day."""
         service = state(ctx).container().availability
         if explain_at is not None:
+            if start is not None or end is not None:  # which did the operator mean?
+                raise ValidationFailed(
+                    "--explain AT asks about one instant: leave out --start/--end"
+                )
             at = instant(explain_at, option="--explain")
             verdict = service.explain(vendor, at, slot_minutes=slot_minutes)
             if json_output:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from bookiji.cli.output import (
     counted,
     emit_json,
     err_console,
+    error_line,
     instant_cell,
     listing,
     print_listing,
@@ -97,7 +99,10 @@ def sync(
     """Read every connected calendar now and refresh the busy-time cache.
 
     Exits 1 when any calendar failed (its last good data is kept)."""
-    service = state(ctx).container().calendars
+    container = state(ctx).container()
+    service = container.calendars
+    if vendor is not None:  # a typo is not "0 calendars synced"
+        container.vendors.get(vendor)
     connections = service.connections(vendor)
     results: list[SyncResult] = []
     with step_progress("syncing calendars", json_output=json_output) as progress:
@@ -124,7 +129,9 @@ def sync(
             f"{counted(len(results) - failed, 'calendar')} synced"
             + (f", [red]{failed} failed[/red] (their last good data is kept)" if failed else "")
         )
-    if any(r.status != "ok" for r in results):
+    failures = sum(r.status != "ok" for r in results)
+    if failures:
+        error_line(f"{counted(failures, 'calendar')} failed to sync; their last good data is kept")
         raise typer.Exit(1)
 
 
@@ -159,7 +166,9 @@ def connect(
         0, "--port", min=0, max=65535, help="Loopback port for the redirect (0: any)."
     ),
     no_browser: bool = typer.Option(False, "--no-browser", help="Only print the consent URL."),
-    timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for consent."),
+    timeout: float = typer.Option(
+        300.0, "--timeout", min=1, max=3600, help="Seconds to wait for consent (1-3600)."
+    ),
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Let a vendor grant read access to their calendar (OAuth authorization code).
@@ -174,7 +183,10 @@ def connect(
 
     def show(url: str) -> None:
         err_console.print("Open this URL to grant access:", markup=False)
-        print(url, flush=True)  # noqa: T201 - the URL is the output a person needs
+        if json_output:  # stdout is the JSON document alone, for the script reading it
+            print(url, file=sys.stderr, flush=True)  # noqa: T201
+        else:
+            print(url, flush=True)  # noqa: T201 - the URL is the output a person needs
 
     if provider == "google":
         from bookiji.integrations.google_oauth import run_google_consent

@@ -9,7 +9,7 @@ import typer
 
 from bookiji import telemetry
 from bookiji.bootstrap import Container, build
-from bookiji.config import Settings, load_settings
+from bookiji.config import ConfigError, Settings, load_settings
 from bookiji.domain.errors import BookijiError, ValidationFailed
 from bookiji.domain.timeutil import parse_instant
 from bookiji.store import migrate
@@ -30,10 +30,21 @@ class CliState:
 
     def settings(self) -> Settings:
         if self._settings is None:
-            overrides = {"database_url": self.database_url} if self.database_url else {}
-            self._settings = load_settings(
+            # An empty --database is refused as the empty setting is, not taken as "unset".
+            given = self.database_url is not None
+            overrides = {"database_url": self.database_url} if given else {}
+            settings = load_settings(
                 self.config_path, given_as={"database_url": "--database"}, **overrides
             )
+            if (
+                settings.database_url.startswith("sqlite")
+                and sqlite_file(settings.database_url) is None
+            ):  # in memory: every command would start, and end, on an empty database
+                raise ConfigError(
+                    "invalid configuration: database_url: a SQLite URL names a file, as in "
+                    "sqlite:///path/to/bookiji.db"
+                )
+            self._settings = settings
         return self._settings
 
     def container(

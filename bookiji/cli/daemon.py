@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from bookiji.cli.context import state
+from bookiji.domain.errors import ValidationFailed
 
 
 def register(app: typer.Typer) -> None:
@@ -20,6 +21,8 @@ def register(app: typer.Typer) -> None:
         delivery on their schedules. SIGTERM / Ctrl-C drain and exit 0."""
         from bookiji.daemon.run import run_daemon
 
+        if host is not None and not host.strip():
+            raise ValidationFailed("--host: the address is empty (leave it out for 127.0.0.1)")
         cli = state(ctx)
         settings = cli.settings()
         # Refuses a database that is not at head, with the usual hint, and keys that do not
@@ -28,7 +31,7 @@ def register(app: typer.Typer) -> None:
         cli.container(check_keys=False).pii.check_keys(register=True, sample=True)
         code = run_daemon(
             settings,
-            host=host or settings.api.host,
+            host=settings.api.host if host is None else host,
             port=settings.api.port if port is None else port,
         )
         raise typer.Exit(code)

@@ -9,6 +9,7 @@ with `--json`, every refusal also prints the error envelope on stdout.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 
 import typer
@@ -66,6 +67,24 @@ class InvalidSettings(BookijiError):
     """Settings (file, environment, --database) that cannot be used: exit 2, like bad input."""
 
     code = "invalid_settings"
+
+
+class DatabaseUnusable(BookijiError):
+    """The database file is there but cannot serve (not a database, read-only, a directory
+    that cannot be opened): retrying will not help until the operator fixes the file."""
+
+    code = "database_unusable"
+
+
+#: SQLite's own words for a file it cannot use (they name no path or secret): the operator
+#: reads them as they are, instead of a generic "check the URL" that hides the cause.
+_SQLITE_UNUSABLE = (
+    "file is not a database",
+    "unable to open database file",
+    "attempt to write a readonly database",
+    "database disk image is malformed",
+    "disk I/O error",
+)
 
 
 class OsFailure(BookijiError):
@@ -135,7 +154,12 @@ def refuse(exc: BookijiError) -> None:
 def database_problem(exc: SQLAlchemyError) -> BookijiError:
     """What a database failure means to the operator. Driver messages can echo connection
     strings: say what failed, never the raw text."""
-    if "database is locked" in str(getattr(exc, "orig", "")):
+    said = str(getattr(exc, "orig", ""))
+    if isinstance(getattr(exc, "orig", None), sqlite3.Error):
+        known = next((words for words in _SQLITE_UNUSABLE if words in said), None)
+        if known is not None:
+            return DatabaseUnusable(f"the SQLite database cannot be used: {known}")
+    if "database is locked" in said:
         # SQLite's busy timeout ran out behind another process's write transaction: the
         # database is reachable, and the same command works once that writer is done.
         return Unavailable(

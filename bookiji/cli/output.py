@@ -169,5 +169,11 @@ def step_progress(label: str, *, json_output: bool) -> Progress:
         MofNCompleteColumn(),
         console=err_console,
         transient=True,
-        disable=json_output,
+        disable=not shows_progress(json_output=json_output),
     )
+
+
+def shows_progress(*, json_output: bool) -> bool:
+    """Only for a person at a terminal: in a pipe or a log a bar cannot redraw, and what it
+    left (a blank line on stderr) read as an extra error line."""
+    return not json_output and err_console.is_terminal

@@ -6,7 +6,14 @@ import typer
 from rich.progress import Progress
 
 from bookiji.cli.context import state
-from bookiji.cli.output import JSON_OPTION, console, counted, emit_json, err_console
+from bookiji.cli.output import (
+    JSON_OPTION,
+    console,
+    counted,
+    emit_json,
+    err_console,
+    shows_progress,
+)
 from bookiji.store.crypto import keyring, new_key
 
 
@@ -17,10 +24,13 @@ def register(app: typer.Typer) -> None:
     app.add_typer(requesters, name="requesters")
 
     @pii.command("new-key")
-    def new_key_command() -> None:
+    def new_key_command(json_output: bool = JSON_OPTION) -> None:
         """Print a new Fernet key. To rotate to it: list it after the old keys and restart
         the daemons, then list it FIRST (old keys after it) and run `bookiji pii
         begin-rotation`, restart the daemons, run `bookiji pii rotate`, drop the old keys."""
+        if json_output:
+            emit_json({"key": new_key()})
+            return
         typer.echo(new_key())
 
     @pii.command("check")
@@ -75,7 +85,9 @@ def register(app: typer.Typer) -> None:
         container = state(ctx).container()
         if not keyring().configured:
             raise typer.BadParameter("no PII key is configured (BOOKIJI_PII_KEYS / pii_keys_file)")
-        with Progress(console=console, disable=json_output, transient=True) as bar:
+        # On stderr like every other bar: stdout is the report alone.
+        shown = shows_progress(json_output=json_output)
+        with Progress(console=err_console, disable=not shown, transient=True) as bar:
             task = bar.add_task("re-encrypting", total=None)
             result = container.pii.rotate(
                 lambda done, total: bar.update(task, completed=done, total=total)

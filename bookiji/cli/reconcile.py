@@ -7,7 +7,7 @@ import typer
 from rich.markup import escape
 
 from bookiji.cli.context import state
-from bookiji.cli.output import JSON_OPTION, console, emit_json, step_progress
+from bookiji.cli.output import JSON_OPTION, console, counted, emit_json, error_line, step_progress
 from bookiji.daemon.jobs import job_runner
 from bookiji.domain.errors import ValidationFailed
 from bookiji.services.audit import audit as run_audit
@@ -60,6 +60,8 @@ def register(app: typer.Typer) -> None:
                 for error in report.errors:
                     console.print(f"  [red]error[/red] {escape(error)}")
         if failed:
+            errors = sum(len(r.errors) for r in reports)
+            error_line(f"reconcile: {counted(errors, 'error')} (listed above); the jobs retry them")
             raise typer.Exit(1)
 
     @app.command("audit")
@@ -92,4 +94,5 @@ def register(app: typer.Typer) -> None:
         else:
             console.print("[green]audit clean[/green]: every invariant holds")
         if breaches:
+            error_line(f"audit: {counted(len(breaches), 'invariant breach', 'invariant breaches')}")
             raise typer.Exit(1)

@@ -317,6 +317,9 @@ class _Checker:
         if not value.strip():
             self.fail(at + key, "must not be empty")
             return None
+        if not value.isprintable():  # shown in tables and terminals: no line breaks, escapes
+            self.fail(at + key, "must not contain control characters (line breaks, escapes)")
+            return None
         return value
 
     def integer(self, table: Mapping[str, object], key: str, default: int, lo: int, hi: int) -> int:

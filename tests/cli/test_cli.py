@@ -132,6 +132,54 @@ def test_a_bad_settings_file_is_a_usage_error(run: Cli, tmp_path: Path) -> None:
     assert "bad.toml" in result.error and "database_url" in result.error
 
 
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql://u:s3cret@h:notaport/db", "not a valid URL"),
+        ("postgresql://u:s3cret@[::1/db", "not a valid URL"),
+        ("postgresql://u:s3cret@h:70000/db", "the port must be 1-65535"),
+        ("sqlite://", "a SQLite URL names a file"),
+        ("sqlite:///", "a SQLite URL names a file"),
+        ("postgresql+psycopg2://u:s3cret@h/db", "reached through psycopg 3"),
+        ("", "database_url must be a sqlite:/// or postgresql:// URL"),
+    ],
+    ids=["port-word", "open-bracket", "port-range", "in-memory", "no-path", "psycopg2", "empty"],
+)
+def test_a_database_url_that_cannot_work_is_one_line_before_any_connection(
+    run: Cli, tmp_path: Path, url: str, says: str
+) -> None:
+    """These were driver tracebacks (exit 1); an empty --database was ignored, and the
+    command ran on ./bookiji.toml's database instead."""
+    (tmp_path / "bookiji.toml").write_text(f'database_url = "sqlite:///{tmp_path}/b.db"\n')
+    result = run("--database", url, "vendors", "list", "--json", expect=2)
+    assert result.json()["error"]["code"] == "invalid_settings"
+    assert says in result.error and "s3cret" not in result.err + result.out
+    assert not (tmp_path / "b.db").exists()
+
+
+def test_empty_options_are_refused_not_taken_as_left_out(run: Cli, tmp_path: Path) -> None:
+    (tmp_path / "bookiji.toml").write_text(f'database_url = "sqlite:///{tmp_path}/b.db"\n')
+    assert "--config: the path is empty" in run("--config", "", "vendors", "list", expect=2).error
+    assert "--host: the address is empty" in run("daemon", "--host", " ", expect=2).error
+
+
+def test_a_file_that_is_not_a_database_is_named_as_such_and_not_retryable(
+    run: Cli, tmp_path: Path
+) -> None:
+    """It was "database error (DatabaseError); check the URL and that the server is
+    reachable", marked retryable: the real cause hidden, and a script retrying forever."""
+    (tmp_path / "notes.db").write_text("hello\n")
+    url = f"sqlite:///{tmp_path / 'notes.db'}"
+    result = run("--database", url, "vendors", "list", "--json", expect=1)
+    assert result.json()["error"] == {
+        "code": "database_unusable",
+        "message": "the SQLite database cannot be used: file is not a database",
+        "retryable": False,
+        "details": {},
+    }
+    assert (tmp_path / "notes.db").read_text() == "hello\n"
+
+
 def test_a_bad_setting_names_where_it_came_from_never_its_value(
     run: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -571,6 +619,28 @@ def test_bad_input_is_a_usage_error_and_holds_nothing(
     )
     assert message in result.error and result.out == ""
     assert ready.ids() == []
+
+
+def test_control_characters_never_reach_the_tables(ready: Cli, tmp_path: Path) -> None:
+    """A requester id, a partner name or a vendor name with a line break or an escape
+    sequence was stored, then printed raw: colours and cursor moves in the operator's
+    terminal, and a piped table row split in two."""
+    escape = "a\x1b[31mred"
+    window = ["--start", at("10:00"), "--end", at("11:00")]
+    for bad in (escape, "two\nlines"):
+        refused = ready("reservations", "create", "--vendor", "studio-a", "--requester", bad,
+                        *window, expect=2)  # fmt: skip
+        assert "requesterId must not contain control characters" in refused.error
+        assert (
+            "must not contain control characters"
+            in ready("partners", "add", "p1", "--name", bad, expect=2).error
+        )
+    vendors = write_vendors(tmp_path / "bad.toml", vendor_toml("studio-c", name=escape))
+    assert (
+        "name: must not contain control characters"
+        in ready("vendors", "import", vendors, expect=2).error
+    )
+    assert ready.ids() == [] and "studio-c" not in ready("vendors", "list", expect=0).out
 
 
 def test_every_refusal_with_json_prints_the_envelope(ready: Cli, run: Cli, tmp_path: Path) -> None:

@@ -127,6 +127,10 @@ def test_reconcile_shows_its_progress_on_a_terminal_and_never_with_json(
     terminal.truncate(0)
     cli("reconcile", "--once", "--json", expect=0).json()
     assert terminal.getvalue().strip("\x00") == ""
+    piped = io.StringIO()  # stderr into a file or a pipe: no bar, not even a blank line
+    monkeypatch.setattr(cli_output, "err_console", Console(file=piped, width=100))
+    cli("reconcile", "--once", expect=0)
+    assert piped.getvalue() == ""
 
 
 def test_create_help_names_the_state_a_hold_rests_in(cli: Cli) -> None:

@@ -194,6 +194,15 @@ def test_calendars_from_the_vendors_file_list_sync_and_disconnect(cli: Cli, tmp_
     assert "degraded" in failed.out and "shop.ics" in failed.out
     # Not "1 calendars synced" for a sync that failed.
     assert "0 calendars synced, 1 failed (their last good data is kept)" in failed.out
+    # Exit 1 says so on stderr too, as every failing command does.
+    assert failed.error == "error: 1 calendar failed to sync; their last good data is kept"
+    assert "nope" in cli("calendars", "sync", "--vendor", "nope", expect=1).error
+    assert (
+        "leave out --start/--end"
+        in cli(
+            "availability", "shop", "--explain", at("10:00"), "--start", at("09:00"), expect=2
+        ).error
+    )
     assert cli(*window("--json"), expect=0).json()["slots"][0]["startTime"] == at("11:00")
 
     cli("calendars", "disconnect", listed["id"], expect=0)
@@ -206,7 +215,8 @@ def test_calendars_from_the_vendors_file_list_sync_and_disconnect(cli: Cli, tmp_
 
 
 def _run_connect(config: Path, provider: str, browse: Any) -> tuple[int, str, str]:
-    """Run `bookiji calendars connect` as a process; act as the browser on its URL."""
+    """Run `bookiji calendars connect --json` as a process; act as the browser on the URL it
+    shows on stderr. stdout is the JSON document alone (the URL used to come first)."""
     proc = subprocess.Popen(
         [SCRIPT, "--config", str(config), "calendars", "connect", provider,
          "--vendor", "shop", "--no-browser", "--timeout", "30", "--json"],
@@ -215,14 +225,15 @@ def _run_connect(config: Path, provider: str, browse: Any) -> tuple[int, str, st
     killer = threading.Timer(60, proc.kill)  # never hang the suite
     killer.start()
     try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
+        assert proc.stderr is not None
+        assert proc.stderr.readline() == "Open this URL to grant access:\n"
+        url = proc.stderr.readline().strip()
         assert url.startswith("https://") or url.startswith("http://"), url
         browse(url)
         out, err = proc.communicate(timeout=45)
     finally:
         killer.cancel()
-    return proc.returncode, url + "\n" + out, err
+    return proc.returncode, out, url + "\n" + err
 
 
 @pytest.fixture
@@ -262,7 +273,7 @@ def test_connect_google_stores_a_refresh_token_that_sync_uses(
 
     code, out, err = _run_connect(config, "google", browse)
     assert code == 0, err
-    connection = json.loads(out.split("\n", 1)[1])
+    connection = json.loads(out)
     assert connection["provider"] == "google" and connection["hasCredentials"] is True
     [issued] = [r.form for r in google.token_requests("authorization_code")]
     assert issued  # the code was exchanged
@@ -292,7 +303,7 @@ def test_connect_outlook_stores_a_refresh_token_that_sync_uses(
         )
         code, out, err = _run_connect(config, "outlook", lambda url: act_as_browser(server, url))
         assert code == 0, err
-        connection = json.loads(out.split("\n", 1)[1])
+        connection = json.loads(out)
         assert (connection["provider"], connection["source"]) == ("outlook", "owner@shop.example")
         tokens = server.issued_refresh_tokens()
         assert tokens and not any(t in out + err for t in tokens)

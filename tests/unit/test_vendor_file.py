@@ -234,9 +234,15 @@ def test_round_trip_through_documents() -> None:
 
 # --- property: any valid vendor rendered to TOML parses back equal ------------------------------
 
-text_values = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1).filter(
-    str.strip
-)
+# What a vendors file accepts as text: printable (no control, format, unassigned or private
+# characters, no separators but the plain space), not blank.
+text_values = st.text(
+    st.characters(
+        exclude_categories=("Cs", "Cc", "Cf", "Co", "Cn", "Zl", "Zp", "Zs"),
+        include_characters=" ",
+    ),
+    min_size=1,
+).filter(str.strip)
 
 
 @st.composite
