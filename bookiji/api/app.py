@@ -11,11 +11,12 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from anyio import to_thread
 from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -59,6 +60,10 @@ from bookiji.services.ratelimit import RateLimitDecision, RateLimiter
 from bookiji.services.reservations import HoldRequest
 from bookiji.store import migrate
 from bookiji.store.uow import UnitOfWork
+
+# Ids are 64 characters at most (vendor ids by the vendor file's rule, ours are shorter): a
+# longer one is refused as such, not looked up and echoed back in a 404.
+PathId = Annotated[str, PathParam(min_length=1, max_length=64)]
 
 log = logging.getLogger("bookiji.api")
 #: What the OpenAPI document says of a time parameter (the values are parsed as RFC 3339).
@@ -366,7 +371,7 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
     )
     async def availability(
         request: Request,
-        vendorId: str,
+        vendorId: PathId,
         startTime: str = Query(..., description="RFC 3339 with offset", **DATE_TIME),
         endTime: str = Query(..., description="RFC 3339 with offset", **DATE_TIME),
         # Declared, not enforced here: the service says what is wrong in its own words.
@@ -474,7 +479,7 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
     )
     def get_reservation(
         request: Request,
-        reservationId: str,
+        reservationId: PathId,
         principal: ApiPrincipal = authorized("reservations:read", "read"),
     ) -> dict[str, Any]:
         reject_unknown_query(request)
@@ -489,7 +494,7 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
         responses=answers(ConfirmationAnswer, 400, 403, 404, 409, 500, 503),
     )
     def vendor_confirmation(
-        request: Request, reservationId: str, body: VendorConfirmation
+        request: Request, reservationId: PathId, body: VendorConfirmation
     ) -> dict[str, Any]:
         """The vendor's answer, authenticated by the token from its notification (403
         `invalid_token` for a wrong one, or one already spent on the other decision; the
@@ -508,7 +513,7 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
     )
     def authorize(
         request: Request,
-        reservationId: str,
+        reservationId: PathId,
         body: Authorization,
         principal: ApiPrincipal = authorized("payments:write", "write"),
     ) -> dict[str, Any]:
@@ -537,7 +542,7 @@ def create_app(container: Container, metrics: Metrics | None = None) -> FastAPI:
     )
     def cancel(
         request: Request,
-        reservationId: str,
+        reservationId: PathId,
         body: Cancellation | None = None,
         principal: ApiPrincipal = authorized("reservations:write", "write"),
     ) -> dict[str, Any]:

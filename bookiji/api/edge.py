@@ -1,5 +1,6 @@
 """What every request passes through: the body-size limit, the rate-limit headers, a span,
-one log line and the request metrics.
+one log line and the request metrics; and HEAD, answered as the GET would be, without its
+body (FastAPI routes declare GET alone, and load balancers and `curl -I` probe with HEAD).
 
 A plain ASGI middleware rather than Starlette's `BaseHTTPMiddleware`, which runs the app in a
 second task and streams the response through a memory channel: on a small request that
@@ -46,6 +47,8 @@ class Edge:
             return
         began = time.perf_counter()
         method: str = scope["method"]
+        if method == "HEAD":
+            scope = {**scope, "method": "GET"}
         state: dict[str, Any] = scope.setdefault("state", {})
         length = _header(scope, b"content-length")
         request_id = _request_id(_header(scope, b"x-request-id"))
@@ -63,7 +66,11 @@ class Edge:
                         (b"ratelimit-remaining", str(decision.remaining).encode()),
                         (b"ratelimit-reset", str(decision.reset_after).encode()),
                     ]
+                if status[0] == 405:
+                    headers = [_allow_head(name, value) for name, value in headers]
                 message = {**message, "headers": headers}
+            elif method == "HEAD" and message["type"] == "http.response.body":
+                message = {**message, "body": b""}
             await send(message)
 
         try:
@@ -142,6 +149,13 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return str(value.decode("latin-1"))
     return None
+
+
+def _allow_head(name: bytes, value: bytes) -> tuple[bytes, bytes]:
+    """A 405's `Allow` names HEAD wherever it names GET, as HEAD is served there."""
+    if name.lower() == b"allow" and b"GET" in value.split(b", ") and b"HEAD" not in value:
+        return name, value + b", HEAD"
+    return name, value
 
 
 def _replay(body: bytes, then: Receive) -> Receive:

@@ -80,6 +80,12 @@ class CliState:
                 self._container.pii.check_keys(register=True, sample=False)
         return self._container
 
+    def drop_connections(self) -> None:
+        """Close the database's connections, the container kept (init takes back a SQLite
+        file it made, and no connection may write to it afterwards)."""
+        if self._container is not None:
+            self._container.db.dispose()
+
     def close(self) -> None:
         if self._container is not None:
             self._container.close()

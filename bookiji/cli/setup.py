@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -46,14 +47,22 @@ def _absolute(url: str) -> str:
     return make_url(url).set(database=str(database.resolve())).render_as_string(hide_password=False)
 
 
-def _make_room(url: str) -> None:
+def _make_dirs(directory: Path) -> list[Path]:
+    """`mkdir -p`, returning the directories it made (outermost first), so that a refused
+    init can take them back."""
+    missing = [d for d in (directory, *directory.parents) if not d.exists()][::-1]
+    directory.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _make_room(url: str) -> list[Path]:
     """The SQLite file's directory, made before anything is written: a path where no
     database can be is a bad setting, named, not an OS error after the settings file."""
     database = sqlite_file(url)
     if database is None:
-        return
+        return []
     try:
-        database.parent.mkdir(parents=True, exist_ok=True)
+        return _make_dirs(database.parent)
     except OSError as exc:
         raise ConfigError(
             f"cannot create the database {database}: {exc.strerror or exc} "
@@ -73,11 +82,13 @@ def register(app: typer.Typer) -> None:
         wrote = False
         key_file: Path | None = None
         written: list[Path] = []  # removed again if init fails: a retry starts clean
+        made: list[Path] = []  # directories, likewise (when nothing else was put in them)
+        new_database: Path | None = None  # a SQLite file this init makes, likewise
         try:
             if not path.exists():
                 url = _absolute(cli.database_url or DEFAULT_DATABASE_URL)
-                _make_room(url)
-                path.parent.mkdir(parents=True, exist_ok=True)
+                made += _make_room(url)
+                made += _make_dirs(path.parent)
                 text = CONFIG_TEMPLATE.format(database_url=url)
                 keys = path.parent / "bookiji-pii.keys"
                 if not os.environ.get(crypto.ENV_KEYS) and not os.environ.get(crypto.ENV_KEYS_FILE):
@@ -89,6 +100,10 @@ def register(app: typer.Typer) -> None:
                 path.write_text(text, encoding="utf-8")
                 wrote = True
             cli.config_path = str(path)
+            database = sqlite_file(cli.settings().database_url)
+            if database is not None and not database.exists():
+                made += _make_room(cli.settings().database_url)
+                new_database = database
             container = cli.container(require_schema=False, create=True)
             before = migrate.current_revision(container.db)
             migrate.upgrade(container.db)
@@ -97,8 +112,15 @@ def register(app: typer.Typer) -> None:
             # file for it): refused here, and the key file taken back.
             container.pii.check_keys(register=True)
         except BaseException:
+            if new_database is not None:
+                cli.drop_connections()
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    written.append(new_database.with_name(new_database.name + suffix))
             for created in written:
                 created.unlink(missing_ok=True)
+            for directory in reversed(made):
+                with contextlib.suppress(OSError):  # not empty: something else lives there
+                    directory.rmdir()
             raise
         if json_output:
             emit_json(

@@ -481,7 +481,40 @@ def test_405_says_which_methods_are_allowed(api: Api) -> None:
         wrong = client.delete("/v1/reservations")
         assert wrong.status_code == 405 and error(wrong)["code"] == "method_not_allowed"
         assert wrong.headers["Allow"] == "POST"
-        assert client.put("/v1/events").headers["Allow"] == "GET"
+        assert client.put("/v1/events").headers["Allow"] == "GET, HEAD"
+
+
+def test_an_id_longer_than_any_id_is_refused_without_being_echoed(api: Api) -> None:
+    long_id = "x" * 4000
+    with api.client(api.key) as client:
+        for answer in (
+            client.get(f"/v1/reservations/{long_id}"),
+            client.post(f"/v1/reservations/{long_id}/cancel", json={}),
+            client.get(
+                f"/v1/vendors/{long_id}/availability",
+                params={"startTime": at(10), "endTime": at(11)},
+            ),
+        ):
+            assert answer.status_code == 400, answer.text
+            assert error(answer)["code"] == "invalid_request"
+            assert "at most 64 characters" in answer.text and long_id not in answer.text
+        assert client.get(f"/v1/reservations/{'x' * 64}").status_code == 404
+    with api.client(None) as anonymous:  # the key is still checked first
+        assert anonymous.get(f"/v1/reservations/{long_id}").status_code == 401
+
+
+def test_head_answers_as_get_without_the_body(api: Api) -> None:
+    """Load balancers and `curl -I` probe with HEAD: it gets the GET's status and headers
+    (a key still required where GET needs one), no body, and never a 405."""
+    with api.client(api.key) as client:
+        health = client.head("/healthz")
+        assert health.status_code == 200 and health.content == b""
+        assert health.headers["content-type"].startswith("application/json")
+        assert client.head("/v1/events").status_code == 200
+        assert client.head("/v1/reservations/res_nope").status_code == 404
+        assert client.head("/v1/reservations").status_code == 405
+    with api.client(None) as anonymous:
+        assert anonymous.head("/v1/events").status_code == 401
 
 
 def test_idempotency_key_refusals(api: Api) -> None:

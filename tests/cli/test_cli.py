@@ -229,6 +229,10 @@ def test_a_failed_init_names_the_path_and_leaves_nothing_behind(
     assert "No space left on device" in failed.error and "bookiji.db" in failed.error
     assert not (tmp_path / "bookiji.toml").exists()
     assert not (tmp_path / "bookiji-pii.keys").exists()
+    # And the directories it made for them: a retry finds the tree as it was.
+    run("--config", "new/dir/x.toml", "--database", f"sqlite:///{tmp_path}/db/sub/x.db",
+        "init", expect=1)  # fmt: skip
+    assert sorted(os.listdir(tmp_path)) == ["taken"]
 
 
 # -- the schema and the database -------------------------------------------------------------
