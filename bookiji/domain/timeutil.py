@@ -32,6 +32,14 @@ def parse_instant(text: str, *, field: str, strict: bool = True) -> datetime:
             raise _not_rfc3339(text, field)
         if shape["offset"] is None:
             raise _naive(text, field)
+    fraction = _FRACTION.search(raw)
+    if fraction is not None and fraction[1][6:].strip("0"):
+        # datetime keeps microseconds and would drop the rest without a word.
+        raise ValidationFailed(
+            f"{field}: {text!r} is finer than a microsecond; times carry at most six "
+            "fractional digits",
+            details={"field": field},
+        )
     if raw.endswith(("z", "Z")):
         raw = raw[:-1] + "+00:00"
     try:
@@ -47,6 +55,9 @@ def parse_instant(text: str, *, field: str, strict: bool = True) -> datetime:
             details={"field": field},
         )
     return value.astimezone(UTC)
+
+
+_FRACTION = re.compile(r"[.,](\d+)", re.ASCII)
 
 
 def _not_rfc3339(text: str, field: str) -> ValidationFailed:

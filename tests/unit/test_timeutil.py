@@ -68,3 +68,13 @@ def test_instants_out_of_range_are_refused_naming_the_range(text: str, strict: b
         parse_instant(text, field="slotStartTime", strict=strict)
     assert refused.value.message == f"slotStartTime: {text!r} is out of range; {RANGE}"
     assert refused.value.details == {"field": "slotStartTime"}
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_fractions_finer_than_a_microsecond_are_refused_not_dropped(strict: bool) -> None:
+    exact = parse_instant("2026-12-01T10:00:00.123456000Z", field="t", strict=strict)
+    assert exact == datetime(2026, 12, 1, 10, 0, 0, 123456, tzinfo=UTC)
+    with pytest.raises(ValidationFailed) as refused:
+        parse_instant("2026-12-01T10:00:00.0000001Z", field="slotStartTime", strict=strict)
+    assert "finer than a microsecond" in refused.value.message
+    assert refused.value.details == {"field": "slotStartTime"}
