@@ -80,13 +80,21 @@ def replay(
 ) -> None:
     """Send an event again (a dead letter, or one already delivered): it goes back to
     pending with its attempts reset and is sent on the next delivery run, under the same
-    webhook-id so the receiver can tell it is the same event."""
+    webhook-id so the receiver can tell it is the same event. A row still pending (waiting
+    out its backoff, or in flight) is left as it was, and says when it is next tried."""
     deliveries = _service(ctx).replay(event_id, partner_id=partner)
     if json_output:
         emit_json([d.document() for d in deliveries])
         return
     for d in deliveries:
-        console.print(f"{d.event_id} to {d.partner_id}: {d.status}, due now")
+        if d.attempts:  # it was pending already, in its backoff: replay leaves such rows be
+            when = instant_cell(d.next_attempt_at, "not scheduled")
+            console.print(
+                f"{d.event_id} to {d.partner_id}: already pending, left as it was "
+                f"(attempt {d.attempts + 1} at {when})"
+            )
+        else:
+            console.print(f"{d.event_id} to {d.partner_id}: {d.status}, due now")
 
 
 @app.command("test")

@@ -115,7 +115,8 @@ class HttpWebhookSender:
                 f"webhook to {target} timed out after {self._timeout:g}s ({type(exc).__name__})",
                 retryable=True,
             ) from None
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL):
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL, UnicodeError):
+            # UnicodeError: a host name that cannot be encoded for DNS (set before the check).
             raise fail(f"webhook URL for {target} is not usable", retryable=False) from None
         except httpx.TransportError as exc:
             raise fail(

@@ -219,7 +219,9 @@ def _validate_webhook_url(url: str | None) -> str | None:
         parts = urlsplit(url)
         usable = parts.scheme in {"https", "http"} and bool(parts.hostname)
         parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError:
+        if usable:
+            _check_host(parts.hostname or "")
+    except ValueError:  # UnicodeError included: a host name DNS cannot carry
         usable = False
     if not usable:
         raise ValidationFailed(
@@ -227,6 +229,18 @@ def _validate_webhook_url(url: str | None) -> str | None:
             details={"field": "webhookUrl"},
         )
     return url
+
+
+def _check_host(host: str) -> None:
+    """Raises UnicodeError for a host no request can reach: an empty label (`a..b`), a label
+    over 63 characters, an `xn--` label that is not punycode. The sender would only find out
+    when connecting, and retry for a day."""
+    if host.startswith("[") or ":" in host:  # an IPv6 literal
+        return
+    host.encode("idna")
+    for label in host.split("."):
+        if label.lower().startswith("xn--"):
+            label.encode("ascii").decode("idna")
 
 
 def shown_webhook_url(url: str | None) -> str | None:

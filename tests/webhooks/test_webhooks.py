@@ -341,6 +341,12 @@ def test_sender_returns_any_status_and_refuses_what_cannot_work(
             "ftp://example.test/x", SECRET, message_id="e", timestamp=live_clock.now(), payload={}
         )
     assert bad_url.value.retryable is False
+    for host in ("a..b", "xn--zz"):  # stored before the URL check named them
+        with pytest.raises(WebhookSendFailed) as no_host:
+            sender.send(
+                f"http://{host}:9/x", SECRET, message_id="e", timestamp=live_clock.now(), payload={}
+            )
+        assert no_host.value.retryable is False and "not usable" in no_host.value.message
     bad_secret = "whsec_abcde"
     with pytest.raises(WebhookSendFailed) as refused:
         sender.send(
@@ -946,7 +952,8 @@ def test_cli_list_replay_and_test(
 ) -> None:
     monkeypatch.setenv("COLUMNS", "250")
     add_partner(db, live_clock, "p1", receiver.url)
-    Bookings(db, live_clock).hold("p1")
+    bookings = Bookings(db, live_clock)
+    bookings.hold("p1")
     first, second = (e.event_id for e in events(db, "p1"))
     service = WebhookService(db, live_clock, sender, max_attempts=1)
     receiver.fail_first = 1
@@ -982,6 +989,17 @@ def test_cli_list_replay_and_test(
 
     receiver.fail_next()
     assert invoke(service, "test", "--partner", "p1").exit_code == 1
+
+    # A row waiting out its backoff is left alone, and the operator is told so, not "due now".
+    receiver.fail_next()
+    bookings.hold("p1")
+    service = WebhookService(db, live_clock, sender, max_attempts=5)
+    service.fan_out()
+    service.deliver_due()
+    (waiting, *_) = [d for d in service.list(status="pending") if d.attempts == 1]
+    told = invoke(service, "replay", waiting.event_id)
+    assert told.exit_code == 0 and "due now" not in told.output, told.output
+    assert "already pending, left as it was (attempt 2 at " in told.output
 
     missing = invoke(service, "replay", "evt_nope")
     assert isinstance(missing.exception, NotFound)  # main() turns it into exit 1 + one line
