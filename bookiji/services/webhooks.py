@@ -507,6 +507,20 @@ class WebhookService:
                 renew = [claim]
             if claim.delivery_id not in self._renew(renew, now + self.send_timeout):
                 continue
+            # The partner as it is now, not as it was when the chunk was claimed: a URL moved,
+            # a leaked secret rotated or a partner disabled since counts from the next send.
+            with UnitOfWork(self.db, readonly=True) as uow:
+                partner = uow.session.get(Partner, claim.partner_id)
+            if partner is not None and partner.disabled_at is not None:
+                self._release(claims[index:])
+                return
+            claim = replace(
+                claim,
+                url=partner.webhook_url if partner else None,
+                secret=partner.webhook_secret if partner else None,
+                previous_secret=overlapping(partner, now),
+                previous_until=partner.previous_webhook_secret_until if partner else None,
+            )
             result, answered = self._attempt(claim)
             yield result
             if not answered:

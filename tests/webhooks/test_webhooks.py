@@ -1584,3 +1584,37 @@ def test_rotating_again_in_an_overlap_drops_the_secret_before(
     with pytest.raises(ValidationFailed):
         keys.rotate_webhook_secret("p1", overlap=timedelta(seconds=-1))
     assert keys.get_partner("p1").webhook_secret == third
+
+
+def test_a_url_moved_or_a_secret_rotated_mid_batch_counts_from_the_next_send(
+    db: Database, live_clock: ManualClock
+) -> None:
+    """A worker claims a partner's due rows in chunks. A URL moved, or a leaked secret rotated
+    without overlap, while the chunk is being sent must count from the next send, not after
+    the whole chunk has gone to the old URL under the old secret."""
+    keys = ApiKeyService(db, live_clock)
+    with Receiver() as old_home, Receiver() as new_home:
+        _, old_home.secret = keys.add_partner("p1", "Partner 1", old_home.url)
+        bookings = Bookings(db, live_clock)
+        for _ in range(3):
+            bookings.hold("p1")
+        moved: list[str] = []
+
+        class MovesAfterItsFirstSend(HttpWebhookSender):
+            def send(self, *args: Any, **kwargs: Any) -> int:
+                status = super().send(*args, **kwargs)
+                if not moved:  # the operator acts while the chunk is being sent
+                    keys.set_webhook_url("p1", new_home.url)
+                    moved.append(keys.rotate_webhook_secret("p1", overlap=timedelta(0)))
+                    new_home.secret = moved[0]
+                return status
+
+        with MovesAfterItsFirstSend(timeout=5.0) as sender:
+            service = WebhookService(db, live_clock, sender)
+            service.fan_out()
+            results = service.deliver_due()
+    assert len(results) == len(events(db, "p1")) > 2
+    assert len(old_home.requests) == 1
+    assert len(new_home.requests) == len(results) - 1
+    for request in new_home.requests:
+        assert signatures(request) == signed_with(request, moved[0])
