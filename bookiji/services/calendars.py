@@ -19,7 +19,7 @@ from bookiji.domain.errors import NotFound, ValidationFailed
 from bookiji.services.availability import MAX_SLOT_MINUTES
 from bookiji.services.clock import Clock
 from bookiji.services.ids import new_id
-from bookiji.services.ports import CalendarSource, CalendarUnavailable
+from bookiji.services.ports import CalendarSource, CalendarUnavailable, RenewsCredentials
 from bookiji.store.database import Database
 from bookiji.store.models import BusyInterval, CalendarConnection, Vendor
 from bookiji.store.uow import UnitOfWork
@@ -162,17 +162,25 @@ class CalendarService:
             + timedelta(minutes=MAX_SLOT_MINUTES + vendor.buffer_after_minutes)
         )
         try:
-            periods = self.build_source(connection, vendor).busy(start, end)
+            source = self.build_source(connection, vendor)
+            periods = source.busy(start, end)
+            renewed = None
+            if isinstance(source, RenewsCredentials):
+                renewed = source.renewed_credentials()
         except CalendarUnavailable as exc:
             return self._record_failure(connection, now, exc.message, exc.retryable)
         except Exception as exc:  # an adapter bug must not take availability down with it
             return self._record_failure(
                 connection, now, f"unexpected {type(exc).__name__} reading the calendar", True
             )
-        return self._record_success(connection, now, periods)
+        return self._record_success(connection, now, periods, renewed)
 
     def _record_success(
-        self, connection: CalendarConnection, now: datetime, periods: list[BusyPeriod]
+        self,
+        connection: CalendarConnection,
+        now: datetime,
+        periods: list[BusyPeriod],
+        renewed_credentials: str | None = None,
     ) -> SyncResult:
         with UnitOfWork(self.db) as uow:
             row = uow.session.get(CalendarConnection, connection.id)
@@ -199,6 +207,11 @@ class CalendarService:
             row.last_synced_at = now
             row.last_attempt_at = now
             row.last_error = None
+            # A rotated refresh token replaces the one it was read with; not credentials a
+            # reconnect stored meanwhile.
+            unchanged = row.credentials_ref == connection.credentials_ref
+            if renewed_credentials is not None and unchanged:
+                row.credentials_ref = renewed_credentials
             uow.touch_schedule(connection.vendor_id)
             uow.commit()
         return SyncResult(

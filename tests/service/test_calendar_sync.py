@@ -234,3 +234,76 @@ def test_events_a_long_buffer_reaches_are_synced(
         explained = availability.explain("rent", slot)
         assert explained["bookable"] is False
         assert any("'Rental'" in r["message"] for r in explained["reasons"]), explained
+
+
+def stored_refresh_token(calendars: CalendarService, vendor_id: str) -> str:
+    [connection] = calendars.connections(vendor_id)
+    assert connection.credentials_ref is not None
+    token: str = json.loads(connection.credentials_ref.removeprefix("json:"))["refresh_token"]
+    return token
+
+
+def test_an_outlook_connection_keeps_the_refresh_token_entra_rotated(
+    db: Database, clock: ManualClock
+) -> None:
+    """Entra hands back a new refresh token on every redemption; only the one from the
+    consent was ever stored, so the calendar fell off once that one expired."""
+    from tests.calendars.outlook_support import (
+        APP_CLIENT_ID,
+        APP_CLIENT_SECRET,
+        consent_as,
+        start_microsoft_server,
+    )
+
+    server = start_microsoft_server()
+    try:
+        mailbox = "owner@contoso.example"
+        server.set_events(mailbox, [EventSpec(at(10), at(12), "Site visit")])
+        info = consent_as(server, mailbox)
+        add_vendor(db, "v1", slot_interval_minutes=60)
+        settings = Settings(
+            database_url="sqlite://",
+            calendars={
+                "outlook": {
+                    "authority_base": server.authority_base,
+                    "graph_base_url": server.graph_base_url,
+                    "tenant_id": server.tenant_id,
+                    "client_id": APP_CLIENT_ID,
+                    "client_secret": APP_CLIENT_SECRET,
+                    "ca_bundle": server.ca_path,
+                }
+            },
+        )
+        calendars, _ = services(db, clock, settings)
+        calendars.connect("v1", "outlook", mailbox, credentials_ref=stored_json(info))
+        [first] = calendars.sync("v1")
+        assert (first.status, first.busy_periods) == ("ok", 1), first.error
+        rotated = stored_refresh_token(calendars, "v1")
+        assert rotated != info["refresh_token"]
+        assert rotated == server.issued_refresh_tokens()[-1]
+
+        server.expire_refresh_token(info["refresh_token"])  # its lifetime ran out
+        [second] = calendars.sync("v1")
+        assert (second.status, second.busy_periods) == ("ok", 1), second.error
+        assert stored_refresh_token(calendars, "v1") == server.issued_refresh_tokens()[-1]
+    finally:
+        server.close()
+
+
+def test_a_google_connection_keeps_a_refresh_token_google_rotated(
+    db: Database, clock: ManualClock, google: GoogleServer
+) -> None:
+    add_vendor(db, "v1", slot_interval_minutes=60)
+    google.add_calendar("primary", [EventSpec(at(13), at(14), "Client call")])
+    google.rotate_refresh_tokens = True  # and the one redeemed stops working
+    settings = Settings(
+        database_url="sqlite://",
+        calendars={"google": {"api_base_url": google.api_base_url, "token_uri": google.token_uri}},
+    )
+    calendars, _ = services(db, clock, settings)
+    info = authorized_user_info(google)
+    calendars.connect("v1", "google", "primary", credentials_ref=stored_json(info))
+    for _ in range(2):
+        [result] = calendars.sync("v1")
+        assert (result.status, result.busy_periods) == ("ok", 1), result.error
+        assert stored_refresh_token(calendars, "v1") != info["refresh_token"]
