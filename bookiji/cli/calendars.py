@@ -169,17 +169,30 @@ def connect(
     timeout: float = typer.Option(
         300.0, "--timeout", min=1, max=3600, help="Seconds to wait for consent (1-3600)."
     ),
+    replace: bool = typer.Option(
+        False,
+        "--replace",
+        help="Replace the credentials of this calendar's existing connection (another account).",
+    ),
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Let a vendor grant read access to their calendar (OAuth authorization code).
 
     Prints the consent URL, waits for the redirect on 127.0.0.1 and stores the refresh
-    token with the connection. The token is never printed."""
+    token with the connection. The token is never printed. A calendar already connected
+    with credentials is refused unless --replace."""
     cli = state(ctx)
     container = cli.container()
     settings = container.settings
     # Before the consent: a vendor who granted access for nothing would have to do it again.
     container.vendors.get(vendor)
+    known = calendar or ("primary" if provider == "google" else None)
+    if known is not None and not replace:
+        for existing in container.calendars.connections(vendor):
+            if (existing.provider, existing.source) == (provider, known) and (
+                existing.credentials_ref
+            ):
+                raise container.calendars.already_connected(existing)
 
     def show(url: str) -> None:
         err_console.print("Open this URL to grant access:", markup=False)
@@ -235,7 +248,7 @@ def connect(
     else:
         raise ValidationFailed(f"connect supports google and outlook, not {provider!r}")
     connection = container.calendars.connect(
-        vendor, provider, source, name=name, credentials_ref=stored_json(info)
+        vendor, provider, source, name=name, credentials_ref=stored_json(info), replace=replace
     )
     if json_output:
         emit_json(_document(connection))

@@ -214,12 +214,12 @@ def test_calendars_from_the_vendors_file_list_sync_and_disconnect(cli: Cli, tmp_
 # -- OAuth connect, end to end with the real console script ------------------------------
 
 
-def _run_connect(config: Path, provider: str, browse: Any) -> tuple[int, str, str]:
+def _run_connect(config: Path, provider: str, browse: Any, *extra: str) -> tuple[int, str, str]:
     """Run `bookiji calendars connect --json` as a process; act as the browser on the URL it
     shows on stderr. stdout is the JSON document alone (the URL used to come first)."""
     proc = subprocess.Popen(
         [SCRIPT, "--config", str(config), "calendars", "connect", provider,
-         "--vendor", "shop", "--no-browser", "--timeout", "30", "--json"],
+         "--vendor", "shop", "--no-browser", "--timeout", "30", "--json", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     killer = threading.Timer(60, proc.kill)  # never hang the suite
@@ -242,9 +242,7 @@ def google() -> Iterator[GoogleServer]:
         yield server
 
 
-def test_connect_google_stores_a_refresh_token_that_sync_uses(
-    cli: Cli, database_url: str, tmp_path: Path, google: GoogleServer
-) -> None:
+def google_config(database_url: str, tmp_path: Path, google: GoogleServer) -> Path:
     client_id, client_secret = google.register_client()
     secrets = tmp_path / "client.json"
     secrets.write_text(
@@ -266,12 +264,19 @@ def test_connect_google_stores_a_refresh_token_that_sync_uses(
         f'api_base_url = "{google.api_base_url}"\ntoken_uri = "{google.token_uri}"\n'
         f'client_secrets_file = "{secrets}"\n'
     )
+    return config
 
-    def browse(url: str) -> None:
-        with httpx.Client(follow_redirects=True, timeout=10, trust_env=False) as browser:
-            assert browser.get(url).status_code == 200
 
-    code, out, err = _run_connect(config, "google", browse)
+def browse_google(url: str) -> None:
+    with httpx.Client(follow_redirects=True, timeout=10, trust_env=False) as browser:
+        assert browser.get(url).status_code == 200
+
+
+def test_connect_google_stores_a_refresh_token_that_sync_uses(
+    cli: Cli, database_url: str, tmp_path: Path, google: GoogleServer
+) -> None:
+    config = google_config(database_url, tmp_path, google)
+    code, out, err = _run_connect(config, "google", browse_google)
     assert code == 0, err
     connection = json.loads(out)
     assert connection["provider"] == "google" and connection["hasCredentials"] is True
@@ -282,6 +287,29 @@ def test_connect_google_stores_a_refresh_token_that_sync_uses(
     assert (synced["status"], synced["busyPeriods"]) == ("ok", 1)
     for text in (out, err, json.dumps(cli("calendars", "list", "--json", expect=0).json())):
         assert "1//" not in text  # Google refresh tokens start with 1//; never printed
+
+
+def test_connecting_a_second_google_account_needs_replace(
+    cli: Cli, database_url: str, tmp_path: Path, google: GoogleServer
+) -> None:
+    """Both accounts' calendar is `primary`: the second consent used to overwrite the
+    first connection without a word."""
+    config = google_config(database_url, tmp_path, google)
+    code, out, err = _run_connect(config, "google", browse_google)
+    assert code == 0, err
+    first = json.loads(out)
+    cli.database_url = None
+    refused = cli(
+        "--config", config, "calendars", "connect", "google", "--vendor", "shop",
+        "--no-browser", "--timeout", "5", expect=1,
+    )  # fmt: skip
+    assert first["id"] in refused.error and "--replace" in refused.error
+    assert "[conflict]" in refused.error and refused.out == ""
+    assert len(google.token_requests("authorization_code")) == 1  # nobody was asked again
+    code, out, err = _run_connect(config, "google", browse_google, "--replace")
+    assert code == 0, err
+    assert json.loads(out)["id"] == first["id"]
+    assert len(cli("--config", config, "calendars", "list", "--json", expect=0).json()) == 1
 
 
 def test_connect_outlook_stores_a_refresh_token_that_sync_uses(

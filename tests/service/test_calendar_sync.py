@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bookiji.config import Settings
+from bookiji.domain.errors import Conflict
 from bookiji.integrations.calendar_sources import source_builder, stored_json
 from bookiji.services.availability import AvailabilityService
 from bookiji.services.calendars import CalendarService
@@ -307,3 +308,30 @@ def test_a_google_connection_keeps_a_refresh_token_google_rotated(
         [result] = calendars.sync("v1")
         assert (result.status, result.busy_periods) == ("ok", 1), result.error
         assert stored_refresh_token(calendars, "v1") != info["refresh_token"]
+
+
+def test_a_second_account_does_not_silently_replace_the_first(
+    db: Database, clock: ManualClock, google: GoogleServer
+) -> None:
+    """`primary` is every account's own calendar: a second consent used to take the first
+    one's place without a word."""
+    add_vendor(db, "v1")
+    calendars, _ = services(db, clock)
+    personal, work = authorized_user_info(google), authorized_user_info(google)
+    first = calendars.connect(
+        "v1", "google", "primary", name="personal", credentials_ref=stored_json(personal)
+    )
+    with pytest.raises(Conflict) as refused:
+        calendars.connect("v1", "google", "primary", credentials_ref=stored_json(work))
+    assert first.id in refused.value.message and "--replace" in refused.value.message
+    [kept] = calendars.connections("v1")
+    assert (kept.name, kept.credentials_ref) == ("personal", stored_json(personal))
+
+    # the same credentials again change nothing; --replace replaces them, in place
+    calendars.connect("v1", "google", "primary", credentials_ref=stored_json(personal))
+    replaced = calendars.connect(
+        "v1", "google", "primary", credentials_ref=stored_json(work), replace=True
+    )
+    assert replaced.id == first.id
+    [kept] = calendars.connections("v1")
+    assert kept.credentials_ref == stored_json(work)
