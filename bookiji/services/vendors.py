@@ -38,7 +38,8 @@ def read_vendor_file(path: Path) -> list[VendorSpec]:
             f"{path}: cannot read: {exc.__class__.__name__}",
             details={"file": str(path), "problems": []},
         ) from None
-    return parse_vendor_document(text, filename=str(path))
+    # Calendar paths in the file are relative to it, not to wherever the command runs.
+    return parse_vendor_document(text, filename=str(path), base_dir=str(path.absolute().parent))
 
 
 def _fields(spec: VendorSpec) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import pytest
 
 from bookiji.config import Settings
 from bookiji.domain.errors import Conflict
+from bookiji.domain.vendors import VendorFileInvalid
 from bookiji.integrations.calendar_sources import source_builder, stored_json
 from bookiji.services.availability import AvailabilityService
 from bookiji.services.calendars import CalendarService
@@ -335,3 +336,44 @@ def test_a_second_account_does_not_silently_replace_the_first(
     assert replaced.id == first.id
     [kept] = calendars.connections("v1")
     assert kept.credentials_ref == stored_json(work)
+
+
+def test_calendar_paths_in_the_vendors_file_are_relative_to_it(
+    db: Database, clock: ManualClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`source = "ana.ics"` was stored as given, so sync found the file or not depending on
+    the directory it ran in; a file:// URL was taken and then never read."""
+    folder = tmp_path / "config"
+    folder.mkdir()
+    (folder / "ana.ics").write_text(ics_text([EventSpec(at(9), at(12), "Training")]))
+    (folder / "bo.ics").write_text(ics_text([EventSpec(at(13), at(14), "Inventory")]))
+    vendors_file = folder / "vendors.toml"
+    table = '[[vendors]]\nid = "{id}"\nname = "N"\ntimezone = "UTC"\nslot_minutes = 60\n'
+    calendar = '[[vendors.calendars]]\nprovider = "ics"\nsource = "{source}"\n'
+    vendors_file.write_text(
+        table.format(id="ana")
+        + calendar.format(source="ana.ics")
+        + table.format(id="bo")
+        + calendar.format(source=(folder / "bo.ics").as_uri())
+    )
+    monkeypatch.chdir(folder)
+    VendorService(db, clock).import_file(Path("vendors.toml"))
+    monkeypatch.chdir(tmp_path)  # the daemon, or cron, runs elsewhere
+    calendars, _ = services(db, clock)
+    results = calendars.sync()
+    assert [(r.vendor_id, r.status, r.busy_periods) for r in results] == [
+        ("ana", "ok", 1),
+        ("bo", "ok", 1),
+    ], [r.error for r in results]
+    assert {c.source for c in calendars.connections()} == {
+        str(folder / "ana.ics"),
+        str(folder / "bo.ics"),
+    }
+
+    vendors_file.write_text(
+        table.format(id="cy") + calendar.format(source="file://files.example/cy.ics")
+    )
+    with pytest.raises(VendorFileInvalid) as refused:
+        VendorService(db, clock).import_file(vendors_file)
+    assert "calendars[0].source" in refused.value.message
+    assert "file:///path" in refused.value.message
