@@ -377,3 +377,27 @@ def test_calendar_paths_in_the_vendors_file_are_relative_to_it(
         VendorService(db, clock).import_file(vendors_file)
     assert "calendars[0].source" in refused.value.message
     assert "file:///path" in refused.value.message
+
+
+def test_reimporting_a_changed_calendar_name_or_credentials_updates_them(
+    db: Database, clock: ManualClock, tmp_path: Path
+) -> None:
+    """A changed `name` or `credentials` of a known calendar read "unchanged" and the old
+    values stayed."""
+    vendors_file = tmp_path / "vendors.toml"
+    template = (
+        '[[vendors]]\nid = "salon"\nname = "Salon"\ntimezone = "UTC"\n'
+        '[[vendors.calendars]]\nprovider = "google"\nsource = "salon@example.com"\n'
+        'name = "{name}"\ncredentials = "{credentials}"\n'
+    )
+    vendors = VendorService(db, clock)
+    vendors_file.write_text(template.format(name="old", credentials="old-key.json"))
+    assert vendors.import_file(vendors_file).created == ["salon"]
+    vendors_file.write_text(template.format(name="front desk", credentials="new-key.json"))
+    report = vendors.import_file(vendors_file)
+    assert (report.updated, report.unchanged, report.calendars_added) == (["salon"], [], 0)
+    [connection] = CalendarService(db, clock, source_builder(Settings())).connections("salon")
+    assert connection.name == "front desk"
+    assert connection.credentials_ref == str(tmp_path / "new-key.json")
+    again = vendors.import_file(vendors_file)
+    assert (again.updated, again.unchanged) == ([], ["salon"])
