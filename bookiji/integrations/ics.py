@@ -58,6 +58,7 @@ class IcsCalendarSource:
             raise ValueError("busy() needs timezone-aware datetimes")
         start, end = start.astimezone(UTC), end.astimezone(UTC)
         calendar = self._parse(self._read())
+        _separate_duplicate_masters(calendar)
         try:
             occurrences = recurring_ical_events.of(calendar).between(start - _MARGIN, end + _MARGIN)
             periods = [self._period(event, start, end) for event in occurrences]
@@ -72,8 +73,11 @@ class IcsCalendarSource:
             return None
         if str(event.get("TRANSP", "")).upper() == "TRANSPARENT":
             return None
-        begins = max(self._instant(event.start), start)
-        ends = min(self._instant(event.end), end)
+        first, last = event.start, event.end
+        if not isinstance(first, datetime) and not isinstance(last, datetime) and last <= first:
+            last = first + timedelta(days=1)  # an all-day event ending where it starts: its day
+        begins = max(self._instant(first), start)
+        ends = min(self._instant(last), end)
         if begins >= ends:  # outside the window, or an instant (DATE-TIME without an end)
             return None
         summary = event.get("SUMMARY")
@@ -152,6 +156,23 @@ class IcsCalendarSource:
         if not isinstance(calendar, icalendar.Calendar):  # e.g. a bare VEVENT
             raise not_ics
         return calendar
+
+
+def _separate_duplicate_masters(calendar: icalendar.Calendar) -> None:
+    """Give each event that repeats another's UID (without a RECURRENCE-ID) a UID of its own.
+
+    recurring_ical_events keeps one master per UID and drops the others, so a broken export
+    with two events under one UID read the second one's time as free. Overrides stay with
+    the first."""
+    seen: dict[str, int] = {}
+    for event in calendar.walk("VEVENT"):
+        if "RECURRENCE-ID" in event or "UID" not in event:
+            continue
+        uid = str(event["UID"])
+        count = seen.get(uid, 0)
+        seen[uid] = count + 1
+        if count:
+            event["UID"] = icalendar.vText(f"{uid}\x00duplicate-{count}")
 
 
 def shown_source(source: str) -> str:

@@ -130,6 +130,58 @@ def test_rules_end_at_count_and_until() -> None:
     ]
 
 
+def write_events(tmp_path: Path, *events: str) -> str:
+    body = (
+        "".join(
+            f"BEGIN:VEVENT\r\nDTSTAMP:20260101T000000Z\r\n{e.strip()}\r\nEND:VEVENT\r\n"
+            for e in events
+        )
+        .replace("\n", "\r\n")
+        .replace("\r\r\n", "\r\n")
+    )
+    path = tmp_path / "cal.ics"
+    path.write_text(
+        f"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//test//EN\r\n{body}END:VCALENDAR\r\n",
+        newline="",
+    )
+    return str(path)
+
+
+def test_an_all_day_event_ending_where_it_starts_is_one_day(tmp_path: Path) -> None:
+    """DTEND;VALUE=DATE equal to DTSTART (some exporters write it) read as no time at all."""
+    path = write_events(
+        tmp_path,
+        "UID:a\nDTSTART;VALUE=DATE:20270104\nDTEND;VALUE=DATE:20270104\nSUMMARY:Day off",
+    )
+    periods = IcsCalendarSource(path, vendor_timezone="Europe/Berlin").busy(
+        utc(1, 1, year=2027), utc(1, 15, year=2027)
+    )
+    assert spans(periods) == [
+        (utc(1, 3, 23, year=2027), utc(1, 4, 23, year=2027), "Day off"),
+    ]
+
+
+def test_events_sharing_a_uid_are_all_busy(tmp_path: Path) -> None:
+    """Two masters with one UID (a broken export): only the first was kept, so the second
+    one's time was offered as free."""
+    path = write_events(
+        tmp_path,
+        "UID:same\nDTSTART:20270104T100000Z\nDTEND:20270104T110000Z\nSUMMARY:A",
+        "UID:same\nDTSTART:20270105T100000Z\nDTEND:20270105T110000Z\nSUMMARY:B",
+        "UID:same\nDTSTART:20270106T100000Z\nDTEND:20270106T110000Z\nRRULE:FREQ=DAILY;COUNT=2"
+        "\nSUMMARY:C",
+    )
+    periods = IcsCalendarSource(path, vendor_timezone="UTC").busy(
+        utc(1, 1, year=2027), utc(1, 15, year=2027)
+    )
+    assert spans(periods) == [
+        (utc(1, 4, 10, year=2027), utc(1, 4, 11, year=2027), "A"),
+        (utc(1, 5, 10, year=2027), utc(1, 5, 11, year=2027), "B"),
+        (utc(1, 6, 10, year=2027), utc(1, 6, 11, year=2027), "C"),
+        (utc(1, 7, 10, year=2027), utc(1, 7, 11, year=2027), "C"),
+    ]
+
+
 # --- files ----------------------------------------------------------------------------------
 
 
