@@ -5,6 +5,7 @@ The feed is read afresh on every call; keeping the last good answer is the sync 
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -182,12 +183,24 @@ def shown_source(source: str) -> str:
     return _redact(source) if scheme in ("http", "https", "webcal", "webcals") else source
 
 
+# Path segments an operator recognises a feed by, and no token looks like: short lower-case
+# words (`published`, `calendar.ics`, `basic.ics`) and small numbers (iCloud's `/published/2/`).
+_PLAIN_SEGMENT = re.compile(r"[a-z][a-z._-]{0,19}|[0-9]{1,3}")
+
+
 def _redact(url: str) -> str:
-    """The URL without userinfo, query or fragment, and with secret path segments masked
-    (Google's private feeds carry theirs as `/private-<hex>/`)."""
+    """The URL without userinfo, query or fragment, with every path segment that is not a
+    plain word masked: published feeds carry their secret in the path (Google's
+    `/private-<hex>/`, iCloud's `/published/2/<token>`, Outlook's
+    `/owa/calendar/<id>@<domain>/<secret>/calendar.ics`), and mailbox ids are personal data.
+    The host and the plain words are kept, so an operator still recognises the feed."""
     parts = urlsplit(url)
     path = "/".join(
-        "private-…" if segment.startswith("private-") else segment
+        segment
+        if not segment or _PLAIN_SEGMENT.fullmatch(segment)
+        else "private-…"
+        if segment.startswith("private-")
+        else "…"
         for segment in parts.path.split("/")
     )
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], path, "", ""))

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from bookiji.domain.busy import BusyPeriod
-from bookiji.integrations.ics import IcsCalendarSource
+from bookiji.integrations.ics import IcsCalendarSource, shown_source
 from bookiji.services.ports import CalendarUnavailable
 from tests.calendars.ics_support import FIXTURES, LoopbackCalendarServer, loopback_server
 
@@ -308,6 +308,38 @@ def test_google_private_feed_secrets_in_the_path_are_masked(
     with pytest.raises(CalendarUnavailable) as caught:
         source.busy(utc(1, 1), utc(1, 2))
     assert "0123abcd" not in caught.value.message and "private-…" in caught.value.message
+
+
+ICLOUD_TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDEyMw"
+OUTLOOK_ID = "0a1b2c3d4e5f60718293a4b5c6d7e8f9@contoso.com"
+OUTLOOK_SECRET = "a8f5f167f44f4964e6c998dee827110c11386758013718063"
+
+
+@pytest.mark.parametrize(
+    ("path", "shown_path", "secrets"),
+    [
+        (f"/published/2/{ICLOUD_TOKEN}", "/published/2/…", [ICLOUD_TOKEN]),
+        (
+            f"/owa/calendar/{OUTLOOK_ID}/{OUTLOOK_SECRET}/calendar.ics",
+            "/owa/calendar/…/…/calendar.ics",
+            [OUTLOOK_ID, OUTLOOK_SECRET, "contoso"],
+        ),
+    ],
+    ids=["icloud", "outlook"],
+)
+def test_published_feed_tokens_in_the_path_are_masked(
+    server: LoopbackCalendarServer, path: str, shown_path: str, secrets: list[str]
+) -> None:
+    """Only Google's `private-...` segment was masked: iCloud's and Outlook's published-feed
+    secrets were printed in sync output, `calendars list` and the stored last error."""
+    url = server.serve(path, b"", status=404)
+    source = IcsCalendarSource(url, vendor_timezone="UTC")
+    with pytest.raises(CalendarUnavailable) as caught:
+        source.busy(utc(1, 1), utc(1, 2))
+    for shown in (caught.value.message, source.display_name, shown_source(url)):
+        assert f"{server.base_url}{shown_path}" in shown
+        for secret in secrets:
+            assert secret not in shown
 
 
 def test_an_oversized_feed_is_refused(
