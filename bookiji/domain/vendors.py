@@ -54,6 +54,10 @@ NOTIFY_KEYS = {
     "sms": re.compile(r"\+[1-9][0-9]{6,14}"),
 }
 _MISSING: Any = object()
+#: Column lengths (bookiji/store/models.py) a text must fit; longer is refused here rather
+#: than by the database (a Postgres DataError, reported as an outage).
+MAX_NAME_LENGTH = 200  # vendors.name, calendar_connections.name
+MAX_LENGTHS = {"email": 320, "sms": 32, "customer": 255, "payment_method": 255, "account": 255}
 
 
 @dataclass(frozen=True)
@@ -314,7 +318,9 @@ class _Checker:
             if key not in allowed:
                 self.fail(f"{at}{key}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
 
-    def string(self, table: Mapping[str, object], key: str, at: str = "") -> str | None:
+    def string(
+        self, table: Mapping[str, object], key: str, at: str = "", max_length: int | None = None
+    ) -> str | None:
         value = table.get(key, _MISSING)
         if value is _MISSING:
             self.fail(at + key, "required")
@@ -327,6 +333,9 @@ class _Checker:
             return None
         if not value.isprintable():  # shown in tables and terminals: no line breaks, escapes
             self.fail(at + key, "must not contain control characters (line breaks, escapes)")
+            return None
+        if max_length is not None and len(value) > max_length:
+            self.fail(at + key, f"must be at most {max_length} characters, got {len(value)}")
             return None
         return value
 
@@ -375,7 +384,7 @@ def _parse_vendor(
     vid = ck.string(table, "id")
     if vid is not None and not valid_id:
         ck.fail("id", f"{vid!r} must be 1-64 characters of a-z, 0-9 and '-'")
-    name = ck.string(table, "name")
+    name = ck.string(table, "name", max_length=MAX_NAME_LENGTH)
     tz = ck.string(table, "timezone")
     if tz is not None:
         try:
@@ -435,7 +444,10 @@ def _parse_refs(
         if key not in raw:
             continue
         value = raw[key]
-        if isinstance(value, str) and pattern.fullmatch(value):
+        limit = MAX_LENGTHS.get(key)  # none for the webhook URL: it is stored sealed, as text
+        if isinstance(value, str) and limit is not None and len(value) > limit:
+            ck.fail(f"{at}.{key}", f"must be at most {limit} characters, got {len(value)}")
+        elif isinstance(value, str) and pattern.fullmatch(value):
             found[key] = value
         else:
             ck.fail(f"{at}.{key}", f"{_describe(value)} is not a valid {key.replace('_', ' ')}")
@@ -544,7 +556,7 @@ def _parse_calendars(
                 at + "provider", f"must be one of ics, google, outlook, got {_describe(provider)}"
             )
         source = ck.string(entry, "source", at)
-        name = ck.string(entry, "name", at) if "name" in entry else None
+        name = ck.string(entry, "name", at, MAX_NAME_LENGTH) if "name" in entry else None
         creds = ck.string(entry, "credentials", at) if "credentials" in entry else None
         if creds is not None and not creds.startswith("json:"):
             creds = _local_path(ck, creds, at + "credentials", base_dir, urls=False)

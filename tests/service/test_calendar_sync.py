@@ -401,3 +401,29 @@ def test_reimporting_a_changed_calendar_name_or_credentials_updates_them(
     assert connection.credentials_ref == str(tmp_path / "new-key.json")
     again = vendors.import_file(vendors_file)
     assert (again.updated, again.unchanged) == ([], ["salon"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ('name = "{long}"\n', "name"),
+        ('name = "N"\n[[vendors.calendars]]\nprovider = "google"\nsource = "x"\nname = "{long}"\n',
+         "calendars[0].name"),
+        ('name = "N"\n[vendors.notify]\nemail = "{long}@example.com"\n', "notify.email"),
+    ],
+    ids=["vendor-name", "calendar-name", "notify-email"],
+)  # fmt: skip
+def test_texts_longer_than_their_columns_are_refused_as_invalid(
+    db: Database, clock: ManualClock, tmp_path: Path, extra: str, field: str
+) -> None:
+    """A 201-character name passed validation; Postgres then refused it with a DataError,
+    reported as a retryable outage."""
+    vendors_file = tmp_path / "vendors.toml"
+    long = "x" * (201 if field != "notify.email" else 310)
+    vendors_file.write_text(
+        '[[vendors]]\nid = "salon"\ntimezone = "UTC"\n' + extra.format(long=long)
+    )
+    with pytest.raises(VendorFileInvalid) as refused:
+        VendorService(db, clock).import_file(vendors_file)
+    assert f"vendor 'salon': {field}: must be at most" in refused.value.message
+    assert VendorService(db, clock).all() == []
