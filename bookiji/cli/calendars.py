@@ -209,11 +209,20 @@ def connect(
             raise ValidationFailed("set calendars.google.client_secrets_file (an OAuth client)")
         try:
             client = json.loads(Path(google.client_secrets_file).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             raise ValidationFailed(
                 f"cannot read the OAuth client file {google.client_secrets_file}"
             ) from None
-        inner = client.get("installed") or client.get("web") or client
+        inner = (
+            client.get("installed") or client.get("web") or client
+            if isinstance(client, dict)
+            else None
+        )
+        if not isinstance(inner, dict):
+            raise ValidationFailed(
+                f"the OAuth client file {google.client_secrets_file} is not a Google client "
+                'secrets file (a JSON object with an "installed" or "web" object)'
+            )
         if google.auth_uri:
             inner["auth_uri"] = google.auth_uri
         if google.token_uri:

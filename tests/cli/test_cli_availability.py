@@ -365,6 +365,23 @@ def test_connect_checks_the_vendor_and_the_port_before_asking_for_consent(
     assert "--port" in port.error and "65535" in port.error
 
 
+@pytest.mark.parametrize(
+    "content",
+    [b"[]", b'{"installed": "x"}', b'"client"', b"\xff\xfe not text"],
+    ids=["array", "installed-not-an-object", "string", "not-utf8"],
+)
+def test_a_client_secrets_file_that_is_not_a_client_is_one_red_line(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes
+) -> None:
+    """JSON that is not an object crashed `connect` with a traceback."""
+    secrets = tmp_path / "client.json"
+    secrets.write_bytes(content)
+    monkeypatch.setenv("BOOKIJI_CALENDARS__GOOGLE__CLIENT_SECRETS_FILE", str(secrets))
+    refused = cli("calendars", "connect", "google", "--vendor", "shop", "--no-browser", expect=2)
+    assert "OAuth client file" in refused.error and str(secrets) in refused.error
+    assert refused.out == ""
+
+
 def test_calendar_urls_are_shown_without_their_secrets(cli: Cli, tmp_path: Path) -> None:
     """A published feed's password and private token were printed whole."""
     feed = "https://user:hunter2@calendar.example/calendar/ical/x/private-SECRETTOKEN123/basic.ics"
