@@ -70,7 +70,10 @@ def list_(
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Calendar connections with their sync status."""
-    connections = state(ctx).container().calendars.connections(vendor)
+    container = state(ctx).container()
+    if vendor is not None:  # a typo is not "0 calendar connections"
+        container.vendors.get(vendor)
+    connections = container.calendars.connections(vendor)
     if json_output:
         emit_json([_document(c) for c in connections])
         return

@@ -365,6 +365,55 @@ def test_connect_checks_the_vendor_and_the_port_before_asking_for_consent(
     assert "--port" in port.error and "65535" in port.error
 
 
+def test_calendars_list_of_an_unknown_vendor_is_not_found(cli: Cli) -> None:
+    """It printed "0 calendar connections" and exited 0, where sync says not_found."""
+    refused = cli("calendars", "list", "--vendor", "nosuch", expect=1)
+    assert "unknown vendor 'nosuch'" in refused.error and "[not_found]" in refused.error
+
+
+def test_a_failing_sync_says_so_in_one_line_on_stderr(
+    cli: Cli, database_url: str, tmp_path: Path
+) -> None:
+    """icalendar's GloballyUniqueTZIDGuessed warnings and the Outlook adapter's WARNING log
+    line came before the red line."""
+    feed = tmp_path / "moz.ics"
+    feed.write_text(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:x\r\nBEGIN:VEVENT\r\nUID:u1\r\n"
+        "DTSTAMP:20260101T000000Z\r\n"
+        'DTSTART;TZID="/mozilla.org/20050126_1/America/New_York":20270104T100000\r\n'
+        'DTEND;TZID="/mozilla.org/20050126_1/America/New_York":20270104T110000\r\n'
+        "SUMMARY:Guessed zone\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+    server = start_microsoft_server()
+    try:
+        server.set_events("owner@shop.example", [])
+        config = tmp_path / "bookiji.toml"
+        config.write_text(
+            f'database_url = "{database_url}"\n[calendars.outlook]\n'
+            f'authority_base = "{server.authority_base}"\n'
+            f'graph_base_url = "{server.graph_base_url}"\n'
+            f'tenant_id = "{server.tenant_id}"\nclient_id = "{APP_CLIENT_ID}"\n'
+            f'client_secret = "not-the-secret"\nca_bundle = "{server.ca_path}"\n'
+        )
+        vendors = vendors_file_with_feed(tmp_path, str(feed))
+        vendors.write_text(
+            vendors.read_text()
+            + '[[vendors.calendars]]\nprovider = "outlook"\nsource = "owner@shop.example"\n'
+        )
+        cli("vendors", "import", vendors, expect=0)
+        proc = subprocess.run(
+            [SCRIPT, "--config", str(config), "calendars", "sync"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        server.close()
+    assert proc.returncode == 1, proc.stderr
+    assert "ok, 1 busy periods" in proc.stdout and "invalid_client" in proc.stdout
+    assert proc.stderr.splitlines() == [
+        "error: 1 calendar failed to sync; their last good data is kept"
+    ]
+
+
 @pytest.mark.parametrize(
     "content",
     [b"[]", b'{"installed": "x"}', b'"client"', b"\xff\xfe not text"],
