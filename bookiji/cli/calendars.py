@@ -70,7 +70,10 @@ def list_(
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Calendar connections with their sync status."""
-    connections = state(ctx).container().calendars.connections(vendor)
+    container = state(ctx).container()
+    if vendor is not None:  # a typo is not "0 calendar connections"
+        container.vendors.get(vendor)
+    connections = container.calendars.connections(vendor)
     if json_output:
         emit_json([_document(c) for c in connections])
         return
@@ -169,17 +172,30 @@ def connect(
     timeout: float = typer.Option(
         300.0, "--timeout", min=1, max=3600, help="Seconds to wait for consent (1-3600)."
     ),
+    replace: bool = typer.Option(
+        False,
+        "--replace",
+        help="Replace the credentials of this calendar's existing connection (another account).",
+    ),
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Let a vendor grant read access to their calendar (OAuth authorization code).
 
     Prints the consent URL, waits for the redirect on 127.0.0.1 and stores the refresh
-    token with the connection. The token is never printed."""
+    token with the connection. The token is never printed. A calendar already connected
+    with credentials is refused unless --replace."""
     cli = state(ctx)
     container = cli.container()
     settings = container.settings
     # Before the consent: a vendor who granted access for nothing would have to do it again.
     container.vendors.get(vendor)
+    known = calendar or ("primary" if provider == "google" else None)
+    if known is not None and not replace:
+        for existing in container.calendars.connections(vendor):
+            if (existing.provider, existing.source) == (provider, known) and (
+                existing.credentials_ref
+            ):
+                raise container.calendars.already_connected(existing)
 
     def show(url: str) -> None:
         err_console.print("Open this URL to grant access:", markup=False)
@@ -196,11 +212,20 @@ def connect(
             raise ValidationFailed("set calendars.google.client_secrets_file (an OAuth client)")
         try:
             client = json.loads(Path(google.client_secrets_file).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             raise ValidationFailed(
                 f"cannot read the OAuth client file {google.client_secrets_file}"
             ) from None
-        inner = client.get("installed") or client.get("web") or client
+        inner = (
+            client.get("installed") or client.get("web") or client
+            if isinstance(client, dict)
+            else None
+        )
+        if not isinstance(inner, dict):
+            raise ValidationFailed(
+                f"the OAuth client file {google.client_secrets_file} is not a Google client "
+                'secrets file (a JSON object with an "installed" or "web" object)'
+            )
         if google.auth_uri:
             inner["auth_uri"] = google.auth_uri
         if google.token_uri:
@@ -235,7 +260,7 @@ def connect(
     else:
         raise ValidationFailed(f"connect supports google and outlook, not {provider!r}")
     connection = container.calendars.connect(
-        vendor, provider, source, name=name, credentials_ref=stored_json(info)
+        vendor, provider, source, name=name, credentials_ref=stored_json(info), replace=replace
     )
     if json_output:
         emit_json(_document(connection))

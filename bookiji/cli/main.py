@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import sys
+import warnings
 
+import icalendar
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -171,8 +173,34 @@ def database_problem(exc: SQLAlchemyError) -> BookijiError:
     )
 
 
+def _shown_on_the_console(record: logging.LogRecord) -> bool:
+    """Errors, and our services' warnings; not libraries' or adapters' warnings: adapters
+    report their failures as the calendar's (or payment's) error, which the command prints."""
+    if record.levelno >= logging.ERROR:
+        return True
+    return record.name.startswith("bookiji.") and not record.name.startswith(
+        "bookiji.integrations."
+    )
+
+
+def quiet_libraries() -> None:
+    """The CLI says what went wrong in one red line (and a command's report): what libraries
+    and our adapters log or warn on the way would come before it on stderr. The filter sits
+    on the console handler, which the daemon replaces with its JSON log."""
+    root = logging.getLogger()
+    if not root.handlers:  # as logging.basicConfig, plus the filter
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(_shown_on_the_console)
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
+    # icalendar guesses "/mozilla.org/.../America/New_York" as America/New_York, and says so
+    # on every read of such a feed.
+    warnings.filterwarnings("ignore", category=icalendar.GloballyUniqueTZIDGuessed)
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
     command = typer.main.get_command(app)
     args = sys.argv[1:] if argv is None else argv
     forget_json_request()

@@ -18,7 +18,9 @@ import tomllib
 import zoneinfo
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from bookiji.domain.errors import ValidationFailed
 
@@ -52,6 +54,10 @@ NOTIFY_KEYS = {
     "sms": re.compile(r"\+[1-9][0-9]{6,14}"),
 }
 _MISSING: Any = object()
+#: Column lengths (bookiji/store/models.py) a text must fit; longer is refused here rather
+#: than by the database (a Postgres DataError, reported as an outage).
+MAX_NAME_LENGTH = 200  # vendors.name, calendar_connections.name
+MAX_LENGTHS = {"email": 320, "sms": 32, "customer": 255, "payment_method": 255, "account": 255}
 
 
 @dataclass(frozen=True)
@@ -170,7 +176,7 @@ class VendorSpec:
         table["overrides"] = [dict(o) for o in overrides]
         table["calendars"] = [{k: v for k, v in c.items() if v is not None} for c in calendars]
         problems: list[dict[str, Any]] = []
-        spec = _parse_vendor(table, 0, problems)
+        spec = _parse_vendor(table, 0, problems, None)
         if spec is None:
             raise VendorFileInvalid.from_problems("<stored vendor>", problems)
         return spec
@@ -222,9 +228,15 @@ def parse_time_range(text: str) -> TimeRange:
     return TimeRange(start, end)
 
 
-def parse_vendor_document(text: str, *, filename: str) -> list[VendorSpec]:
+def parse_vendor_document(
+    text: str, *, filename: str, base_dir: str | None = None
+) -> list[VendorSpec]:
     """Parse and validate a whole vendors file; raise one ``VendorFileInvalid`` listing every
-    problem (invalid TOML, no vendors, unknown keys, bad fields, duplicate ids)."""
+    problem (invalid TOML, no vendors, unknown keys, bad fields, duplicate ids).
+
+    ``base_dir`` (the file's directory, absolute) anchors relative calendar paths (an ICS
+    ``source``, a ``credentials`` file) and ``file:`` URLs become paths, so what is stored
+    means the same from any working directory."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -249,7 +261,7 @@ def parse_vendor_document(text: str, *, filename: str) -> list[VendorSpec]:
             if not isinstance(entry, dict):
                 problems.append(_problem(f"#{index}", None, "must be a [[vendors]] table"))
                 continue
-            spec = _parse_vendor(entry, index, problems)
+            spec = _parse_vendor(entry, index, problems, base_dir)
             vid = entry.get("id")
             if isinstance(vid, str) and _ID_RE.fullmatch(vid):
                 if vid in first_index:
@@ -306,7 +318,9 @@ class _Checker:
             if key not in allowed:
                 self.fail(f"{at}{key}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
 
-    def string(self, table: Mapping[str, object], key: str, at: str = "") -> str | None:
+    def string(
+        self, table: Mapping[str, object], key: str, at: str = "", max_length: int | None = None
+    ) -> str | None:
         value = table.get(key, _MISSING)
         if value is _MISSING:
             self.fail(at + key, "required")
@@ -319,6 +333,9 @@ class _Checker:
             return None
         if not value.isprintable():  # shown in tables and terminals: no line breaks, escapes
             self.fail(at + key, "must not contain control characters (line breaks, escapes)")
+            return None
+        if max_length is not None and len(value) > max_length:
+            self.fail(at + key, f"must be at most {max_length} characters, got {len(value)}")
             return None
         return value
 
@@ -358,7 +375,7 @@ class _Checker:
 
 
 def _parse_vendor(
-    table: Mapping[str, object], index: int, problems: list[dict[str, Any]]
+    table: Mapping[str, object], index: int, problems: list[dict[str, Any]], base_dir: str | None
 ) -> VendorSpec | None:
     raw_id = table.get("id")
     valid_id = isinstance(raw_id, str) and _ID_RE.fullmatch(raw_id) is not None
@@ -367,7 +384,7 @@ def _parse_vendor(
     vid = ck.string(table, "id")
     if vid is not None and not valid_id:
         ck.fail("id", f"{vid!r} must be 1-64 characters of a-z, 0-9 and '-'")
-    name = ck.string(table, "name")
+    name = ck.string(table, "name", max_length=MAX_NAME_LENGTH)
     tz = ck.string(table, "timezone")
     if tz is not None:
         try:
@@ -403,7 +420,7 @@ def _parse_vendor(
                 hours[day] = ck.ranges(raw_hours[day], f"hours.{day}")
 
     overrides = _parse_overrides(ck, table.get("overrides", []))
-    calendars = _parse_calendars(ck, table.get("calendars", []))
+    calendars = _parse_calendars(ck, table.get("calendars", []), base_dir)
     payment = _parse_refs(ck, table.get("payment", {}), "payment", PAYMENT_KEYS)
     notify = _parse_refs(ck, table.get("notify", {}), "notify", NOTIFY_KEYS)
     if not ck.ok or vid is None or name is None or tz is None:
@@ -427,7 +444,10 @@ def _parse_refs(
         if key not in raw:
             continue
         value = raw[key]
-        if isinstance(value, str) and pattern.fullmatch(value):
+        limit = MAX_LENGTHS.get(key)  # none for the webhook URL: it is stored sealed, as text
+        if isinstance(value, str) and limit is not None and len(value) > limit:
+            ck.fail(f"{at}.{key}", f"must be at most {limit} characters, got {len(value)}")
+        elif isinstance(value, str) and pattern.fullmatch(value):
             found[key] = value
         else:
             ck.fail(f"{at}.{key}", f"{_describe(value)} is not a valid {key.replace('_', ' ')}")
@@ -485,7 +505,39 @@ def _override_date(ck: _Checker, value: object, at: str) -> datetime.date | None
     return None
 
 
-def _parse_calendars(ck: _Checker, raw: object) -> tuple[CalendarSpec, ...]:
+_FEED_SCHEMES = frozenset({"http", "https", "webcal", "webcals"})
+
+
+def _local_path(
+    ck: _Checker, value: str, at: str, base_dir: str | None, *, urls: bool
+) -> str | None:
+    """A file named by a path or a ``file:`` URL, absolute against ``base_dir``; a feed URL
+    (``urls``) as it is. Anything else fails ``at``."""
+    scheme = urlsplit(value).scheme.lower() if ":" in value else ""
+    if urls and scheme in _FEED_SCHEMES:
+        return value
+    path = value
+    if scheme == "file":
+        parts = urlsplit(value)
+        if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+            ck.fail(at, f"{value!r}: a file: URL must name a file on this machine (file:///path)")
+            return None
+        path = unquote(parts.path)
+        if not path:
+            ck.fail(at, f"{value!r} names no file")
+            return None
+    elif len(scheme) > 1 and "://" in value:
+        allowed = "http(s) or webcal URL, a file path" if urls else "file path"
+        ck.fail(at, f"{value!r}: unsupported URL scheme {scheme!r} (give a {allowed})")
+        return None
+    if base_dir is not None and not PurePath(path).is_absolute():
+        path = str(PurePath(base_dir) / path)
+    return path
+
+
+def _parse_calendars(
+    ck: _Checker, raw: object, base_dir: str | None = None
+) -> tuple[CalendarSpec, ...]:
     if not isinstance(raw, list):
         ck.fail(
             "calendars", f"must be an array of tables ([[vendors.calendars]]), got {_describe(raw)}"
@@ -504,8 +556,12 @@ def _parse_calendars(ck: _Checker, raw: object) -> tuple[CalendarSpec, ...]:
                 at + "provider", f"must be one of ics, google, outlook, got {_describe(provider)}"
             )
         source = ck.string(entry, "source", at)
-        name = ck.string(entry, "name", at) if "name" in entry else None
+        name = ck.string(entry, "name", at, MAX_NAME_LENGTH) if "name" in entry else None
         creds = ck.string(entry, "credentials", at) if "credentials" in entry else None
+        if creds is not None and not creds.startswith("json:"):
+            creds = _local_path(ck, creds, at + "credentials", base_dir, urls=False)
+        if provider == "ics" and source is not None:
+            source = _local_path(ck, source, at + "source", base_dir, urls=True)
         if isinstance(provider, str) and provider in PROVIDERS and source is not None:
             out.append(CalendarSpec(provider, source, name, creds))
     return tuple(out)

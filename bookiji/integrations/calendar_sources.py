@@ -8,11 +8,14 @@ returned (a refresh token and friends). It is a secret: never printed or logged.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from google.auth.credentials import Credentials
 
 from bookiji.config import Settings
+from bookiji.domain.busy import BusyPeriod
 from bookiji.services.calendars import SourceBuilder
 from bookiji.services.ports import CalendarSource, CalendarUnavailable
 from bookiji.store.models import CalendarConnection, Vendor
@@ -23,6 +26,29 @@ FILE_PREFIX = "file:"
 
 def stored_json(info: dict[str, Any]) -> str:
     return JSON_PREFIX + json.dumps(info, sort_keys=True)
+
+
+class _ConsentedSource:
+    """A source reading with credentials a consent flow stored (`json:`): after a read, the
+    credentials to store when the provider rotated the refresh token (`RenewsCredentials`).
+    Both Entra and Google may answer a refresh with a new refresh token; Entra always does,
+    and the old one expires on its own schedule."""
+
+    def __init__(
+        self, inner: CalendarSource, info: dict[str, Any], refresh_token: Callable[[], str | None]
+    ) -> None:
+        self._inner = inner
+        self._info = info
+        self._refresh_token = refresh_token
+
+    def busy(self, start: datetime, end: datetime) -> list[BusyPeriod]:
+        return self._inner.busy(start, end)
+
+    def renewed_credentials(self) -> str | None:
+        token = self._refresh_token()
+        if not token or token == self._info.get("refresh_token"):
+            return None
+        return stored_json({**self._info, "refresh_token": token})
 
 
 def _secret_info(connection: CalendarConnection) -> dict[str, Any] | None:
@@ -102,12 +128,15 @@ def _google(connection: CalendarConnection, settings: Settings, timeout: float) 
             "credentials file in the vendors file",
             retryable=False,
         )
-    return GoogleCalendarSource(
+    source = GoogleCalendarSource(
         connection.source,
         credentials=credentials,
         api_base_url=google.api_base_url,
         timeout=timeout,
     )
+    if info is None:  # a credentials file is the operator's to keep
+        return source
+    return _ConsentedSource(source, info, lambda: source.refresh_token)
 
 
 def _outlook(connection: CalendarConnection, settings: Settings, timeout: float) -> CalendarSource:
@@ -127,7 +156,7 @@ def _outlook(connection: CalendarConnection, settings: Settings, timeout: float)
             "BOOKIJI_CALENDARS__OUTLOOK__CLIENT_SECRET or run 'bookiji calendars connect outlook'",
             retryable=False,
         )
-    return OutlookCalendarSource(
+    source = OutlookCalendarSource(
         connection.source,
         tenant_id=outlook.tenant_id,
         client_id=outlook.client_id,
@@ -138,3 +167,6 @@ def _outlook(connection: CalendarConnection, settings: Settings, timeout: float)
         timeout=timeout,
         verify=outlook.ca_bundle or True,
     )
+    if not refresh_token:  # app-only: nothing of the vendor's to renew
+        return source
+    return _ConsentedSource(source, info, lambda: source.refresh_token)

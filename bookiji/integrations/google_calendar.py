@@ -144,6 +144,13 @@ class GoogleCalendarSource:
         periods.sort(key=lambda p: (p.start, p.end, p.tentative))
         return periods
 
+    @property
+    def refresh_token(self) -> str | None:
+        """The refresh token the credentials hold now: google-auth keeps a new one when the
+        token endpoint hands one back (store it); None for service accounts."""
+        token = getattr(self._http.credentials, "refresh_token", None)
+        return token if isinstance(token, str) else None
+
     def close(self) -> None:
         self._http.close()
 

@@ -5,6 +5,7 @@ The feed is read afresh on every call; keeping the last good answer is the sync 
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -58,6 +59,7 @@ class IcsCalendarSource:
             raise ValueError("busy() needs timezone-aware datetimes")
         start, end = start.astimezone(UTC), end.astimezone(UTC)
         calendar = self._parse(self._read())
+        _separate_duplicate_masters(calendar)
         try:
             occurrences = recurring_ical_events.of(calendar).between(start - _MARGIN, end + _MARGIN)
             periods = [self._period(event, start, end) for event in occurrences]
@@ -72,8 +74,11 @@ class IcsCalendarSource:
             return None
         if str(event.get("TRANSP", "")).upper() == "TRANSPARENT":
             return None
-        begins = max(self._instant(event.start), start)
-        ends = min(self._instant(event.end), end)
+        first, last = event.start, event.end
+        if not isinstance(first, datetime) and not isinstance(last, datetime) and last <= first:
+            last = first + timedelta(days=1)  # an all-day event ending where it starts: its day
+        begins = max(self._instant(first), start)
+        ends = min(self._instant(last), end)
         if begins >= ends:  # outside the window, or an instant (DATE-TIME without an end)
             return None
         summary = event.get("SUMMARY")
@@ -154,6 +159,23 @@ class IcsCalendarSource:
         return calendar
 
 
+def _separate_duplicate_masters(calendar: icalendar.Calendar) -> None:
+    """Give each event that repeats another's UID (without a RECURRENCE-ID) a UID of its own.
+
+    recurring_ical_events keeps one master per UID and drops the others, so a broken export
+    with two events under one UID read the second one's time as free. Overrides stay with
+    the first."""
+    seen: dict[str, int] = {}
+    for event in calendar.walk("VEVENT"):
+        if "RECURRENCE-ID" in event or "UID" not in event:
+            continue
+        uid = str(event["UID"])
+        count = seen.get(uid, 0)
+        seen[uid] = count + 1
+        if count:
+            event["UID"] = icalendar.vText(f"{uid}\x00duplicate-{count}")
+
+
 def shown_source(source: str) -> str:
     """A feed's address as operators are shown it (listings, `--json`): enough to recognise
     the calendar, never the password or private token a published URL carries."""
@@ -161,12 +183,24 @@ def shown_source(source: str) -> str:
     return _redact(source) if scheme in ("http", "https", "webcal", "webcals") else source
 
 
+# Path segments an operator recognises a feed by, and no token looks like: short lower-case
+# words (`published`, `calendar.ics`, `basic.ics`) and small numbers (iCloud's `/published/2/`).
+_PLAIN_SEGMENT = re.compile(r"[a-z][a-z._-]{0,19}|[0-9]{1,3}")
+
+
 def _redact(url: str) -> str:
-    """The URL without userinfo, query or fragment, and with secret path segments masked
-    (Google's private feeds carry theirs as `/private-<hex>/`)."""
+    """The URL without userinfo, query or fragment, with every path segment that is not a
+    plain word masked: published feeds carry their secret in the path (Google's
+    `/private-<hex>/`, iCloud's `/published/2/<token>`, Outlook's
+    `/owa/calendar/<id>@<domain>/<secret>/calendar.ics`), and mailbox ids are personal data.
+    The host and the plain words are kept, so an operator still recognises the feed."""
     parts = urlsplit(url)
     path = "/".join(
-        "private-…" if segment.startswith("private-") else segment
+        segment
+        if not segment or _PLAIN_SEGMENT.fullmatch(segment)
+        else "private-…"
+        if segment.startswith("private-")
+        else "…"
         for segment in parts.path.split("/")
     )
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], path, "", ""))

@@ -198,7 +198,7 @@ class OutlookCalendarSource:
 
     @property
     def refresh_token(self) -> str | None:
-        """The newest refresh token (Entra rotates them); persist it to stay connected."""
+        """The newest refresh token (Entra rotates them); calendar sync stores it after a read."""
         if not self.delegated:
             return None
         if self._app is not None:

@@ -15,11 +15,11 @@ from datetime import datetime, timedelta
 from sqlmodel import col, delete, select
 
 from bookiji.domain.busy import BusyPeriod
-from bookiji.domain.errors import NotFound, ValidationFailed
+from bookiji.domain.errors import Conflict, NotFound, ValidationFailed
 from bookiji.services.availability import MAX_SLOT_MINUTES
 from bookiji.services.clock import Clock
 from bookiji.services.ids import new_id
-from bookiji.services.ports import CalendarSource, CalendarUnavailable
+from bookiji.services.ports import CalendarSource, CalendarUnavailable, RenewsCredentials
 from bookiji.store.database import Database
 from bookiji.store.models import BusyInterval, CalendarConnection, Vendor
 from bookiji.store.uow import UnitOfWork
@@ -71,13 +71,19 @@ class CalendarService:
         *,
         name: str | None = None,
         credentials_ref: str | None = None,
+        replace: bool = False,
     ) -> CalendarConnection:
         """Add (or update the credentials of) a connection; it syncs on the next run.
 
         A vendor has one connection per provider and source. Sources are sealed (random
         tokens), so the database cannot compare them: the vendor's connections are opened and
         compared here, under a lock on the vendor's row that every adding transaction takes
-        first, so two adds of one source cannot both find none."""
+        first, so two adds of one source cannot both find none.
+
+        Other credentials for a source already connected with credentials are refused
+        (`Conflict` naming the connection) unless `replace`: Google's `primary` names a
+        different calendar for every account, so a second account's consent would silently
+        take the first one's place."""
         if provider not in PROVIDERS:
             raise ValidationFailed(f"unknown calendar provider {provider!r}")
         now = self.clock.now()
@@ -88,6 +94,14 @@ class CalendarService:
                 (c for c in self._connections_of(uow, vendor_id, provider) if c.source == source),
                 None,
             )
+            if (
+                existing is not None
+                and not replace
+                and existing.credentials_ref is not None
+                and credentials_ref is not None
+                and existing.credentials_ref != credentials_ref
+            ):
+                raise self.already_connected(existing)
             connection = existing or CalendarConnection(
                 id=new_id("cal"),
                 vendor_id=vendor_id,
@@ -102,6 +116,15 @@ class CalendarService:
             uow.touch_schedule(vendor_id)
             uow.commit()
             return connection
+
+    @staticmethod
+    def already_connected(existing: CalendarConnection) -> Conflict:
+        return Conflict(
+            f"vendor {existing.vendor_id!r} already has {existing.provider} calendar "
+            f"{existing.source!r} connected as {existing.id} (perhaps with another account); "
+            "connect with --replace to replace its credentials, or name another calendar",
+            details={"connectionId": existing.id},
+        )
 
     @staticmethod
     def _connections_of(uow: UnitOfWork, vendor_id: str, provider: str) -> list[CalendarConnection]:
@@ -162,17 +185,25 @@ class CalendarService:
             + timedelta(minutes=MAX_SLOT_MINUTES + vendor.buffer_after_minutes)
         )
         try:
-            periods = self.build_source(connection, vendor).busy(start, end)
+            source = self.build_source(connection, vendor)
+            periods = source.busy(start, end)
+            renewed = None
+            if isinstance(source, RenewsCredentials):
+                renewed = source.renewed_credentials()
         except CalendarUnavailable as exc:
             return self._record_failure(connection, now, exc.message, exc.retryable)
         except Exception as exc:  # an adapter bug must not take availability down with it
             return self._record_failure(
                 connection, now, f"unexpected {type(exc).__name__} reading the calendar", True
             )
-        return self._record_success(connection, now, periods)
+        return self._record_success(connection, now, periods, renewed)
 
     def _record_success(
-        self, connection: CalendarConnection, now: datetime, periods: list[BusyPeriod]
+        self,
+        connection: CalendarConnection,
+        now: datetime,
+        periods: list[BusyPeriod],
+        renewed_credentials: str | None = None,
     ) -> SyncResult:
         with UnitOfWork(self.db) as uow:
             row = uow.session.get(CalendarConnection, connection.id)
@@ -199,6 +230,11 @@ class CalendarService:
             row.last_synced_at = now
             row.last_attempt_at = now
             row.last_error = None
+            # A rotated refresh token replaces the one it was read with; not credentials a
+            # reconnect stored meanwhile.
+            unchanged = row.credentials_ref == connection.credentials_ref
+            if renewed_credentials is not None and unchanged:
+                row.credentials_ref = renewed_credentials
             uow.touch_schedule(connection.vendor_id)
             uow.commit()
         return SyncResult(

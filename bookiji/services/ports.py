@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from bookiji.domain.busy import BusyPeriod
 from bookiji.domain.errors import BookijiError
@@ -35,6 +35,17 @@ class CalendarSource(Protocol):
 
         Cancelled and transparent (free) events are not busy. Raises CalendarUnavailable.
         """
+        ...
+
+
+@runtime_checkable
+class RenewsCredentials(Protocol):
+    """A source whose provider may hand back new credentials while it reads (a rotated
+    OAuth refresh token): the sync stores them, or the connection would fall off once the
+    stored ones expire."""
+
+    def renewed_credentials(self) -> str | None:
+        """The connection's new `credentials_ref` after a read, or None when unchanged."""
         ...
 
 

@@ -38,7 +38,8 @@ def read_vendor_file(path: Path) -> list[VendorSpec]:
             f"{path}: cannot read: {exc.__class__.__name__}",
             details={"file": str(path), "problems": []},
         ) from None
-    return parse_vendor_document(text, filename=str(path))
+    # Calendar paths in the file are relative to it, not to wherever the command runs.
+    return parse_vendor_document(text, filename=str(path), base_dir=str(path.absolute().parent))
 
 
 def _fields(spec: VendorSpec) -> dict[str, Any]:
@@ -93,8 +94,9 @@ class VendorService:
     def import_file(self, path: Path) -> ImportReport:
         """Create or update every vendor in the file, or nothing if any of it is invalid.
 
-        Calendars declared in the file are added when new; connections made another way
-        (OAuth) are left alone.
+        Calendars declared in the file are added when new, and take the file's `name` and
+        `credentials` when they have changed (the vendor counts as updated); connections
+        made another way (OAuth) are otherwise left alone.
         """
         specs = read_vendor_file(path)
         return self.import_specs(specs)
@@ -126,7 +128,7 @@ class VendorService:
                     unchanged.append(spec.id)
                 uow.flush()
                 existing = {
-                    (c.provider, c.source)
+                    (c.provider, c.source): c
                     for c in uow.session.exec(
                         select(CalendarConnection).where(
                             col(CalendarConnection.vendor_id) == spec.id
@@ -134,20 +136,37 @@ class VendorService:
                     ).all()
                 }
                 for calendar in spec.calendars:
-                    if (calendar.provider, calendar.source) in existing:
+                    known = existing.get((calendar.provider, calendar.source))
+                    if known is not None:
+                        # What the file gives wins; what it leaves out (a name or token an
+                        # OAuth connect stored) is kept.
+                        changes = {
+                            key: value
+                            for key, value in (
+                                ("name", calendar.name),
+                                ("credentials_ref", calendar.credentials),
+                            )
+                            if value is not None and getattr(known, key) != value
+                        }
+                        if changes:
+                            for key, value in changes.items():
+                                setattr(known, key, value)
+                            uow.touch_schedule(spec.id)
+                            if spec.id in unchanged:
+                                unchanged.remove(spec.id)
+                                updated.append(spec.id)
                         continue
-                    uow.session.add(
-                        CalendarConnection(
-                            id=new_id("cal"),
-                            vendor_id=spec.id,
-                            provider=calendar.provider,
-                            source=calendar.source,
-                            name=calendar.name,
-                            credentials_ref=calendar.credentials,
-                            created_at=now,
-                        )
+                    connection = CalendarConnection(
+                        id=new_id("cal"),
+                        vendor_id=spec.id,
+                        provider=calendar.provider,
+                        source=calendar.source,
+                        name=calendar.name,
+                        credentials_ref=calendar.credentials,
+                        created_at=now,
                     )
-                    existing.add((calendar.provider, calendar.source))
+                    uow.session.add(connection)
+                    existing[(calendar.provider, calendar.source)] = connection
                     calendars_added += 1
                     uow.touch_schedule(spec.id)
             uow.commit()

@@ -8,6 +8,8 @@ server directly (fault injection, request log) together with `make_outlook_sourc
 from __future__ import annotations
 
 import itertools
+import queue
+import threading
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bookiji.integrations.outlook_calendar import OutlookCalendarSource
+from bookiji.integrations.outlook_calendar import OutlookCalendarSource, run_outlook_consent
 from tests.calendars.conformance import EventSpec, SourceFactory
 from tests.fakes.microsoft_server import MicrosoftServer
 
@@ -110,3 +112,28 @@ def act_as_browser(server: MicrosoftServer, url: str) -> httpx.Response:
         if form.action is None:
             return page
         return browser.post(form.action, data=form.fields)
+
+
+def consent_as(server: MicrosoftServer, mailbox: str) -> dict[str, Any]:
+    """What `run_outlook_consent` returns once `mailbox` has signed in (the confidential app)."""
+    server.consent_user = mailbox
+    urls: queue.Queue[str] = queue.Queue()
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        outcome["result"] = run_outlook_consent(
+            tenant_id=server.tenant_id,
+            client_id=APP_CLIENT_ID,
+            client_secret=APP_CLIENT_SECRET,
+            authority_base=server.authority_base,
+            on_url=urls.put,
+            timeout=15,
+            verify=server.ca_path,
+        )
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    act_as_browser(server, urls.get(timeout=10))
+    thread.join(timeout=15)
+    result: dict[str, Any] = outcome["result"]
+    return result

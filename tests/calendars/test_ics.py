@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from bookiji.domain.busy import BusyPeriod
-from bookiji.integrations.ics import IcsCalendarSource
+from bookiji.integrations.ics import IcsCalendarSource, shown_source
 from bookiji.services.ports import CalendarUnavailable
 from tests.calendars.ics_support import FIXTURES, LoopbackCalendarServer, loopback_server
 
@@ -127,6 +127,58 @@ def test_rules_end_at_count_and_until() -> None:
         (utc(12, 3, 8), utc(12, 3, 9), "Physio"),
         (utc(12, 8, 19), utc(12, 8, 20, 30), "Night class"),
         (utc(12, 15, 19), utc(12, 15, 20, 30), "Night class"),  # UNTIL is inclusive
+    ]
+
+
+def write_events(tmp_path: Path, *events: str) -> str:
+    body = (
+        "".join(
+            f"BEGIN:VEVENT\r\nDTSTAMP:20260101T000000Z\r\n{e.strip()}\r\nEND:VEVENT\r\n"
+            for e in events
+        )
+        .replace("\n", "\r\n")
+        .replace("\r\r\n", "\r\n")
+    )
+    path = tmp_path / "cal.ics"
+    path.write_text(
+        f"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//test//EN\r\n{body}END:VCALENDAR\r\n",
+        newline="",
+    )
+    return str(path)
+
+
+def test_an_all_day_event_ending_where_it_starts_is_one_day(tmp_path: Path) -> None:
+    """DTEND;VALUE=DATE equal to DTSTART (some exporters write it) read as no time at all."""
+    path = write_events(
+        tmp_path,
+        "UID:a\nDTSTART;VALUE=DATE:20270104\nDTEND;VALUE=DATE:20270104\nSUMMARY:Day off",
+    )
+    periods = IcsCalendarSource(path, vendor_timezone="Europe/Berlin").busy(
+        utc(1, 1, year=2027), utc(1, 15, year=2027)
+    )
+    assert spans(periods) == [
+        (utc(1, 3, 23, year=2027), utc(1, 4, 23, year=2027), "Day off"),
+    ]
+
+
+def test_events_sharing_a_uid_are_all_busy(tmp_path: Path) -> None:
+    """Two masters with one UID (a broken export): only the first was kept, so the second
+    one's time was offered as free."""
+    path = write_events(
+        tmp_path,
+        "UID:same\nDTSTART:20270104T100000Z\nDTEND:20270104T110000Z\nSUMMARY:A",
+        "UID:same\nDTSTART:20270105T100000Z\nDTEND:20270105T110000Z\nSUMMARY:B",
+        "UID:same\nDTSTART:20270106T100000Z\nDTEND:20270106T110000Z\nRRULE:FREQ=DAILY;COUNT=2"
+        "\nSUMMARY:C",
+    )
+    periods = IcsCalendarSource(path, vendor_timezone="UTC").busy(
+        utc(1, 1, year=2027), utc(1, 15, year=2027)
+    )
+    assert spans(periods) == [
+        (utc(1, 4, 10, year=2027), utc(1, 4, 11, year=2027), "A"),
+        (utc(1, 5, 10, year=2027), utc(1, 5, 11, year=2027), "B"),
+        (utc(1, 6, 10, year=2027), utc(1, 6, 11, year=2027), "C"),
+        (utc(1, 7, 10, year=2027), utc(1, 7, 11, year=2027), "C"),
     ]
 
 
@@ -256,6 +308,38 @@ def test_google_private_feed_secrets_in_the_path_are_masked(
     with pytest.raises(CalendarUnavailable) as caught:
         source.busy(utc(1, 1), utc(1, 2))
     assert "0123abcd" not in caught.value.message and "private-…" in caught.value.message
+
+
+ICLOUD_TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDEyMw"
+OUTLOOK_ID = "0a1b2c3d4e5f60718293a4b5c6d7e8f9@contoso.com"
+OUTLOOK_SECRET = "a8f5f167f44f4964e6c998dee827110c11386758013718063"
+
+
+@pytest.mark.parametrize(
+    ("path", "shown_path", "secrets"),
+    [
+        (f"/published/2/{ICLOUD_TOKEN}", "/published/2/…", [ICLOUD_TOKEN]),
+        (
+            f"/owa/calendar/{OUTLOOK_ID}/{OUTLOOK_SECRET}/calendar.ics",
+            "/owa/calendar/…/…/calendar.ics",
+            [OUTLOOK_ID, OUTLOOK_SECRET, "contoso"],
+        ),
+    ],
+    ids=["icloud", "outlook"],
+)
+def test_published_feed_tokens_in_the_path_are_masked(
+    server: LoopbackCalendarServer, path: str, shown_path: str, secrets: list[str]
+) -> None:
+    """Only Google's `private-...` segment was masked: iCloud's and Outlook's published-feed
+    secrets were printed in sync output, `calendars list` and the stored last error."""
+    url = server.serve(path, b"", status=404)
+    source = IcsCalendarSource(url, vendor_timezone="UTC")
+    with pytest.raises(CalendarUnavailable) as caught:
+        source.busy(utc(1, 1), utc(1, 2))
+    for shown in (caught.value.message, source.display_name, shown_source(url)):
+        assert f"{server.base_url}{shown_path}" in shown
+        for secret in secrets:
+            assert secret not in shown
 
 
 def test_an_oversized_feed_is_refused(

@@ -214,12 +214,12 @@ def test_calendars_from_the_vendors_file_list_sync_and_disconnect(cli: Cli, tmp_
 # -- OAuth connect, end to end with the real console script ------------------------------
 
 
-def _run_connect(config: Path, provider: str, browse: Any) -> tuple[int, str, str]:
+def _run_connect(config: Path, provider: str, browse: Any, *extra: str) -> tuple[int, str, str]:
     """Run `bookiji calendars connect --json` as a process; act as the browser on the URL it
     shows on stderr. stdout is the JSON document alone (the URL used to come first)."""
     proc = subprocess.Popen(
         [SCRIPT, "--config", str(config), "calendars", "connect", provider,
-         "--vendor", "shop", "--no-browser", "--timeout", "30", "--json"],
+         "--vendor", "shop", "--no-browser", "--timeout", "30", "--json", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     killer = threading.Timer(60, proc.kill)  # never hang the suite
@@ -242,9 +242,7 @@ def google() -> Iterator[GoogleServer]:
         yield server
 
 
-def test_connect_google_stores_a_refresh_token_that_sync_uses(
-    cli: Cli, database_url: str, tmp_path: Path, google: GoogleServer
-) -> None:
+def google_config(database_url: str, tmp_path: Path, google: GoogleServer) -> Path:
     client_id, client_secret = google.register_client()
     secrets = tmp_path / "client.json"
     secrets.write_text(
@@ -266,12 +264,19 @@ def test_connect_google_stores_a_refresh_token_that_sync_uses(
         f'api_base_url = "{google.api_base_url}"\ntoken_uri = "{google.token_uri}"\n'
         f'client_secrets_file = "{secrets}"\n'
     )
+    return config
 
-    def browse(url: str) -> None:
-        with httpx.Client(follow_redirects=True, timeout=10, trust_env=False) as browser:
-            assert browser.get(url).status_code == 200
 
-    code, out, err = _run_connect(config, "google", browse)
+def browse_google(url: str) -> None:
+    with httpx.Client(follow_redirects=True, timeout=10, trust_env=False) as browser:
+        assert browser.get(url).status_code == 200
+
+
+def test_connect_google_stores_a_refresh_token_that_sync_uses(
+    cli: Cli, database_url: str, tmp_path: Path, google: GoogleServer
+) -> None:
+    config = google_config(database_url, tmp_path, google)
+    code, out, err = _run_connect(config, "google", browse_google)
     assert code == 0, err
     connection = json.loads(out)
     assert connection["provider"] == "google" and connection["hasCredentials"] is True
@@ -282,6 +287,29 @@ def test_connect_google_stores_a_refresh_token_that_sync_uses(
     assert (synced["status"], synced["busyPeriods"]) == ("ok", 1)
     for text in (out, err, json.dumps(cli("calendars", "list", "--json", expect=0).json())):
         assert "1//" not in text  # Google refresh tokens start with 1//; never printed
+
+
+def test_connecting_a_second_google_account_needs_replace(
+    cli: Cli, database_url: str, tmp_path: Path, google: GoogleServer
+) -> None:
+    """Both accounts' calendar is `primary`: the second consent used to overwrite the
+    first connection without a word."""
+    config = google_config(database_url, tmp_path, google)
+    code, out, err = _run_connect(config, "google", browse_google)
+    assert code == 0, err
+    first = json.loads(out)
+    cli.database_url = None
+    refused = cli(
+        "--config", config, "calendars", "connect", "google", "--vendor", "shop",
+        "--no-browser", "--timeout", "5", expect=1,
+    )  # fmt: skip
+    assert first["id"] in refused.error and "--replace" in refused.error
+    assert "[conflict]" in refused.error and refused.out == ""
+    assert len(google.token_requests("authorization_code")) == 1  # nobody was asked again
+    code, out, err = _run_connect(config, "google", browse_google, "--replace")
+    assert code == 0, err
+    assert json.loads(out)["id"] == first["id"]
+    assert len(cli("--config", config, "calendars", "list", "--json", expect=0).json()) == 1
 
 
 def test_connect_outlook_stores_a_refresh_token_that_sync_uses(
@@ -335,6 +363,72 @@ def test_connect_checks_the_vendor_and_the_port_before_asking_for_consent(
     assert "unknown vendor 'nosuch'" in refused.error and refused.out == ""
     port = cli("calendars", "connect", "google", "--vendor", "shop", "--port", "99999", expect=2)
     assert "--port" in port.error and "65535" in port.error
+
+
+def test_calendars_list_of_an_unknown_vendor_is_not_found(cli: Cli) -> None:
+    """It printed "0 calendar connections" and exited 0, where sync says not_found."""
+    refused = cli("calendars", "list", "--vendor", "nosuch", expect=1)
+    assert "unknown vendor 'nosuch'" in refused.error and "[not_found]" in refused.error
+
+
+def test_a_failing_sync_says_so_in_one_line_on_stderr(
+    cli: Cli, database_url: str, tmp_path: Path
+) -> None:
+    """icalendar's GloballyUniqueTZIDGuessed warnings and the Outlook adapter's WARNING log
+    line came before the red line."""
+    feed = tmp_path / "moz.ics"
+    feed.write_text(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:x\r\nBEGIN:VEVENT\r\nUID:u1\r\n"
+        "DTSTAMP:20260101T000000Z\r\n"
+        'DTSTART;TZID="/mozilla.org/20050126_1/America/New_York":20270104T100000\r\n'
+        'DTEND;TZID="/mozilla.org/20050126_1/America/New_York":20270104T110000\r\n'
+        "SUMMARY:Guessed zone\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+    server = start_microsoft_server()
+    try:
+        server.set_events("owner@shop.example", [])
+        config = tmp_path / "bookiji.toml"
+        config.write_text(
+            f'database_url = "{database_url}"\n[calendars.outlook]\n'
+            f'authority_base = "{server.authority_base}"\n'
+            f'graph_base_url = "{server.graph_base_url}"\n'
+            f'tenant_id = "{server.tenant_id}"\nclient_id = "{APP_CLIENT_ID}"\n'
+            f'client_secret = "not-the-secret"\nca_bundle = "{server.ca_path}"\n'
+        )
+        vendors = vendors_file_with_feed(tmp_path, str(feed))
+        vendors.write_text(
+            vendors.read_text()
+            + '[[vendors.calendars]]\nprovider = "outlook"\nsource = "owner@shop.example"\n'
+        )
+        cli("vendors", "import", vendors, expect=0)
+        proc = subprocess.run(
+            [SCRIPT, "--config", str(config), "calendars", "sync"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        server.close()
+    assert proc.returncode == 1, proc.stderr
+    assert "ok, 1 busy periods" in proc.stdout and "invalid_client" in proc.stdout
+    assert proc.stderr.splitlines() == [
+        "error: 1 calendar failed to sync; their last good data is kept"
+    ]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"[]", b'{"installed": "x"}', b'"client"', b"\xff\xfe not text"],
+    ids=["array", "installed-not-an-object", "string", "not-utf8"],
+)
+def test_a_client_secrets_file_that_is_not_a_client_is_one_red_line(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes
+) -> None:
+    """JSON that is not an object crashed `connect` with a traceback."""
+    secrets = tmp_path / "client.json"
+    secrets.write_bytes(content)
+    monkeypatch.setenv("BOOKIJI_CALENDARS__GOOGLE__CLIENT_SECRETS_FILE", str(secrets))
+    refused = cli("calendars", "connect", "google", "--vendor", "shop", "--no-browser", expect=2)
+    assert "OAuth client file" in refused.error and str(secrets) in refused.error
+    assert refused.out == ""
 
 
 def test_calendar_urls_are_shown_without_their_secrets(cli: Cli, tmp_path: Path) -> None:

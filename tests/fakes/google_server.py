@@ -203,6 +203,9 @@ class GoogleServer(LoopbackFake):
         # Google omits cancelled events unless showDeleted=true; set this to leak them
         # anyway (as incremental-sync answers do) to test that clients skip them.
         self.include_cancelled = False
+        # Google may answer a refresh grant with a new refresh token (OAuth 2.0 allows it);
+        # set this to do so every time and revoke the one redeemed.
+        self.rotate_refresh_tokens = False
         self.requests: list[RecordedRequest] = []
         self.errors: list[str] = []  # tracebacks of bugs in the fake itself
         self._lock = threading.RLock()
@@ -506,7 +509,13 @@ class GoogleServer(LoopbackFake):
             if not requested <= grant.scopes:
                 raise _oauth_error(400, "invalid_scope", "Bad Request")
             scopes = requested
-        return self._issue_access_token(grant.principal, scopes)
+        response = self._issue_access_token(grant.principal, scopes)
+        if self.rotate_refresh_tokens:
+            grant.revoked = True
+            response["refresh_token"] = self.issue_refresh_token(
+                client_id, grant.scopes, grant.principal
+            )
+        return response
 
     def _code_grant(self, client_id: str, form: Mapping[str, str]) -> dict[str, Any]:
         with self._lock:

@@ -408,6 +408,11 @@ class MicrosoftServer:
         with self._lock:
             self._revoked.update(self._access_tokens)
 
+    def expire_refresh_token(self, token: str) -> None:
+        """One refresh token stops working (Entra's lifetime ran out); newer ones still do."""
+        with self._lock:
+            self._refresh_tokens.pop(token, None)
+
     # -- inspection -----------------------------------------------------------------------
 
     def requests_to(self, fragment: str, method: str | None = None) -> list[RecordedRequest]:

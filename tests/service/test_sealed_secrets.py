@@ -202,8 +202,11 @@ def test_one_connection_per_vendor_and_source_and_the_same_source_for_two_vendor
     add_vendor(db, "v2")
     calendars = calendar_service(db, clock)
     first = calendars.connect("v1", "google", GOOGLE_CALENDAR, credentials_ref="json:{}")
-    # Again, as before sealing: the one connection is kept and its credentials updated.
-    again = calendars.connect("v1", "google", GOOGLE_CALENDAR, credentials_ref='json:{"a": 1}')
+    # Again, as before sealing: the one connection is kept and its credentials replaced
+    # (other credentials for a connected source only when asked to).
+    again = calendars.connect(
+        "v1", "google", GOOGLE_CALENDAR, credentials_ref='json:{"a": 1}', replace=True
+    )
     assert again.id == first.id
     other = calendars.connect("v2", "google", GOOGLE_CALENDAR)
     assert other.id != first.id

@@ -329,3 +329,31 @@ sms = "+447700900123"
         parse_vendor_document(bad, filename="v.toml")
     fields = {p["field"] for p in caught.value.details["problems"]}
     assert fields == {"notify.sms", "payment.bank"}
+
+
+def test_calendar_files_are_anchored_at_the_vendors_file() -> None:
+    """Relative paths were stored as written, so they meant whatever directory a sync ran in."""
+    calendars = (
+        '[[vendors.calendars]]\nprovider = "ics"\nsource = "feeds/ana.ics"\n'
+        '[[vendors.calendars]]\nprovider = "google"\nsource = "primary"\n'
+        'credentials = "keys/sa.json"\n'
+        '[[vendors.calendars]]\nprovider = "google"\nsource = "b@example.com"\n'
+        'credentials = "file:///etc/bookiji/sa%20b.json"\n'
+        '[[vendors.calendars]]\nprovider = "ics"\nsource = "webcal://cal.example/a.ics"\n'
+    )
+    [spec] = parse_vendor_document(
+        vendor_toml(calendars), filename="vendors.toml", base_dir="/srv/bookiji"
+    )
+    assert [(c.source, c.credentials) for c in spec.calendars] == [
+        ("/srv/bookiji/feeds/ana.ics", None),
+        ("primary", "/srv/bookiji/keys/sa.json"),
+        ("b@example.com", "/etc/bookiji/sa b.json"),
+        ("webcal://cal.example/a.ics", None),
+    ]
+    message, problems = problems_of(
+        vendor_toml(
+            '[[vendors.calendars]]\nprovider = "ics"\nsource = "ftp://files.example/a.ics"\n'
+        )
+    )
+    assert problems[0]["field"] == "calendars[0].source"
+    assert "unsupported URL scheme 'ftp'" in message
