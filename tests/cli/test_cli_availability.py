@@ -46,6 +46,21 @@ def window(*extra: str) -> tuple[str, ...]:
     return ("availability", "shop", "--start", at("00:00"), "--end", at("23:59"), *extra)
 
 
+def outlook_config(
+    tmp_path: Path, database_url: str, server: Any, *, secret: str = APP_CLIENT_SECRET
+) -> Path:
+    """A settings file whose Outlook adapter talks to the Microsoft test server."""
+    config = tmp_path / "bookiji.toml"
+    config.write_text(
+        f'database_url = "{database_url}"\n[calendars.outlook]\n'
+        f'authority_base = "{server.authority_base}"\n'
+        f'graph_base_url = "{server.graph_base_url}"\n'
+        f'tenant_id = "{server.tenant_id}"\nclient_id = "{APP_CLIENT_ID}"\n'
+        f'client_secret = "{secret}"\nca_bundle = "{server.ca_path}"\n'
+    )
+    return config
+
+
 def test_json_is_the_partner_document_and_holds_agree(cli: Cli) -> None:
     document = cli(*window("--json"), expect=0).json()
     assert document["vendorId"] == "shop" and document["timezone"] == "UTC"
@@ -321,14 +336,7 @@ def test_connect_outlook_stores_a_refresh_token_that_sync_uses(
         server.set_events(
             "owner@shop.example", [EventSpec(DAY.replace(hour=15), DAY.replace(hour=16), "Audit")]
         )
-        config = tmp_path / "bookiji.toml"
-        config.write_text(
-            f'database_url = "{database_url}"\n[calendars.outlook]\n'
-            f'authority_base = "{server.authority_base}"\n'
-            f'graph_base_url = "{server.graph_base_url}"\n'
-            f'tenant_id = "{server.tenant_id}"\nclient_id = "{APP_CLIENT_ID}"\n'
-            f'client_secret = "{APP_CLIENT_SECRET}"\nca_bundle = "{server.ca_path}"\n'
-        )
+        config = outlook_config(tmp_path, database_url, server)
         code, out, err = _run_connect(config, "outlook", lambda url: act_as_browser(server, url))
         assert code == 0, err
         connection = json.loads(out)
@@ -387,14 +395,7 @@ def test_a_failing_sync_says_so_in_one_line_on_stderr(
     server = start_microsoft_server()
     try:
         server.set_events("owner@shop.example", [])
-        config = tmp_path / "bookiji.toml"
-        config.write_text(
-            f'database_url = "{database_url}"\n[calendars.outlook]\n'
-            f'authority_base = "{server.authority_base}"\n'
-            f'graph_base_url = "{server.graph_base_url}"\n'
-            f'tenant_id = "{server.tenant_id}"\nclient_id = "{APP_CLIENT_ID}"\n'
-            f'client_secret = "not-the-secret"\nca_bundle = "{server.ca_path}"\n'
-        )
+        config = outlook_config(tmp_path, database_url, server, secret="not-the-secret")
         vendors = vendors_file_with_feed(tmp_path, str(feed))
         vendors.write_text(
             vendors.read_text()

@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,6 +51,21 @@ def services(
 
 def starts(document: dict[str, object]) -> list[str]:
     return [s["startTime"][11:16] for s in document["slots"]]  # type: ignore[index,union-attr]
+
+
+def outlook_settings(server: Any) -> Settings:  # a MicrosoftServer
+    """Settings whose Outlook adapter talks to the Microsoft test server."""
+    from tests.calendars.outlook_support import APP_CLIENT_ID, APP_CLIENT_SECRET
+
+    outlook = {
+        "authority_base": server.authority_base,
+        "graph_base_url": server.graph_base_url,
+        "tenant_id": server.tenant_id,
+        "client_id": APP_CLIENT_ID,
+        "client_secret": APP_CLIENT_SECRET,
+        "ca_bundle": server.ca_path,
+    }
+    return Settings(database_url="sqlite://", calendars={"outlook": outlook})
 
 
 def test_an_ics_calendar_blocks_slots_and_a_failed_sync_keeps_its_data(
@@ -176,8 +192,6 @@ def test_a_connection_without_credentials_is_degraded_with_a_hint(
 
 def test_an_outlook_mailbox_syncs_through_msal_and_graph(db: Database, clock: ManualClock) -> None:
     from tests.calendars.outlook_support import (
-        APP_CLIENT_ID,
-        APP_CLIENT_SECRET,
         new_mailbox,
         start_microsoft_server,
     )
@@ -187,19 +201,7 @@ def test_an_outlook_mailbox_syncs_through_msal_and_graph(db: Database, clock: Ma
         mailbox = new_mailbox()
         server.set_events(mailbox, [EventSpec(at(10), at(12), "Site visit")])
         add_vendor(db, "v1", slot_interval_minutes=60)
-        settings = Settings(
-            database_url="sqlite://",
-            calendars={
-                "outlook": {
-                    "authority_base": server.authority_base,
-                    "graph_base_url": server.graph_base_url,
-                    "tenant_id": server.tenant_id,
-                    "client_id": APP_CLIENT_ID,
-                    "client_secret": APP_CLIENT_SECRET,
-                    "ca_bundle": server.ca_path,
-                }
-            },
-        )
+        settings = outlook_settings(server)
         calendars, availability = services(db, clock, settings)
         calendars.connect("v1", "outlook", mailbox)
         [result] = calendars.sync("v1")
@@ -251,8 +253,6 @@ def test_an_outlook_connection_keeps_the_refresh_token_entra_rotated(
     """Entra hands back a new refresh token on every redemption; only the one from the
     consent was ever stored, so the calendar fell off once that one expired."""
     from tests.calendars.outlook_support import (
-        APP_CLIENT_ID,
-        APP_CLIENT_SECRET,
         consent_as,
         start_microsoft_server,
     )
@@ -263,19 +263,7 @@ def test_an_outlook_connection_keeps_the_refresh_token_entra_rotated(
         server.set_events(mailbox, [EventSpec(at(10), at(12), "Site visit")])
         info = consent_as(server, mailbox)
         add_vendor(db, "v1", slot_interval_minutes=60)
-        settings = Settings(
-            database_url="sqlite://",
-            calendars={
-                "outlook": {
-                    "authority_base": server.authority_base,
-                    "graph_base_url": server.graph_base_url,
-                    "tenant_id": server.tenant_id,
-                    "client_id": APP_CLIENT_ID,
-                    "client_secret": APP_CLIENT_SECRET,
-                    "ca_bundle": server.ca_path,
-                }
-            },
-        )
+        settings = outlook_settings(server)
         calendars, _ = services(db, clock, settings)
         calendars.connect("v1", "outlook", mailbox, credentials_ref=stored_json(info))
         [first] = calendars.sync("v1")
