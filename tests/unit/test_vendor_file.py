@@ -235,13 +235,15 @@ def test_round_trip_through_documents() -> None:
 # --- property: any valid vendor rendered to TOML parses back equal ------------------------------
 
 # What a vendors file accepts as text: printable (no control, format, unassigned or private
-# characters, no separators but the plain space), not blank.
+# characters, no separators but the plain space), not blank, and no longer than a name's
+# column (200).
 text_values = st.text(
     st.characters(
         exclude_categories=("Cs", "Cc", "Cf", "Co", "Cn", "Zl", "Zp", "Zs"),
         include_characters=" ",
     ),
     min_size=1,
+    max_size=200,
 ).filter(str.strip)
 
 
