@@ -191,11 +191,7 @@ def connect(
     container.vendors.get(vendor)
     known = calendar or ("primary" if provider == "google" else None)
     if known is not None and not replace:
-        for existing in container.calendars.connections(vendor):
-            if (existing.provider, existing.source) == (provider, known) and (
-                existing.credentials_ref
-            ):
-                raise container.calendars.already_connected(existing)
+        container.calendars.refuse_if_connected(vendor, provider, known)
 
     def show(url: str) -> None:
         err_console.print("Open this URL to grant access:", markup=False)

@@ -101,7 +101,7 @@ class CalendarService:
                 and credentials_ref is not None
                 and existing.credentials_ref != credentials_ref
             ):
-                raise self.already_connected(existing)
+                raise self._already_connected(existing)
             connection = existing or CalendarConnection(
                 id=new_id("cal"),
                 vendor_id=vendor_id,
@@ -117,8 +117,17 @@ class CalendarService:
             uow.commit()
             return connection
 
+    def refuse_if_connected(self, vendor_id: str, provider: str, source: str) -> None:
+        """`connect`'s refusal, asked before a consent flow: a vendor who granted access only
+        to be refused would have to grant it again."""
+        for existing in self.connections(vendor_id):
+            if (existing.provider, existing.source) == (provider, source) and (
+                existing.credentials_ref
+            ):
+                raise self._already_connected(existing)
+
     @staticmethod
-    def already_connected(existing: CalendarConnection) -> Conflict:
+    def _already_connected(existing: CalendarConnection) -> Conflict:
         return Conflict(
             f"vendor {existing.vendor_id!r} already has {existing.provider} calendar "
             f"{existing.source!r} connected as {existing.id} (perhaps with another account); "

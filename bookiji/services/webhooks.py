@@ -171,12 +171,13 @@ class _Claim:
     event_id: str
     partner_id: str
     reservation_id: str | None
-    url: str | None
-    secret: str | None
-    #: The secret before the last rotation and until when it also signs (None: none).
-    previous_secret: str | None
-    previous_until: datetime | None
     payload: dict[str, object] | None
+    #: The partner's endpoint, read just before the send (`_send`), not when claimed.
+    url: str | None = None
+    secret: str | None = None
+    #: The secret before the last rotation and until when it also signs (None: none).
+    previous_secret: str | None = None
+    previous_until: datetime | None = None
 
 
 def overlapping(partner: Partner | None, now: datetime) -> str | None:
@@ -461,7 +462,6 @@ class WebhookService:
                 ).all()
             }
             notes = cancel_notes(uow.session, events.values())
-            partner = uow.session.get(Partner, partner_id)
             claims = []
             lease = now + self.send_timeout
             for row in rows:
@@ -476,10 +476,6 @@ class WebhookService:
                         event_id=row.event_id,
                         partner_id=row.partner_id,
                         reservation_id=row.reservation_id,
-                        url=partner.webhook_url if partner else None,
-                        secret=partner.webhook_secret if partner else None,
-                        previous_secret=overlapping(partner, now),
-                        previous_until=partner.previous_webhook_secret_until if partner else None,
                         payload=event_payload(event, notes) if event else None,
                     )
                 )
